@@ -1,0 +1,260 @@
+"""Run configuration (DESIGN.md §7a): pydantic models loaded from YAML, `--set a.b=c` overrides.
+
+Unknown keys are errors; every error is an `InputError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ensemble_da.errors import InputError
+
+__all__ = [
+    "RunConfig",
+    "GridConfig",
+    "ModelConfig",
+    "SamplerConfig",
+    "GuidanceConfig",
+    "EnsembleConfig",
+    "ObservationsConfig",
+    "ClusterConfig",
+    "TrackingConfig",
+    "load_config",
+    "default_config_path",
+    "apply_overrides",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GridConfig(_Strict):
+    nside: int = 16
+
+    @field_validator("nside")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"nside must be a positive power of 2, got {v}")
+        return v
+
+
+class ModelConfig(_Strict):
+    """The prior. `gaussian` is DESIGN.md §4; `gaussian_climatology` is fitted from data;
+    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` an adapter."""
+
+    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle"] = "gaussian"
+    channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
+    mean: dict[str, float] | None = None
+    std: dict[str, float] | None = None
+    length_scale_km: float = 1500.0
+    channel_correlation: list[list[float]] | None = None
+    nugget: float = 0.05
+    # Covariance approximation for nside > 16 ("lowrank": top `rank` modes + nugget).
+    approximation: Literal["exact", "lowrank"] = "exact"
+    rank: int = 512
+    # checkpoint / gaussian_climatology / cbottle: where the weights or training data live.
+    path: str | None = None
+    cache_dir: str | None = None
+
+    @field_validator("nugget")
+    @classmethod
+    def _nugget_range(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"nugget must be in (0, 1), got {v}")
+        return v
+
+    @field_validator("length_scale_km")
+    @classmethod
+    def _positive_length(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"length_scale_km must be > 0, got {v}")
+        return v
+
+
+class SamplerConfig(_Strict):
+    steps: int = 32
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    solver: Literal["heun", "euler"] = "heun"
+    churn: float = 0.0
+    batch_size: int = 16
+    # bf16 autocast of the denoiser forward on CUDA; guidance math stays float32/float64.
+    autocast: Literal["bf16", "none"] = "bf16"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SamplerConfig":
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+
+class GuidanceConfig(_Strict):
+    method: Literal["none", "regression", "dps", "mmps"] = "regression"
+    scale: float = 1.0
+    gamma: float = 1e-2
+    zeta: float = 1.0
+    cg_iters: int = 3
+
+
+class EnsembleConfig(_Strict):
+    members: int = 16
+
+    @field_validator("members")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"members must be >= 1, got {v}")
+        return v
+
+
+class ObservationsConfig(_Strict):
+    source: Literal["synthetic", "era5", "stations"] = "synthetic"
+    path: str | list[str] | None = None
+    channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
+    num_obs: int = 200
+    operator: Literal["nearest", "bilinear"] = "bilinear"
+    strategy: Literal["random", "uniform", "land_only", "ocean_only"] = "random"
+    heldout_fraction: float = 0.1
+    sigma: dict[str, float] = Field(default_factory=dict)
+    # Largest |observation time - analysis time| accepted, in hours.
+    time_tolerance_hours: float = 3.0
+    # Verifying truth for era5 runs: a gridded file regridded to HEALPix (null: no truth).
+    truth_path: str | None = None
+
+    @field_validator("heldout_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("num_obs")
+    @classmethod
+    def _num(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"num_obs must be >= 1, got {v}")
+        return v
+
+
+class ClusterConfig(_Strict):
+    address: str = "local"
+    replicas: int = 2
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: int = 1
+    placement: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
+    members_per_unit: int = 8
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None
+    experiment: str = "ensemble-da"
+
+
+class RunConfig(_Strict):
+    run_name: str = "demo"
+    seed: int = 0
+    times: list[str] = Field(default_factory=lambda: ["2020-01-01T00:00"])
+    grid: GridConfig = Field(default_factory=GridConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    observations: ObservationsConfig = Field(default_factory=ObservationsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("times")
+    @classmethod
+    def _times(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("times must list at least one analysis time")
+        for t in v:
+            try:
+                np.datetime64(t, "s")
+            except ValueError:
+                raise ValueError(f"not an ISO time: {t!r}") from None
+        return v
+
+    def analysis_times(self) -> np.ndarray:
+        """Analysis times as datetime64[ns] (UTC)."""
+        return np.array([np.datetime64(t, "ns") for t in self.times])
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def default_config_path() -> Path:
+    """The packaged demo config (the embedded default of DESIGN.md §8)."""
+    return Path(str(resources.files("ensemble_da") / "configs" / "demo.yaml"))
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise InputError(f"--set {dotted}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a raw config tree."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown config key {loc!r}"
+    value = err.get("input")
+    return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
+
+
+def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
+    """Validate a raw tree into a RunConfig; errors become one-line InputErrors."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise InputError(_format_validation(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from YAML (None: the packaged demo) and apply `--set` overrides."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise InputError(f"{path}: top level must be a mapping of config keys")
+    apply_overrides(tree, overrides or [])
+    return config_from_tree(tree, str(path))
