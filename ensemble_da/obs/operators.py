@@ -32,12 +32,13 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(flat, w)
         ctx.size = size
+        ctx.shape = x.shape
         return _forward(x, flat, w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         flat, w = ctx.saved_tensors
-        return _adjoint(grad, flat, w, ctx.size), None, None, None
+        return _adjoint(grad, flat, w, ctx.size).reshape(ctx.shape), None, None, None
 
 
 def _forward(x: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

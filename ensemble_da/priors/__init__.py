@@ -1,5 +1,20 @@
 """Priors: denoisers that implement `Denoiser` (exact Gaussian, learned networks, adapters)."""
 
+from __future__ import annotations
+
+import torch
+
+from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.errors import InputError
 from ensemble_da.priors.base import Condition, Denoiser
 
-__all__ = ["Denoiser", "Condition"]
+__all__ = ["Denoiser", "Condition", "load_prior"]
+
+
+def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device = "cpu") -> Denoiser:
+    """Build the prior named by `model.kind` on `device`; InputError for what cannot be built."""
+    if model.kind == "gaussian":
+        from ensemble_da.priors.gaussian import GaussianPrior
+
+        return GaussianPrior.from_config(model, grid)
+    raise InputError(f"model.kind {model.kind!r} is not available in this build")

@@ -1,0 +1,29 @@
+"""Likelihood guidance (DESIGN.md §6): guided denoisers that wrap a prior and are denoisers.
+
+`none` (the prior), `regression` (SDA form, default), `dps` (per-member DPS), `mmps`.
+"""
+
+from __future__ import annotations
+
+from ensemble_da.config import GuidanceConfig
+from ensemble_da.guidance.base import GuidedDenoiser
+from ensemble_da.guidance.dps import DPSGuidance
+from ensemble_da.guidance.mmps import MMPSGuidance
+from ensemble_da.guidance.regression import RegressionGuidance
+from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.priors.base import Denoiser
+
+__all__ = ["GuidedDenoiser", "RegressionGuidance", "DPSGuidance", "MMPSGuidance", "guided_denoiser"]
+
+
+def guided_denoiser(
+    prior: Denoiser, operator: ObservationOperator, cfg: GuidanceConfig, autocast: bool = True
+) -> Denoiser:
+    """The prior guided by `operator`'s observations with the method of `cfg` (`none`: the prior)."""
+    if cfg.method == "none":
+        return prior
+    if cfg.method == "regression":
+        return RegressionGuidance(prior, operator, cfg.scale, cfg.gamma, autocast)
+    if cfg.method == "dps":
+        return DPSGuidance(prior, operator, cfg.zeta, autocast)
+    return MMPSGuidance(prior, operator, cfg.cg_iters, autocast)

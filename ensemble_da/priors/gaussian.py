@@ -1,0 +1,238 @@
+"""The exact Gaussian prior (DESIGN.md §4): a denoiser whose posterior is known in closed form.
+
+Normalised state z (channel, cell) with E[z] = 0 and
+
+    Cov(z[c,p], z[c',q]) = (1 - ν²) R[c,c'] exp(-|r_p - r_q|² / (2ℓ²)) + ν² δ_cc' δ_pq .
+
+Every Gaussian prior here is written in one spectral form, Σ = U diag(λ) Uᵀ + ν² (I − U Uᵀ), with
+orthonormal U (`SpectralBasis`). Then the EDM denoiser E[z₀ | z₀ + σε = z] = Σ (Σ + σ²I)⁻¹ z is
+
+    D(z, σ) = ν²/(ν²+σ²) z + U [λ/(λ+σ²) − ν²/(ν²+σ²)] Uᵀ z ,
+
+exact for any σ, and the posterior under y = H z + e, e ~ N(0, diag(s²)) is the Kalman update.
+The §4 prior uses the Kronecker basis U = U_R ⊗ U_K (eigenvectors of R and of the kernel K),
+complete up to nside 16; `approximation: lowrank` keeps the leading `rank` kernel modes and the
+"exact posterior" is then that of the approximated covariance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from ensemble_da.channels import Normalization
+from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.errors import InputError
+from ensemble_da.grid import HealpixGrid
+from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.priors.base import Condition
+
+__all__ = [
+    "SpectralBasis",
+    "KroneckerBasis",
+    "GaussianPrior",
+    "gaussian_kernel_eigen",
+    "EXACT_MAX_NSIDE",
+]
+
+EARTH_RADIUS_KM = 6371.0
+EXACT_MAX_NSIDE = 16
+
+
+class SpectralBasis(Protocol):
+    """An orthonormal basis U with shape (channel·cell, modes) and the prior's eigenvalues.
+
+    `to_spectral(z)` = Uᵀ z and `from_spectral(s)` = U s act on tensors with a leading batch
+    axis: z (batch, channel, cell) ↔ s (batch, *mode_shape).
+    """
+
+    eigenvalues: np.ndarray  # λ, shape mode_shape, float64
+    nugget: float  # ν², the variance outside span(U) and the floor of λ
+
+    def to_spectral(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def from_spectral(self, s: torch.Tensor) -> torch.Tensor: ...
+
+    def diag_covariance(self) -> np.ndarray:
+        """diag(Σ) with shape (channel, cell)."""
+        ...
+
+
+def _cache_dir(explicit: str | None) -> Path:
+    root = explicit or os.environ.get("ENSEMBLE_DA_CACHE") or Path.home() / ".cache" / "ensemble_da"
+    return Path(root)
+
+
+def gaussian_kernel_eigen(
+    grid: HealpixGrid, length_scale_km: float, rank: int | None = None, cache_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of K[p,q] = exp(-|r_p − r_q|²/(2ℓ²)) on the NEST grid, largest first.
+
+    Returns (eigenvalues (modes,), eigenvectors (cell, modes)), float64, cached on disk as .npy
+    keyed by (nside, ℓ, rank) so a second run does not pay the O(npix³) decomposition again.
+    """
+    npix = grid.npix
+    rank = npix if rank is None else min(rank, npix)
+    key = hashlib.sha256(f"healpix-sqexp-v1:{grid.nside}:{length_scale_km:.9g}:{rank}".encode()).hexdigest()[:16]
+    path = _cache_dir(cache_dir) / f"kernel_eigen_{grid.nside}_{key}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return f["values"], f["vectors"]
+    ell = length_scale_km / EARTH_RADIUS_KM
+    r = grid.unit_vectors
+    d2 = np.clip(2.0 - 2.0 * (r @ r.T), 0.0, None)
+    kernel = np.exp(-d2 / (2.0 * ell**2))
+    subset = None if rank == npix else (npix - rank, npix - 1)
+    values, vectors = scipy.linalg.eigh(kernel, subset_by_index=subset, overwrite_a=True)
+    values, vectors = np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, values=values, vectors=vectors)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return values, vectors
+
+
+class KroneckerBasis:
+    """U = U_R ⊗ U_K for Σ = (1−ν²) R ⊗ K + ν² I; modes have shape (channel, kernel modes)."""
+
+    def __init__(self, corr: np.ndarray, kernel_values: np.ndarray, kernel_vectors: np.ndarray, nugget: float):
+        r_values, r_vectors = np.linalg.eigh(corr)
+        self.r_vectors = r_vectors
+        self.k_vectors = kernel_vectors
+        self.nugget = float(nugget)
+        self.eigenvalues = (1.0 - nugget) * np.outer(np.clip(r_values, 0, None), kernel_values) + nugget
+        self._torch: dict = {}
+
+    def _mats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.dtype, like.device)
+        if key not in self._torch:
+            self._torch[key] = (
+                torch.as_tensor(self.r_vectors, dtype=like.dtype, device=like.device),
+                torch.as_tensor(self.k_vectors, dtype=like.dtype, device=like.device),
+            )
+        return self._torch[key]
+
+    def to_spectral(self, z: torch.Tensor) -> torch.Tensor:
+        ur, uk = self._mats(z)
+        return ur.T @ (z @ uk)
+
+    def from_spectral(self, s: torch.Tensor) -> torch.Tensor:
+        ur, uk = self._mats(s)
+        return ur @ (s @ uk.T)
+
+    def diag_covariance(self) -> np.ndarray:
+        """diag(Σ) with shape (channel, cell)."""
+        excess = self.eigenvalues - self.nugget
+        return self.nugget + (self.r_vectors**2) @ excess @ (self.k_vectors**2).T
+
+
+@dataclass
+class GaussianPrior:
+    """Exact Gaussian prior and denoiser on normalised states (channel, cell).
+
+    Parameters
+    ----------
+    grid : HealpixGrid
+    normalization : Normalization
+        x = center_c + scale_c · z (center = `mean`, scale = `std` of the config).
+    basis : KroneckerBasis or another SpectralBasis
+        Covariance Σ = U diag(λ) Uᵀ + ν²(I − U Uᵀ).
+    sigma_min, sigma_max : float
+        Noise range; the denoiser is exact for every σ.
+    """
+
+    grid: HealpixGrid
+    normalization: Normalization
+    basis: SpectralBasis
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, grid: GridConfig) -> "GaussianPrior":
+        """Build the §4 prior from `model:` (kind gaussian); InputError for bad values."""
+        if model.mean is None or model.std is None:
+            raise InputError("model.mean and model.std (maps channel → value) are required for kind gaussian")
+        norm = Normalization.from_maps(model.channels, model.mean, model.std)
+        n = len(model.channels)
+        corr = np.eye(n) if model.channel_correlation is None else np.asarray(model.channel_correlation, float)
+        if corr.shape != (n, n):
+            raise InputError(f"model.channel_correlation must be {n}x{n} for channels {model.channels}")
+        if not np.allclose(corr, corr.T) or not np.allclose(np.diag(corr), 1.0):
+            raise InputError("model.channel_correlation must be symmetric with unit diagonal")
+        if np.linalg.eigvalsh(corr).min() <= 0:
+            raise InputError("model.channel_correlation must be positive definite")
+        hgrid = HealpixGrid(grid.nside)
+        if model.approximation == "exact":
+            if grid.nside > EXACT_MAX_NSIDE:
+                raise InputError(
+                    f"kind gaussian is exact only up to nside {EXACT_MAX_NSIDE} (got {grid.nside}); "
+                    "set model.approximation: lowrank (with model.rank)"
+                )
+            rank = None
+        else:
+            rank = model.rank
+        values, vectors = gaussian_kernel_eigen(hgrid, model.length_scale_km, rank, model.cache_dir)
+        return cls(hgrid, norm, KroneckerBasis(corr, values, vectors, model.nugget))
+
+    # --- the denoiser -------------------------------------------------------------------
+    def _gains(self, sigma: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = torch.as_tensor(self.basis.eigenvalues, dtype=like.dtype, device=like.device)
+        s2 = sigma.to(like.dtype).reshape(-1, *([1] * lam.ndim)) ** 2
+        nu2 = self.basis.nugget
+        floor = nu2 / (nu2 + s2)
+        return lam / (lam + s2) - floor, floor
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+        """D(z, σ) = Σ(Σ + σ²I)⁻¹ z for z (batch, channel, cell), σ (batch,)."""
+        gain, floor = self._gains(torch.as_tensor(sigma, device=z.device).expand(z.shape[0]), z)
+        return floor.reshape(-1, 1, 1) * z + self.basis.from_spectral(gain * self.basis.to_spectral(z))
+
+    # --- closed-form answers --------------------------------------------------------------
+    def covariance_apply(self, v: torch.Tensor) -> torch.Tensor:
+        """Σ v for v (batch, channel, cell)."""
+        nu2 = self.basis.nugget
+        lam = torch.as_tensor(self.basis.eigenvalues - nu2, dtype=v.dtype, device=v.device)
+        return nu2 * v + self.basis.from_spectral(lam * self.basis.to_spectral(v))
+
+    def sample_truth(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """Draws from the prior in physical units, float64 (n, channel, cell)."""
+        xi = torch.as_tensor(rng.standard_normal((n, len(self.normalization.channels), self.grid.npix)))
+        nu = np.sqrt(self.basis.nugget)
+        root = torch.as_tensor(np.sqrt(self.basis.eigenvalues) - nu)
+        z = nu * xi + self.basis.from_spectral(root * self.basis.to_spectral(xi))
+        return self.normalization.denormalize(z.numpy())
+
+    def exact_posterior(self, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and per-pixel variance in normalised units, each (channel, cell).
+
+        Kalman update with S = H Σ Hᵀ + diag(s²): mean = Σ Hᵀ S⁻¹ y, var = diag(Σ) − diag(Σ Hᵀ S⁻¹ H Σ).
+        """
+        shape = (len(op), op.n_channels, op.npix)
+        ht = torch.as_tensor(op.matrix().toarray().reshape(shape))
+        sht = self.covariance_apply(ht).reshape(len(op), -1).numpy()  # rows: (Σ Hᵀ)ᵀ = H Σ
+        s = op.matrix() @ sht.T + np.diag(op.sigma**2)
+        chol = scipy.linalg.cho_factor(s)
+        w = scipy.linalg.cho_solve(chol, sht)  # S⁻¹ H Σ, (obs, state)
+        mean = w.T @ op.y
+        var = self.basis.diag_covariance().reshape(-1) - np.einsum("os,os->s", sht, w)
+        return mean.reshape(shape[1:]), np.clip(var, 0.0, None).reshape(shape[1:])
+
+    def exact_posterior_physical(self, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
+        """Exact posterior mean and spread (std) in physical units, each (channel, cell)."""
+        mean, var = self.exact_posterior(op)
+        scale = self.normalization.scale[:, None]
+        return self.normalization.denormalize(mean), scale * np.sqrt(var)
+
+    def prior_spread(self) -> np.ndarray:
+        """Prior std in physical units, (channel, cell)."""
+        return self.normalization.scale[:, None] * np.sqrt(self.basis.diag_covariance())
