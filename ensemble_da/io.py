@@ -1,0 +1,252 @@
+"""The run store `analysis.zarr` (DESIGN.md §7): zarr v3, written as a template once, then filled
+by whole-chunk region writes, one member block (work unit) at a time, by a single writer.
+
+Layout (dims `time`, `member`, `channel`, `cell`):
+
+- `analysis(time, member, channel, cell)` float32, physical units, chunks
+  (1, members_per_unit, channel, cell): one work unit is exactly one chunk, so two writers
+  never share a chunk. `write_block` refuses a block that is not a whole chunk (xarray does not
+  check this for numpy data, so we do).
+- `member_done(time, member)` bool, chunks (1, members_per_unit): set after a unit's analysis is
+  on disk; `--resume` re-runs exactly the pairs that are still False.
+- `ensemble_mean`, `ensemble_spread` (std, ddof=1), and when known `truth`, `exact_mean`,
+  `exact_spread` (time, channel, cell), chunks (1, channel, cell).
+- group `observations` (dim `obs`): time, lat, lon, channel, value, sigma, assimilated, hx_mean,
+  hx_spread.
+- root attrs `nside`, `guidance`, `seed`, `ensemble_da_version`, `config` (YAML), `complete`.
+
+`complete` is False until `finalize`, which sets it and only then consolidates the metadata, so
+an interrupted run never looks complete (`open_run` refuses it unless asked not to).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from ensemble_da.errors import InputError
+from ensemble_da.grid import HealpixGrid
+
+__all__ = ["STORE_NAME", "StoreLayout", "RunStore", "unit_blocks", "open_run", "is_complete"]
+
+STORE_NAME = "analysis.zarr"
+FIELD_DIMS = ("time", "channel", "cell")
+_STAT_VARS = ("ensemble_mean", "ensemble_spread")
+
+# Consolidated metadata is how xarray opens a finished store quickly; zarr warns that it is not
+# (yet) part of the v3 spec on every call, which says nothing to our users.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
+
+def unit_blocks(members: int, members_per_unit: int) -> list[tuple[int, int]]:
+    """Member ranges [lo, hi) of the work units of one analysis time: the chunk grid of `member`."""
+    if members_per_unit < 1:
+        raise InputError(f"cluster.members_per_unit must be >= 1, got {members_per_unit}")
+    return [(lo, min(lo + members_per_unit, members)) for lo in range(0, members, members_per_unit)]
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Shape of a run store: analysis times (datetime64[ns]), member count, channels, grid, chunking."""
+
+    times: np.ndarray
+    members: int
+    channels: tuple[str, ...]
+    nside: int
+    members_per_unit: int
+
+    @property
+    def npix(self) -> int:
+        return HealpixGrid(self.nside).npix
+
+    @property
+    def field_shape(self) -> tuple[int, int, int]:
+        return (len(self.times), len(self.channels), self.npix)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return unit_blocks(self.members, self.members_per_unit)
+
+
+def _observations_dataset(obs: xr.Dataset) -> xr.Dataset:
+    """`ObservationSet.to_dataset()` with variable-length strings (a spec'd zarr v3 type)."""
+    obs = obs.copy()
+    if "channel" in obs:
+        obs["channel"] = ("obs", obs["channel"].values.astype(object))
+    return obs
+
+
+class RunStore:
+    """A run's `analysis.zarr`, opened for writing by the one process that writes it.
+
+    Parameters
+    ----------
+    path : path-like
+        The store directory (`DIR/analysis.zarr`).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise InputError(f"{self.path}: not a run store (no zarr.json)")
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        a = self.group["analysis"]
+        self.layout = StoreLayout(
+            times=xr.open_zarr(str(self.path), consolidated=False)["time"].values,
+            members=int(a.shape[1]),
+            channels=tuple(str(c) for c in self.group["channel"][:]),
+            nside=int(self.group.attrs["nside"]),
+            members_per_unit=int(a.chunks[1]),
+        )
+
+    # --- creation -----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        layout: StoreLayout,
+        attrs: dict[str, Any],
+        *,
+        truth: np.ndarray | None = None,
+        exact_mean: np.ndarray | None = None,
+        exact_spread: np.ndarray | None = None,
+        observations: xr.Dataset | None = None,
+    ) -> "RunStore":
+        """Write the template: coords, attrs, empty (NaN) analysis and statistics, and the fields
+        known before sampling (truth, exact posterior: float (time, channel, cell)), observations.
+
+        Fails if `path` exists.
+        """
+        path = Path(path)
+        grid = HealpixGrid(layout.nside)
+        nt, nc, npix = layout.field_shape
+        mpu = layout.members_per_unit
+        coords = {
+            "time": ("time", np.asarray(layout.times, dtype="datetime64[ns]")),
+            "member": ("member", np.arange(layout.members, dtype=np.int64)),
+            "channel": ("channel", np.array(layout.channels, dtype=object)),
+            "cell_ids": (
+                "cell",
+                grid.cell_ids,
+                {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"},
+            ),
+        }
+        field_chunks = (1, nc, npix)
+        data = {
+            "analysis": (
+                ("time", "member", "channel", "cell"),
+                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, npix)),
+                {"units": "physical (see channel)", "long_name": "posterior ensemble members"},
+            ),
+            "member_done": (
+                ("time", "member"),
+                da.zeros((nt, layout.members), dtype=bool, chunks=(1, mpu)),
+                {"long_name": "member written (resume bookkeeping)"},
+            ),
+        }
+        for name, long_name in (("ensemble_mean", "ensemble mean"), ("ensemble_spread", "ensemble std (ddof=1)")):
+            data[name] = (FIELD_DIMS, da.full((nt, nc, npix), np.nan, dtype=np.float32, chunks=field_chunks),
+                          {"long_name": long_name})
+        for name, arr in (("truth", truth), ("exact_mean", exact_mean), ("exact_spread", exact_spread)):
+            if arr is not None:
+                arr = np.asarray(arr, dtype=np.float32)
+                if arr.shape != (nt, nc, npix):
+                    raise ValueError(f"{name} has shape {arr.shape}, expected {(nt, nc, npix)}")
+                data[name] = (FIELD_DIMS, da.from_array(arr, chunks=field_chunks))
+        ds = xr.Dataset(data, coords=coords, attrs={**attrs, "nside": layout.nside, "complete": False})
+        encoding: dict[str, dict] = {name: {"chunks": ds[name].data.chunksize} for name in data}
+        for name in data:
+            if ds[name].dtype == np.float32:
+                encoding[name]["fill_value"] = np.float32(np.nan)
+        ds.to_zarr(str(path), mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        # compute=False leaves dask-backed variables unwritten; the known fields are written now.
+        group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        for name, arr in (("truth", truth), ("exact_mean", exact_mean), ("exact_spread", exact_spread)):
+            if arr is not None:
+                group[name][...] = np.asarray(arr, dtype=np.float32)
+        store = cls(path)
+        if observations is not None:
+            store.write_observations(observations)
+        return store
+
+    # --- member blocks --------------------------------------------------------------------
+    def _check_block(self, lo: int, hi: int) -> None:
+        mpu, m = self.layout.members_per_unit, self.layout.members
+        if lo % mpu or not (hi == min(lo + mpu, m)):
+            raise ValueError(
+                f"member block [{lo}, {hi}) is not one whole chunk of {mpu} members (of {m}); "
+                "refusing a write that could share a chunk with another block"
+            )
+
+    def write_block(self, t_index: int, members: Sequence[int], analysis: np.ndarray) -> None:
+        """Write one work unit: members (contiguous, one whole chunk), analysis float32
+        (member, channel, cell) in physical units; then mark the pairs done."""
+        lo, hi = int(members[0]), int(members[-1]) + 1
+        if list(members) != list(range(lo, hi)):
+            raise ValueError(f"members of a block must be contiguous, got {list(members)}")
+        self._check_block(lo, hi)
+        expected = (hi - lo, len(self.layout.channels), self.layout.npix)
+        if analysis.shape != expected:
+            raise ValueError(f"block has shape {analysis.shape}, expected {expected}")
+        self.group["analysis"][t_index, lo:hi] = np.asarray(analysis, dtype=np.float32)
+        self.group["member_done"][t_index, lo:hi] = True
+
+    def read_block(self, t_index: int, lo: int, hi: int) -> np.ndarray:
+        """Members [lo, hi) of time `t_index`, float32 (member, channel, cell)."""
+        return np.asarray(self.group["analysis"][t_index, lo:hi])
+
+    def read_cells(self, t_index: int, cells: slice) -> np.ndarray:
+        """All members at a slice of cells, float32 (member, channel, cell) — for scores that need
+        the whole ensemble per cell (fair CRPS, ranks) without holding the whole field."""
+        return np.asarray(self.group["analysis"][t_index, :, :, cells])
+
+    def done(self) -> np.ndarray:
+        """bool (time, member): which pairs are on disk."""
+        return np.asarray(self.group["member_done"][...])
+
+    # --- statistics and the end -------------------------------------------------------------
+    def write_time_stats(self, t_index: int, mean: np.ndarray, spread: np.ndarray) -> None:
+        """Ensemble mean and spread of one time, each (channel, cell), physical units."""
+        self.group["ensemble_mean"][t_index] = np.asarray(mean, dtype=np.float32)
+        self.group["ensemble_spread"][t_index] = np.asarray(spread, dtype=np.float32)
+
+    def write_observations(self, observations: xr.Dataset) -> None:
+        """(Re)write the `observations` group (dim `obs`)."""
+        _observations_dataset(observations).to_zarr(
+            str(self.path), group="observations", mode="w", zarr_format=3, consolidated=False
+        )
+
+    def finalize(self, attrs: dict[str, Any] | None = None) -> None:
+        """Mark the store complete and consolidate its metadata; refuses if members are missing."""
+        missing = int((~self.done()).sum())
+        if missing:
+            raise RuntimeError(f"{self.path}: {missing} (time, member) pairs are missing; not finalizing")
+        self.group.attrs.update({**(attrs or {}), "complete": True})
+        zarr.consolidate_metadata(str(self.path), zarr_format=3)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when the store at `path` was finalized (every member written, statistics written)."""
+    try:
+        return bool(zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("complete", False))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return False
+
+
+def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bool = False) -> xr.Dataset:
+    """Open a run store (or its `observations` group) with xarray; InputError if it is incomplete."""
+    path = Path(path)
+    if path.is_dir() and (path / STORE_NAME).is_dir():
+        path = path / STORE_NAME
+    if not (path / "zarr.json").is_file():
+        raise InputError(f"{path}: no run store here")
+    complete = is_complete(path)
+    if not complete and not allow_incomplete:
+        raise InputError(f"{path}: the run is incomplete (interrupted?); resume it with --resume")
+    return xr.open_zarr(str(path), group=group, consolidated=complete)
