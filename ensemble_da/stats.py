@@ -1,0 +1,166 @@
+"""Streaming ensemble statistics and scores (DESIGN.md §7 metric names).
+
+`EnsembleMoments` accumulates mean and variance over member blocks by the parallel merge of
+Chan et al. (1979), so no process needs the whole ensemble. Scores are named as forecasters name
+them and say what they reduce: `fair_crps` (scoringrules, over members), `rank_counts` (truth's
+rank among members), `spread_skill_ratio`; `time_metrics` turns one analysis time's reductions
+into the per-channel scalars logged to MLflow and summary.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import scoringrules as sr
+
+from ensemble_da.obs.observation_set import ObservationSet
+
+__all__ = [
+    "EnsembleMoments",
+    "fair_crps",
+    "rank_counts",
+    "spread_skill_ratio",
+    "ObsFit",
+    "time_metrics",
+]
+
+
+@dataclass
+class EnsembleMoments:
+    """Running count, mean and sum of squared deviations (M2) over the member axis.
+
+    Arrays have the shape of one member (e.g. (channel, cell)); float64 throughout.
+    """
+
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, block: np.ndarray) -> "EnsembleMoments":
+        """Moments of a block with shape (member, ...)."""
+        block = np.asarray(block, dtype=np.float64)
+        mean = block.mean(0)
+        return cls(block.shape[0], mean, ((block - mean) ** 2).sum(0))
+
+    def merge(self, other: "EnsembleMoments") -> "EnsembleMoments":
+        """Combine two disjoint sets of members (Chan et al. parallel update)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
+        return EnsembleMoments(n, mean, m2)
+
+    def update(self, block: np.ndarray) -> "EnsembleMoments":
+        """Merge a block of new members (member, ...); returns the merged moments."""
+        return self.merge(EnsembleMoments.of(block))
+
+    def variance(self, ddof: int = 1) -> np.ndarray:
+        if self.count <= ddof:
+            raise ValueError(f"variance with ddof={ddof} needs more than {ddof} members, have {self.count}")
+        return self.m2 / (self.count - ddof)
+
+    def std(self, ddof: int = 1) -> np.ndarray:
+        return np.sqrt(self.variance(ddof))
+
+
+def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Fair CRPS of an ensemble (member, ...) against `truth` (...), reduced over members only."""
+    return np.asarray(sr.crps_ensemble(truth, ensemble, m_axis=0, estimator="fair"))
+
+
+def rank_counts(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Histogram of the truth's rank among the members: counts with shape (member + 1,).
+
+    Ranks are taken independently at every point of `truth` (...); ties are broken by count
+    of members strictly below, so a calibrated ensemble gives a flat histogram.
+    """
+    below = (np.asarray(ensemble) < np.asarray(truth)[None]).sum(0)
+    return np.bincount(below.reshape(-1), minlength=ensemble.shape[0] + 1)
+
+
+def spread_skill_ratio(spread: float, rmse: float, members: int) -> float:
+    """sqrt((M+1)/M) · spread / rmse: 1 for a calibrated ensemble of M members."""
+    return float(np.sqrt((members + 1) / members) * spread / rmse) if rmse > 0 else float("nan")
+
+
+@dataclass
+class ObsFit:
+    """The analysis ensemble in observation space for one time: H applied to every member.
+
+    hx has shape (member, obs) in physical units; obs is the time's full ObservationSet.
+    """
+
+    obs: ObservationSet
+    hx: np.ndarray
+
+    @property
+    def hx_mean(self) -> np.ndarray:
+        return self.hx.mean(0)
+
+    @property
+    def hx_spread(self) -> np.ndarray:
+        return self.hx.std(0, ddof=1) if self.hx.shape[0] > 1 else np.zeros(self.hx.shape[1])
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a)))) if a.size else float("nan")
+
+
+def time_metrics(
+    channels: Sequence[str],
+    moments: EnsembleMoments,
+    fit: ObsFit | None = None,
+    truth: np.ndarray | None = None,
+    crps: np.ndarray | None = None,
+    exact: tuple[np.ndarray, np.ndarray] | None = None,
+    heldout_noise_rng: np.random.Generator | None = None,
+) -> dict[str, float]:
+    """Per-channel scalars of DESIGN.md §7 for one analysis time.
+
+    Parameters
+    ----------
+    channels : names along the channel axis.
+    moments : ensemble moments with arrays (channel, cell), physical units.
+    fit : the ensemble in observation space (O−A, held-out O−A, spread at obs, held-out CRPS).
+    truth : (channel, cell) verifying truth (rmse, ssr; with `crps`).
+    crps : (channel, cell) fair CRPS against truth, from `fair_crps`.
+    exact : exact posterior (mean, spread), each (channel, cell).
+    heldout_noise_rng : draws the observation noise added to members for held-out CRPS.
+    """
+    out: dict[str, float] = {}
+    var = moments.variance()
+    std = np.sqrt(var)
+    m = moments.count
+    for c, name in enumerate(channels):
+        out[f"spread/{name}"] = float(std[c].mean())
+        if fit is not None:
+            sel = fit.obs.channel == name
+            assim, held = sel & fit.obs.assimilated, sel & ~fit.obs.assimilated
+            resid = fit.obs.value - fit.hx_mean
+            if assim.any():
+                out[f"oa_rmse/{name}"] = _rms(resid[assim])
+                out[f"oa_bias/{name}"] = float(resid[assim].mean())
+                out[f"spread_at_obs/{name}"] = float(fit.hx_spread[assim].mean())
+            if held.any():
+                out[f"heldout_oa_rmse/{name}"] = _rms(resid[held])
+                if heldout_noise_rng is not None:
+                    noisy = fit.hx[:, held] + heldout_noise_rng.standard_normal((m, int(held.sum()))) * fit.obs.sigma[held]
+                    out[f"heldout_crps/{name}"] = float(fair_crps(noisy, fit.obs.value[held]).mean())
+        if truth is not None:
+            rmse = _rms(moments.mean[c] - truth[c])
+            out[f"rmse/{name}"] = rmse
+            out[f"ssr/{name}"] = spread_skill_ratio(float(np.sqrt(var[c].mean())), rmse, m)
+            if crps is not None:
+                out[f"crps/{name}"] = float(crps[c].mean())
+        if exact is not None:
+            e_mean, e_spread = exact
+            out[f"exact_mean_err/{name}"] = _rms((moments.mean[c] - e_mean[c]) / e_spread[c])
+            out[f"exact_var_ratio/{name}"] = float(var[c].mean() / np.mean(e_spread[c] ** 2))
+    return out
