@@ -19,6 +19,16 @@ from ensemble_da.grid import check_lonlat
 __all__ = ["ObservationSet"]
 
 
+def _column(name: str, values, n: int, dtype) -> np.ndarray:
+    """`values` as a writable (n,) array of `dtype`, scalars broadcast; InputError otherwise."""
+    arr = np.asarray(values, dtype=dtype)
+    if arr.ndim == 0:
+        return np.full(n, arr, dtype=arr.dtype)
+    if arr.shape != (n,):
+        raise InputError(f"observation {name} has shape {arr.shape}, expected ({n},)")
+    return arr.copy()
+
+
 @dataclass(frozen=True)
 class ObservationSet:
     """Point observations, each array with shape (obs,).
@@ -49,21 +59,20 @@ class ObservationSet:
         n = len(np.atleast_1d(self.value))
         if n == 0:
             raise InputError("observation set is empty")
-        assimilated = np.ones(n, bool) if self.assimilated is None else self.assimilated
-        time = np.broadcast_to(np.asarray(self.time, dtype="datetime64[ns]"), (n,)).copy()
-        lat, lon = check_lonlat(np.atleast_1d(self.lat), np.atleast_1d(self.lon))
+        assimilated = True if self.assimilated is None else self.assimilated
+        lat, lon = check_lonlat(
+            _column("lat", self.lat, n, np.float64), _column("lon", self.lon, n, np.float64)
+        )
         cols = dict(
-            time=time,
+            time=_column("time", self.time, n, "datetime64[ns]"),
             lat=lat,
             lon=lon,
-            channel=np.asarray(self.channel, dtype=str).reshape(-1),
-            value=np.asarray(self.value, dtype=np.float64).reshape(-1),
-            sigma=np.broadcast_to(np.asarray(self.sigma, dtype=np.float64), (n,)).copy(),
-            assimilated=np.broadcast_to(np.asarray(assimilated, dtype=bool), (n,)).copy(),
+            channel=_column("channel", self.channel, n, str),
+            value=_column("value", self.value, n, np.float64),
+            sigma=_column("sigma", self.sigma, n, np.float64),
+            assimilated=_column("assimilated", assimilated, n, bool),
         )
-        for name, arr in cols.items():
-            if arr.shape != (n,):
-                raise InputError(f"observation {name} has shape {arr.shape}, expected ({n},)")
+        time = cols["time"]
         if np.isnat(time).any():
             raise InputError("observation time is missing (NaT)")
         bad = ~np.isfinite(cols["value"])
