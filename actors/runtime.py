@@ -1,0 +1,72 @@
+"""Starting or joining Ray for a run (DESIGN.md §8; the recipe of RAY-LOOPBACK.md).
+
+`cluster.address`:
+- `local`: start a private Ray on this machine, every listener on 127.0.0.1, no dashboard.
+  Ray binds to loopback only when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set before `import ray`
+  (otherwise it picks the network interface and rewrites 127.0.0.1), so this module sets it and
+  imports ray lazily.
+- `auto`, `host:port`, `ray://host:port`: join an existing cluster (the variable is left alone:
+  on a real multi-node cluster it must be unset).
+If this process is already connected to Ray (tests, notebooks), that connection is used and left
+open at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+__all__ = ["import_ray_loopback", "ray_session", "LOOPBACK_ENV"]
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def import_ray_loopback():
+    """Import ray so that clusters started from this process stay on 127.0.0.1."""
+    os.environ[LOOPBACK_ENV] = "0"
+    import ray
+    import ray._private.ray_constants as rc
+
+    rc.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str, *, num_cpus: int | None = None, temp_dir: str | None = None) -> Iterator[object]:
+    """Connect to Ray for the length of the block and yield the `ray` module.
+
+    Parameters
+    ----------
+    address : str
+        `local`, `auto`, `host:port` or `ray://host:port` (see the module docstring).
+    num_cpus : int, optional
+        Logical CPUs of a `local` Ray (default: the machine's, at least what the replicas need).
+    temp_dir : str, optional
+        Private session directory for a `local` Ray (default: Ray's, or RAY_TMPDIR).
+    """
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield sys.modules["ray"]
+        return
+    if address == "local":
+        ray = import_ray_loopback()
+        kwargs = dict(
+            address="local",
+            num_cpus=max(num_cpus or 0, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="warning",
+            configure_logging=True,
+        )
+        if temp_dir is not None:
+            kwargs["_temp_dir"] = temp_dir
+        ray.init(**kwargs)
+    else:
+        import ray
+
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,157 @@
+"""MLflow tracking of a run (DESIGN.md §7, §8): params = the flattened config, metrics with the
+§7 names (one batch per analysis time, step = time index), artifacts = config, summary, figures.
+
+Only the driver/aggregator uses this. Tracking never stops a run: the first failure (store
+unreachable, bad URI) is recorded in `Tracker.error`, later calls do nothing, and the run
+finishes and says that tracking failed. The store is `tracking.uri`, else MLFLOW_TRACKING_URI,
+else `sqlite:///<DIR>/mlflow.db` with artifacts under `<DIR>/mlartifacts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["Tracker", "flatten", "resolve_tracking_uri"]
+
+MAX_PARAM_LENGTH = 6000
+_BATCH = 100
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → {"a.b.c": "value"}; lists and None as their YAML-ish text."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+def resolve_tracking_uri(configured: str | None, run_dir: Path) -> str:
+    """The tracking store of a run: config, then MLFLOW_TRACKING_URI, then SQLite in the run dir."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    """One MLflow run, failure-tolerant.
+
+    Parameters
+    ----------
+    uri : str
+        Tracking URI (see `resolve_tracking_uri`).
+    experiment : str
+        Experiment name (created if missing).
+    run_name : str
+    run_dir : Path
+        The run directory (artifact root of a default SQLite store).
+    run_id : str, optional
+        Continue this MLflow run (`--resume`) instead of starting a new one.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, run_dir: Path, run_id: str | None = None):
+        self.uri = uri
+        self.run_id: str | None = None
+        self.error: str | None = None
+        # An unreachable server must not hold a run for minutes of HTTP retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            from mlflow import MlflowClient
+
+            # MLflow announces its SQLite schema migrations at INFO; our users need only failures.
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+            self.client = MlflowClient(tracking_uri=uri)
+            if run_id is not None:
+                try:
+                    self.client.update_run(run_id, status="RUNNING")
+                    self.run_id = run_id
+                    return
+                except Exception:  # noqa: BLE001 - a run the store does not know: start anew
+                    pass
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = None
+                if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == Path(run_dir).resolve():
+                    location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
+                exp_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        except Exception as exc:  # noqa: BLE001 - tracking must not stop the run
+            self._fail(exc)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.run_id is not None
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.error = f"{type(exc).__name__}: {first[:300]}"
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Log params (e.g. `flatten(config)`); skipped on a resumed run that already has them."""
+        if not self.ok:
+            return
+        from mlflow.entities import Param
+
+        try:
+            have = self.client.get_run(self.run_id).data.params
+            items = [Param(k, v) for k, v in params.items() if k not in have]
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One batch of scalar metrics at `step` (the analysis time index)."""
+        if not self.ok:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        try:
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        if not self.ok:
+            return
+        try:
+            for p in paths:
+                self.client.log_artifact(self.run_id, str(p), artifact_path=artifact_path)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.ok:
+            return
+        try:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, v)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the MLflow run (FINISHED, FAILED or KILLED)."""
+        if not self.ok:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
