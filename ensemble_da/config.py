@@ -133,6 +133,35 @@ class ObservationsConfig(_Strict):
     time_tolerance_hours: float = 3.0
     # Verifying truth for era5 runs: a gridded file regridded to HEALPix (null: no truth).
     truth_path: str | None = None
+    # Repeated reports (same time, place, channel): merge (mean value, largest sigma) | first | reject.
+    duplicate_policy: Literal["merge", "first", "reject"] = "merge"
+    # Add N(0, sigma²) noise to values read from files (null: yes for synthetic, no otherwise).
+    add_noise: bool | None = None
+    # Lat/lon spacing of the OSSE's ERA5-layout file in degrees (null: the coarsest of
+    # 2/1/0.5/0.25 that is at most a quarter of the HEALPix cell size, else 0.25).
+    osse_grid_deg: float | None = None
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigma_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, s in v.items():
+            if not s > 0:
+                raise ValueError(f"sigma for {name} must be > 0, got {s}")
+        return v
+
+    @field_validator("osse_grid_deg")
+    @classmethod
+    def _grid_deg(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 10:
+            raise ValueError(f"osse_grid_deg must be in (0, 10], got {v}")
+        return v
+
+    @field_validator("time_tolerance_hours")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError(f"time_tolerance_hours must be >= 0, got {v}")
+        return v
 
     @field_validator("heldout_fraction")
     @classmethod

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -99,7 +100,10 @@ def open_dataset(path: str) -> xr.Dataset:
         raise InputError(f"{path}: a directory that is not a zarr store")
     engine = "zarr" if _is_zarr(path) else "netcdf4"
     try:
-        return xr.open_dataset(path, engine=engine, decode_timedelta=False)
+        with warnings.catch_warnings():
+            # ARCO stores are consolidated, ours may not be: either way is fine here.
+            warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+            return xr.open_dataset(path, engine=engine, decode_timedelta=False)
     except Exception as exc:  # noqa: BLE001 - any backend failure is a bad input file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         kind = "a zarr store" if engine == "zarr" else "NetCDF"
@@ -523,7 +527,7 @@ def write_healpix_truth(path: str | Path, truth: np.ndarray, times: Sequence[np.
         {"truth": (("time", "channel", "cell"), np.asarray(truth, np.float32))},
         coords={
             "time": np.asarray(times, "datetime64[ns]"),
-            "channel": np.asarray(list(channels), dtype=str),
+            "channel": np.asarray(list(channels), dtype=object),
             "cell_ids": ("cell", grid.cell_ids, {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"}),
         },
         attrs={"nside": grid.nside},

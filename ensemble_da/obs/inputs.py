@@ -1,55 +1,190 @@
 """What a run assimilates: one ObservationSet per analysis time, and the truth when known.
 
-`prepare_inputs` turns the `observations:` section of a run config into `RunInputs`. For
-`source: synthetic` (an OSSE) the truth of time t is drawn from the prior with the stream
-SeedSequence([seed, t, TRUTH_STREAM]), distinct from every member's stream (DESIGN.md §3).
+`prepare_inputs` turns the `observations:` section of a run config (DESIGN.md §7a) into
+`RunInputs`, dispatching on `observations.source`:
+- `era5`: gridded ERA5 files (`era5.py`); `num_obs` locations per analysis time are drawn by
+  the strategy, channels taken in turn (location i observes channel i mod C), values
+  interpolated bilinearly on the lat/lon grid at the valid time nearest to the analysis time
+  (within `time_tolerance_hours`); optional truth from `truth_path` (regridded to HEALPix).
+- `stations`: CSV/Parquet tables (`stations.py`); every report within the time window, after QC,
+  thinned to at most `num_obs` by the strategy.
+- `synthetic`: an OSSE (`osse.py`): truths drawn from the prior are written as ERA5-layout
+  NetCDF into a temporary directory and read back through the `era5` path with noise added.
+Observation errors: the file's per-report `sigma` where given, else `observations.sigma[c]`,
+else the channel's documented default (`variables.py`). QC (`qc.py`) runs on every source; its
+counts are in `RunInputs.qc` (summed over times) for summary.json and MLflow (`qc/<name>`).
+Random draws use the stream SeedSequence([seed, t, OBS_STREAM]) (`synthetic.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
+from ensemble_da.obs.era5 import GriddedSource, format_time, open_source, read_healpix_truth
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.synthetic import observe_truth, random_locations
+from ensemble_da.obs.qc import QCCounts, quality_control
+from ensemble_da.obs.stations import open_stations
+from ensemble_da.obs.strategies import select_candidates, select_locations
+from ensemble_da.obs.synthetic import TRUTH_STREAM, obs_rng, truth_rng
+from ensemble_da.obs.variables import default_sigma
 from ensemble_da.priors.base import Denoiser
 
-__all__ = ["RunInputs", "prepare_inputs", "TRUTH_STREAM"]
-
-TRUTH_STREAM = 2**31 - 1
+__all__ = ["RunInputs", "prepare_inputs", "TRUTH_STREAM", "truth_rng", "channel_sigma_map", "check_channels"]
 
 
 @dataclass
 class RunInputs:
     """times (time,) datetime64[ns]; observations, one set per time; truth (time, channel, cell)
-    float32 in physical units, or None when the truth is unknown."""
+    float32 in physical units, or None when the truth is unknown; qc: counts summed over times
+    (`qc_per_time`: one per time)."""
 
     times: np.ndarray
     observations: list[ObservationSet]
     truth: np.ndarray | None = None
+    qc: QCCounts = field(default_factory=QCCounts)
+    qc_per_time: list[QCCounts] = field(default_factory=list)
 
 
-def truth_rng(config: RunConfig, t_index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([config.seed, t_index, TRUTH_STREAM]))
+def check_channels(config: RunConfig, prior: Denoiser) -> list[str]:
+    """`observations.channels`, after checking each is a channel of the prior (InputError otherwise)."""
+    have = list(prior.normalization.channels)
+    for ch in config.observations.channels:
+        if ch not in have:
+            raise InputError(f"observations.channels: {ch!r} is not a channel of the prior (model channels: {have})")
+    if not config.observations.channels:
+        raise InputError("observations.channels is empty")
+    return list(config.observations.channels)
+
+
+def channel_sigma_map(config: RunConfig, channels: list[str]) -> dict[str, float]:
+    """Observation error per channel: `observations.sigma` or the documented default."""
+    return {c: float(config.observations.sigma.get(c, default_sigma(c))) for c in channels}
 
 
 def prepare_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
-    """Observation sets (and truth, for an OSSE) for every analysis time of `config`."""
+    """Observation sets (and truth when known) for every analysis time of `config`."""
     src = config.observations.source
-    if src != "synthetic":
-        raise InputError(f"observations.source {src!r} is not available in this build")
-    if not hasattr(prior, "sample_truth"):
-        raise InputError(f"observations.source synthetic needs a prior that draws truths; {config.model.kind!r} does not")
-    prior.normalization.index(config.observations.channels)
-    times = config.analysis_times()
-    truths, sets = [], []
-    for t, time in enumerate(times):
-        rng = truth_rng(config, t)
-        truth = prior.sample_truth(rng)[0]
-        lat, lon = random_locations(config.observations.num_obs, rng)
-        sets.append(observe_truth(truth, time, lat, lon, prior.grid, prior.normalization, config.observations, rng))
-        truths.append(truth.astype(np.float32))
-    return RunInputs(times, sets, np.stack(truths))
+    if src == "era5":
+        return _gridded_inputs(config, prior)
+    if src == "stations":
+        return _station_inputs(config, prior)
+    if src == "synthetic":
+        return _synthetic_inputs(config, prior)
+    raise InputError(f"observations.source {src!r} is not one of synthetic, era5, stations")
+
+
+def _to_set(table: pd.DataFrame) -> ObservationSet:
+    return ObservationSet(
+        time=table["time"].to_numpy("datetime64[ns]"),
+        lat=table["lat"].to_numpy(np.float64),
+        lon=table["lon"].to_numpy(np.float64),
+        channel=table["channel"].to_numpy(str),
+        value=table["value"].to_numpy(np.float64),
+        sigma=table["sigma"].to_numpy(np.float64),
+    )
+
+
+def _empty_error(where: str, time: np.datetime64, counts: QCCounts) -> InputError:
+    return InputError(f"{where}: no observations left at analysis time {format_time(time)} after QC ({counts.as_dict()})")
+
+
+def _gridded_observations(
+    config: RunConfig, source: GriddedSource, channels: list[str], add_noise: bool
+) -> tuple[list[ObservationSet], list[QCCounts]]:
+    cfg = config.observations
+    source.require(channels)
+    sigmas = channel_sigma_map(config, channels)
+    sets, counts = [], []
+    for t, time in enumerate(config.analysis_times()):
+        rng = obs_rng(config.seed, t)
+        lat, lon = select_locations(cfg.strategy, cfg.num_obs, rng)
+        n = len(lat)
+        ch = np.asarray(channels, dtype=object)[np.arange(n) % len(channels)]
+        value = np.full(n, np.nan)
+        inside = np.zeros(n, bool)
+        valid = np.empty(n, "datetime64[ns]")
+        for c in channels:
+            sel = ch == c
+            f = source.field(c, time, cfg.time_tolerance_hours)
+            value[sel] = f.sample(lat[sel], lon[sel])
+            inside[sel] = f.contains(lat[sel], lon[sel])
+            valid[sel] = np.datetime64(f.time, "ns")
+        sigma = np.array([sigmas[c] for c in ch])
+        if add_noise:
+            value = value + rng.standard_normal(n) * sigma
+        table = pd.DataFrame(dict(time=valid, lat=lat, lon=lon, channel=ch, value=value, sigma=sigma))[inside]
+        table, c = quality_control(table, cfg.duplicate_policy, QCCounts(read=n, outside_domain=int((~inside).sum())))
+        if table.empty:
+            raise _empty_error(source._where(), time, c)
+        sets.append(_to_set(table).with_heldout(cfg.heldout_fraction, rng))
+        counts.append(c)
+    return sets, counts
+
+
+def _inputs(config: RunConfig, sets: list[ObservationSet], counts: list[QCCounts], truth: np.ndarray | None) -> RunInputs:
+    total = QCCounts()
+    for c in counts:
+        total = total + c
+    return RunInputs(config.analysis_times(), sets, truth, total, counts)
+
+
+def _truth(config: RunConfig, prior: Denoiser) -> np.ndarray | None:
+    path = config.observations.truth_path
+    if path is None:
+        return None
+    return read_healpix_truth(
+        path, list(prior.normalization.channels), config.analysis_times(), prior.grid, config.observations.time_tolerance_hours
+    )
+
+
+def _gridded_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
+    channels = check_channels(config, prior)
+    add_noise = bool(config.observations.add_noise)
+    with open_source(config.observations.path) as source:
+        sets, counts = _gridded_observations(config, source, channels, add_noise)
+    return _inputs(config, sets, counts, _truth(config, prior))
+
+
+def _station_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
+    cfg = config.observations
+    channels = check_channels(config, prior)
+    sigmas = channel_sigma_map(config, channels)
+    tables = open_stations(cfg.path)
+    frames = tables.for_times(config.analysis_times(), channels, cfg.time_tolerance_hours)
+    sets, counts = [], []
+    for t, (time, df) in enumerate(zip(config.analysis_times(), frames)):
+        rng = obs_rng(config.seed, t)
+        df = df.copy()
+        fallback = df["channel"].map(sigmas).to_numpy(np.float64)
+        df["sigma"] = np.where(np.isnan(df["sigma"].to_numpy(np.float64)), fallback, df["sigma"].to_numpy(np.float64))
+        if cfg.add_noise:
+            df["value"] = df["value"].to_numpy() + rng.standard_normal(len(df)) * df["sigma"].to_numpy()
+        clean, c = quality_control(df, cfg.duplicate_policy, QCCounts(read=len(df)))
+        keep = select_candidates(cfg.strategy, clean["lat"].to_numpy(), clean["lon"].to_numpy(), cfg.num_obs, rng)
+        c.not_selected, c.kept = len(clean) - len(keep), len(keep)
+        if len(keep) == 0:
+            raise _empty_error(tables._where(), time, c)
+        sets.append(_to_set(clean.iloc[keep]).with_heldout(cfg.heldout_fraction, rng))
+        counts.append(c)
+    return _inputs(config, sets, counts, _truth(config, prior))
+
+
+def _synthetic_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
+    from ensemble_da.obs.osse import generate_osse
+
+    channels = check_channels(config, prior)
+    add_noise = True if config.observations.add_noise is None else config.observations.add_noise
+    with tempfile.TemporaryDirectory(prefix="ensemble_da_osse_") as tmp:
+        files = generate_osse(config, prior, tmp)
+        with GriddedSource.open([str(p) for p in files.era5]) as source:
+            sets, counts = _gridded_observations(config, source, channels, add_noise)
+        truth = read_healpix_truth(
+            str(files.truth), list(prior.normalization.channels), config.analysis_times(), prior.grid, 0.0
+        )
+    return _inputs(config, sets, counts, truth)

@@ -1,7 +1,12 @@
-"""Synthetic observations of a known truth: the core of an OSSE (DESIGN.md §5).
+"""Synthetic observations of a known truth: the core of an OSSE (DESIGN.md §3, §5).
 
 Locations are drawn by a selection strategy, each observation reads one channel of the truth
 through the run's operator H, and N(0, σ²) noise is added with σ from `observations.sigma`.
+The random streams of an OSSE are fixed here: the truth of analysis time t comes from
+SeedSequence([seed, t, TRUTH_STREAM]), observation locations, noise and the held-out draw from
+SeedSequence([seed, t, OBS_STREAM]); members use SeedSequence([seed, t, m]) with small m.
+(`observations.source: synthetic` runs go through `osse.py` and the ERA5 reader; `observe_truth`
+is the direct H·truth + noise shortcut kept for tests of the core.)
 """
 
 from __future__ import annotations
@@ -15,7 +20,20 @@ from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 
-__all__ = ["random_locations", "observe_truth", "channel_sigmas"]
+__all__ = ["random_locations", "observe_truth", "channel_sigmas", "TRUTH_STREAM", "OBS_STREAM", "truth_rng", "obs_rng"]
+
+TRUTH_STREAM = 2**31 - 1
+OBS_STREAM = 2**31 - 2
+
+
+def truth_rng(seed: int, t_index: int) -> np.random.Generator:
+    """The generator of the truth at analysis time `t_index`."""
+    return np.random.default_rng(np.random.SeedSequence([seed, t_index, TRUTH_STREAM]))
+
+
+def obs_rng(seed: int, t_index: int) -> np.random.Generator:
+    """The generator of observation locations, noise and held-out flags at `t_index`."""
+    return np.random.default_rng(np.random.SeedSequence([seed, t_index, OBS_STREAM]))
 
 
 def random_locations(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
