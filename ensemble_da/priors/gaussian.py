@@ -102,6 +102,19 @@ def gaussian_kernel_eigen(
     return values, vectors
 
 
+def _per_member_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with one matrix product per batch element (a or b is 2-D, the other batched).
+
+    Batched GEMM keeps each member's arithmetic identical whatever the batch size, where folding
+    the batch into one large GEMM lets BLAS change its blocking (DESIGN.md §3: a member's result
+    must not depend on its companions).
+    """
+    batch = a.shape[0] if a.ndim == 3 else b.shape[0]
+    a = a if a.ndim == 3 else a.expand(batch, *a.shape)
+    b = b if b.ndim == 3 else b.expand(batch, *b.shape)
+    return torch.bmm(a, b)
+
+
 class KroneckerBasis:
     """U = U_R ⊗ U_K for Σ = (1−ν²) R ⊗ K + ν² I; modes have shape (channel, kernel modes)."""
 
@@ -124,11 +137,11 @@ class KroneckerBasis:
 
     def to_spectral(self, z: torch.Tensor) -> torch.Tensor:
         ur, uk = self._mats(z)
-        return ur.T @ (z @ uk)
+        return _per_member_matmul(_per_member_matmul(ur.T, z), uk)
 
     def from_spectral(self, s: torch.Tensor) -> torch.Tensor:
         ur, uk = self._mats(s)
-        return ur @ (s @ uk.T)
+        return _per_member_matmul(_per_member_matmul(ur, s), uk.T)
 
     def diag_covariance(self) -> np.ndarray:
         """diag(Σ) with shape (channel, cell)."""
