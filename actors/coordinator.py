@@ -84,18 +84,17 @@ class Coordinator:
                 f"the Ray cluster could not place {cl.replicas} replicas x {bundle} with strategy "
                 f"{cl.placement} within {ready_timeout_s:g} s (resources: {total})"
             ) from None
-        remote = ray.remote(ModelReplica).options(
-            num_cpus=cl.cpus_per_replica,
-            num_gpus=cl.gpus_per_replica,
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
+        remote = ray.remote(ModelReplica)
         tree = config.model_dump(mode="json")
         self.replicas = [
             remote.options(
+                num_cpus=cl.cpus_per_replica,
+                num_gpus=cl.gpus_per_replica,
+                max_restarts=-1,
+                max_task_retries=-1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=i
-                )
+                ),
             ).remote(tree, i)
             for i in range(cl.replicas)
         ]

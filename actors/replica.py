@@ -60,8 +60,15 @@ class ModelReplica:
         from ensemble_da.assimilation import Assimilator
         from ensemble_da.config import RunConfig
 
+        from threadpoolctl import threadpool_limits
+
         cfg = RunConfig.model_validate(config)
-        torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_replica)))
+        # Every thread pool (torch's OpenMP, numpy's BLAS) gets cpus_per_replica threads, in Ray
+        # workers and in-process alike: reductions split over a different number of threads
+        # round differently, and members must not depend on where they ran.
+        threads = max(1, int(cfg.cluster.cpus_per_replica))
+        threadpool_limits(limits=threads)
+        torch.set_num_threads(threads)
         # Inside a Ray actor with num_gpus > 0, CUDA_VISIBLE_DEVICES holds only our GPU(s).
         use_gpu = cfg.cluster.gpus_per_replica > 0 and torch.cuda.is_available()
         self.device = "cuda:0" if use_gpu else "cpu"
