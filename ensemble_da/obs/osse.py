@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +171,8 @@ def write_osse_dir(config: RunConfig, prior: Denoiser, out_dir: str | Path) -> O
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out {out}: exists and is not empty; choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         files = generate_osse(config, prior, tmp, final_dir=out)
         if out.exists():
