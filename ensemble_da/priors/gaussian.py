@@ -102,17 +102,28 @@ def gaussian_kernel_eigen(
     return values, vectors
 
 
-def _per_member_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with one matrix product per batch element (a or b is 2-D, the other batched).
+INVARIANT_CHUNK = 8
 
-    Batched GEMM keeps each member's arithmetic identical whatever the batch size, where folding
-    the batch into one large GEMM lets BLAS change its blocking (DESIGN.md §3: a member's result
-    must not depend on its companions).
+
+def _cell_matmul(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """z @ u for z (batch, channel, cell) and u (cell, modes), batch-invariant.
+
+    Members go through BLAS in fixed chunks of INVARIANT_CHUNK (zero-padded), one GEMM of the
+    same shape per chunk, so a member's arithmetic is the same whatever its companions: folding
+    the whole batch into one GEMM lets BLAS change its kernel with the batch size (DESIGN.md §3).
     """
-    batch = a.shape[0] if a.ndim == 3 else b.shape[0]
-    a = a if a.ndim == 3 else a.expand(batch, *a.shape)
-    b = b if b.ndim == 3 else b.expand(batch, *b.shape)
-    return torch.bmm(a, b)
+    b, c, n = z.shape
+    pad = (-b) % INVARIANT_CHUNK
+    if pad:
+        z = torch.cat([z, z.new_zeros(pad, c, n)])
+    chunks = z.reshape(-1, INVARIANT_CHUNK * c, n)
+    out = torch.bmm(chunks, u.expand(chunks.shape[0], *u.shape))
+    return out.reshape(-1, c, u.shape[1])[:b]
+
+
+def _channel_mix(m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """out[b, i] = Σ_c m[i, c] z[b, c] as elementwise products and a sum (batch-invariant)."""
+    return (m[None, :, :, None] * z[:, None, :, :]).sum(2)
 
 
 class KroneckerBasis:
@@ -137,11 +148,11 @@ class KroneckerBasis:
 
     def to_spectral(self, z: torch.Tensor) -> torch.Tensor:
         ur, uk = self._mats(z)
-        return _per_member_matmul(_per_member_matmul(ur.T, z), uk)
+        return _cell_matmul(_channel_mix(ur.T, z), uk)
 
     def from_spectral(self, s: torch.Tensor) -> torch.Tensor:
         ur, uk = self._mats(s)
-        return _per_member_matmul(_per_member_matmul(ur, s), uk.T)
+        return _cell_matmul(_channel_mix(ur, s), uk.T)
 
     def diag_covariance(self) -> np.ndarray:
         """diag(Σ) with shape (channel, cell)."""
