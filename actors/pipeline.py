@@ -121,7 +121,7 @@ def run_pipeline(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_unit: Callable[[BlockResult], None] | None = None,
+    on_unit: Callable[[BlockResult, Any], None] | None = None,
 ) -> RunResult:
     """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
 
@@ -134,8 +134,9 @@ def run_pipeline(
         Sample only the (time, member) pairs missing from `out_dir`.
     progress : bool
         Show the rich progress bar (on stderr).
-    on_unit : callable, optional
-        Called after each unit is written (used by tests to interrupt a run part-way).
+    on_unit : callable(BlockResult, executor), optional
+        Called after each unit is written and aggregated; tests use it to interrupt a run or to
+        break a replica part-way (the executor's `stats[i].info` says where replica i runs).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -233,7 +234,7 @@ def run_pipeline(
         counts["done"] += len(res.unit.members)
         counts["sampled"] += len(res.unit.members)
         if on_unit is not None:
-            on_unit(res)
+            on_unit(res, executor)
 
     status = "FAILED"
     executor = None

@@ -40,9 +40,6 @@ STORE_NAME = "analysis.zarr"
 FIELD_DIMS = ("time", "channel", "cell")
 _STAT_VARS = ("ensemble_mean", "ensemble_spread")
 
-# Consolidated metadata is how xarray opens a finished store quickly; zarr warns that it is not
-# (yet) part of the v3 spec on every call, which says nothing to our users.
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
 
 def unit_blocks(members: int, members_per_unit: int) -> list[tuple[int, int]]:
@@ -228,7 +225,11 @@ class RunStore:
         if missing:
             raise RuntimeError(f"{self.path}: {missing} (time, member) pairs are missing; not finalizing")
         self.group.attrs.update({**(attrs or {}), "complete": True})
-        zarr.consolidate_metadata(str(self.path), zarr_format=3)
+        with warnings.catch_warnings():
+            # Consolidated metadata is how xarray opens a finished store quickly; zarr warns that
+            # it is not (yet) in the v3 spec, which says nothing to our users.
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -249,4 +250,17 @@ def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bo
     complete = is_complete(path)
     if not complete and not allow_incomplete:
         raise InputError(f"{path}: the run is incomplete (interrupted?); resume it with --resume")
-    return xr.open_zarr(str(path), group=group, consolidated=complete)
+    return _plain_strings(xr.open_zarr(str(path), group=group, consolidated=complete))
+
+
+def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Variable-length zarr strings come back as numpy StringDType, which much numpy code cannot
+    cast; give channel names back as ordinary fixed-width `str` arrays (they are small)."""
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "T":
+            values = np.asarray(var.values.astype(object), dtype=str)
+            if name in ds.coords:
+                ds = ds.assign_coords({name: (var.dims, values, var.attrs)})
+            else:
+                ds[name] = (var.dims, values, var.attrs)
+    return ds
