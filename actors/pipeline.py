@@ -14,6 +14,7 @@ checked before the run directory is touched.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,6 +107,24 @@ def _stored_config(out_dir: Path) -> RunConfig:
     return config_from_tree(tree or {}, str(path))
 
 
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
+
+
+def _check_cluster(config: RunConfig) -> None:
+    """The `cluster:` values that pydantic's types do not pin down."""
+    cl = config.cluster
+    if cl.address not in ("local", "inprocess", "auto") and not _ADDRESS.match(cl.address):
+        raise InputError(
+            f"cluster.address {cl.address!r} is not one of local, inprocess, auto, host:port, ray://host:port"
+        )
+    for key, value, low in (("replicas", cl.replicas, 1), ("cpus_per_replica", cl.cpus_per_replica, 1),
+                            ("members_per_unit", cl.members_per_unit, 1)):
+        if value < low:
+            raise InputError(f"cluster.{key} must be >= {low}, got {value}")
+    if cl.gpus_per_replica < 0:
+        raise InputError(f"cluster.gpus_per_replica must be >= 0, got {cl.gpus_per_replica}")
+
+
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
     if resume:
         if not (out_dir / "config.yaml").is_file() or not (out_dir / STORE_NAME / "zarr.json").is_file():
@@ -140,6 +159,7 @@ def run_pipeline(
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    _check_cluster(config)
     _check_out_dir(out_dir, resume)
     if resume:
         _check_resume_config(_stored_config(out_dir), config, out_dir)

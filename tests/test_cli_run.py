@@ -1,0 +1,230 @@
+"""`ensemble-da run` end to end, in-process (DESIGN.md §7): outputs, summary and MLflow read
+back from the real SQLite store, `--resume` after an interruption, bad inputs (exit 2, one
+line, run directory untouched), and an unreachable tracking store."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from actors.pipeline import run_pipeline
+from ensemble_da.cli import app
+from ensemble_da.config import load_config
+from ensemble_da.errors import InputError
+from ensemble_da.io import is_complete, open_run
+
+CHANNELS = ["T850", "T500", "T300"]
+METRICS = ["oa_rmse", "oa_bias", "heldout_oa_rmse", "spread_at_obs", "spread", "rmse", "crps", "ssr",
+           "exact_mean_err", "exact_var_ratio"]
+
+# A tiny OSSE on the Gaussian prior: nside 4, 4 sampler steps, 2 times x 4 members in units of 2.
+TINY = """
+run_name: tiny
+seed: 7
+times: ["2020-01-01T00:00", "2020-01-01T12:00"]
+grid: {nside: 4}
+model:
+  kind: gaussian
+  channels: [T850, T500, T300]
+  mean: {T850: 275.0, T500: 255.0, T300: 230.0}
+  std: {T850: 6.0, T500: 5.0, T300: 4.0}
+  length_scale_km: 2500
+  channel_correlation: [[1.0, 0.6, 0.3], [0.6, 1.0, 0.6], [0.3, 0.6, 1.0]]
+sampler: {steps: 4, batch_size: 2}
+guidance: {method: mmps, cg_iters: 2}
+ensemble: {members: 4}
+observations:
+  num_obs: 40
+  heldout_fraction: 0.3
+  sigma: {T850: 0.5, T500: 0.5, T300: 0.5}
+cluster: {address: inprocess, replicas: 1, members_per_unit: 2}
+"""
+
+
+def invoke(*args, env=None):
+    result = CliRunner(env=env).invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    result = invoke("run", tiny_config, "--out", out)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return out, result
+
+
+def snapshot(path):
+    """Every file under `path` with its size and modification time."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+def test_run_writes_the_documented_outputs(finished_run):
+    out, result = finished_run
+    for name in CHANNELS:
+        assert name in result.stdout
+    assert "exact_var_ratio" in result.stdout and f"run directory: {out}" in result.stdout
+    assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
+    for png in ("mean_spread_t0.png", "mean_spread_t1.png", "rank_histogram.png"):
+        assert (out / "figures" / png).stat().st_size > 1000
+
+    ds = open_run(out)
+    assert ds.analysis.shape == (2, 4, 3, 192) and ds.analysis.dtype == np.float32
+    assert list(ds.channel.values) == CHANNELS and ds.time.dtype.kind == "M"
+    for var in ("truth", "exact_mean", "exact_spread", "ensemble_mean", "ensemble_spread"):
+        assert ds[var].dims == ("time", "channel", "cell") and np.isfinite(ds[var].values).all()
+    assert ds.attrs["nside"] == 4 and ds.attrs["seed"] == 7 and ds.attrs["guidance"] == "mmps"
+    assert ds.attrs["ensemble_da_version"]
+    assert yaml.safe_load(ds.attrs["config"]) == yaml.safe_load((out / "config.yaml").read_text())
+    # Streaming (Chan) moments agree with the two-pass ones on the stored members
+    # (float32 storage: relative 1e-5).
+    a = ds.analysis.values.astype(np.float64)
+    np.testing.assert_allclose(ds.ensemble_mean.values, a.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(ds.ensemble_spread.values, a.std(1, ddof=1), rtol=1e-4, atol=1e-5)
+
+    obs = open_run(out, group="observations")
+    assert set(obs.data_vars) >= {"time", "lat", "lon", "channel", "value", "sigma", "assimilated",
+                                  "hx_mean", "hx_spread"}
+    assert obs.assimilated.dtype == bool and (~obs.assimilated.values).any()
+    assert np.isfinite(obs.hx_mean.values).all() and (obs.hx_spread.values > 0).all()
+
+
+def test_summary_and_mlflow_read_back(finished_run):
+    out, _ = finished_run
+    summary = json.loads((out / "summary.json").read_text())
+    names = [f"{m}/{c}" for m in METRICS for c in CHANNELS]
+    for name in names:
+        assert np.isfinite(summary[name]), name
+    assert summary["members_done"] == 8 and summary["tracking_error"] is None
+    assert summary["tracking_uri"] == f"sqlite:///{out.resolve()}/mlflow.db" and summary["wall_time_s"] > 0
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.kind"] == "gaussian" and run.data.params["ensemble.members"] == "4"
+    assert run.data.params["guidance.method"] == "mmps" and run.data.params["grid.nside"] == "4"
+    for name in names:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == [0, 1], name
+        # summary.json holds the mean over analysis times of what MLflow holds per time
+        assert summary[name] == pytest.approx(np.mean([m.value for m in history]), rel=1e-12)
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "summary.json", "figures"} <= top
+    figs = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert "figures/rank_histogram.png" in figs and "figures/mean_spread_t0.png" in figs
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_config, tmp_path):
+    ref, _ = finished_run
+    out = tmp_path / "b"
+    units = []
+
+    def interrupt(result, executor):
+        units.append(result.unit)
+        if len(units) == 3:  # time 0 finished and logged, time 1 half done
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(load_config(tiny_config), out, progress=False, on_unit=interrupt)
+    assert not is_complete(out / "analysis.zarr") and not (out / "summary.json").exists()
+    with pytest.raises(InputError, match="incomplete"):
+        open_run(out)
+    assert int(xr.open_zarr(out / "analysis.zarr", consolidated=False).member_done.sum()) == 6
+    run_id = json.loads((out / "run_state.json").read_text())["run_id"]
+
+    result = invoke("run", "--out", out, "--resume")  # no CONFIG: the run's own config.yaml
+    assert result.exit_code == 0, result.output + str(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["members_sampled"] == 2 and summary["members_done"] == 8
+    assert summary["run_id"] == run_id
+
+    a, b = open_run(ref), open_run(out)
+    for var in ("analysis", "ensemble_mean", "ensemble_spread", "truth", "exact_mean", "exact_spread"):
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=var)
+    oa, ob = open_run(ref, group="observations"), open_run(out, group="observations")
+    for var in ("value", "hx_mean", "hx_spread"):
+        np.testing.assert_array_equal(oa[var].values, ob[var].values, err_msg=var)
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    for name in (f"{m}/{c}" for m in METRICS for c in CHANNELS):
+        assert summary[name] == ref_summary[name], name
+    # Time 0 was logged before the interruption and is not logged twice.
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    assert sorted(m.step for m in client.get_metric_history(run_id, "rmse/T850")) == [0, 1]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "{tmp}/missing.yaml"], "config file not found"),
+        (["run", "{cfg}", "--set", "ensemble.memberz=3"], "memberz"),
+        (["run", "{cfg}", "--set", "ensemble.members=0"], "members"),
+        (["run", "{cfg}", "--set", "grid.nside=5"], "nside"),
+        (["run", "{cfg}", "--set", "observations.channels=[X999]"], "X999"),
+        (["run", "{cfg}", "--set", "cluster.members_per_unit=0"], "members_per_unit"),
+        (["run", "{cfg}", "--set", "cluster.address=no address"], "cluster.address"),
+        (["run", "{cfg}", "--set", "times=[yesterday]"], "yesterday"),
+        (["run", "{cfg}", "--set", "seed"], "key=value"),
+        (["run", "{cfg}", "--resume"], "--resume needs --out"),
+        (["run", "{cfg}", "--resume", "--out", "{tmp}/nothing"], "not a run directory"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle, tiny_config, tmp_path):
+    out = tmp_path / "new"
+    argv = [a.format(tmp=tmp_path, cfg=tiny_config) for a in args]
+    if "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(out)]
+    result = invoke(*argv)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # nothing was created
+
+
+def test_existing_run_dir_is_left_untouched(finished_run, tiny_config):
+    out, _ = finished_run
+    before = snapshot(out)
+    for argv in (
+        ["run", tiny_config, "--out", out],  # exists, no --resume
+        ["run", tiny_config, "--out", out, "--resume", "--set", "seed=8"],  # resume with another seed
+        ["run", tiny_config, "--out", out, "--resume", "--set", "cluster.members_per_unit=4"],
+    ):
+        result = invoke(*argv)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(out) == before
+
+
+def test_debug_shows_the_traceback(tiny_config, tmp_path):
+    result = invoke("run", tiny_config, "--set", "ensemble.memberz=3", "--out", tmp_path / "x", "--debug")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_unreachable_tracking_store_still_finishes(tiny_config, tmp_path):
+    out = tmp_path / "c"
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = invoke("run", tiny_config, "--out", out, "--set", "tracking.uri=http://127.0.0.1:9",
+                        "--set", "ensemble.members=2", "--set", 'times=["2020-01-01T00:00"]', env=env)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "warning: MLflow tracking failed" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tracking_error"] and summary["tracking_uri"] == "http://127.0.0.1:9"
+    assert is_complete(out / "analysis.zarr") and np.isfinite(summary["rmse/T850"])
