@@ -180,8 +180,8 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
     for name in (lat_name, lon_name):
         if ds[name].ndim != 1 or ds[name].dims[0] != name:
             raise InputError(
-                f"{path}: cannot read the grid: {name!r} has dims {ds[name].dims}, expected a 1-D "
-                "coordinate (curvilinear, reduced or unstructured grids are not read; regrid to lat/lon first)"
+                f"{path}: cannot read the grid: {name!r} is not a lat/lon axis (dims {ds[name].dims}); curvilinear, "
+                "reduced Gaussian and unstructured grids are not read: regrid to a regular lat/lon grid first"
             )
     ds = ds.rename({lat_name: "lat", lon_name: "lon"}) if (lat_name, lon_name) != ("lat", "lon") else ds
     lat = np.asarray(ds["lat"].values, dtype=np.float64)
