@@ -87,6 +87,8 @@ def expand_paths(spec: str | Sequence[str] | None, key: str = "observations.path
 
 def _is_zarr(path: str) -> bool:
     p = path.rstrip("/")
+    if "://" in p:  # remote stores (e.g. gs://.../ARCO-ERA5 ...zarr-v3) are zarr unless named .nc
+        return not p.lower().endswith((".nc", ".nc4", ".netcdf"))
     return p.endswith(".zarr") or (os.path.isdir(p) and any(
         os.path.exists(os.path.join(p, m)) for m in ("zarr.json", ".zgroup", ".zmetadata", ".zattrs")
     ))
