@@ -56,7 +56,7 @@ class ObservationSet:
     assimilated: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        n = len(np.atleast_1d(self.value))
+        n = max(np.size(getattr(self, name)) for name in ("lat", "lon", "value", "channel"))
         if n == 0:
             raise InputError("observation set is empty")
         assimilated = True if self.assimilated is None else self.assimilated
