@@ -371,7 +371,8 @@ def _finish(config, out_dir, store, aggregator, tracker, times, channels, prior_
         "members_sampled": counts["sampled"],
         "retries": getattr(executor, "retries", 0),
         "timings_s": timings,
-        "replicas": [s.info for s in getattr(executor, "stats", [])],
+        "replicas": [{**s.info, "members": s.members, "busy_s": s.busy_seconds, "restarts": s.restarts}
+                     for s in getattr(executor, "stats", [])],
         "by_time": by_time,
         "prior_spread": None if prior_spread is None else dict(zip(channels, map(float, prior_spread))),
     }

@@ -1,0 +1,41 @@
+"""The embedded default `cluster.address: local`: a private Ray started on loopback for the run
+and shut down after it (DESIGN.md §8, RAY-LOOPBACK.md); same store as in-process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+from actors.pipeline import run_pipeline  # noqa: E402
+from ray_helpers import assert_same_store, config, is_loopback, listening_addresses  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_ray_on_loopback_equals_inprocess(tmp_path, monkeypatch):
+    # A short private Ray temp dir (socket paths have a length limit; no stale session files).
+    ray_tmp = tempfile.mkdtemp(prefix="eda-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    ref = tmp_path / "inprocess"
+    run_pipeline(config(), ref, progress=False)
+    seen = {}
+
+    def watch(result, executor):
+        seen.setdefault("listen", listening_addresses())
+
+    result = run_pipeline(config(address="local", replicas=2), tmp_path / "local", progress=False, on_unit=watch)
+    assert seen["listen"] and all(is_loopback(ip) for ip in seen["listen"]), seen["listen"]
+    # Pull-style: both replicas took units.
+    assert [r["members"] > 0 for r in result.summary["replicas"]] == [True, True]
+    assert_same_store(ref, tmp_path / "local")
+    # The run's Ray is gone with the run.
+    assert not sys.modules["ray"].is_initialized()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
