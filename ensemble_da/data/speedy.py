@@ -13,8 +13,11 @@ trajectory is deterministic given the seed), discards `spinup_days` (≥ 120), t
 instantaneous state per day for `days` days:
 
 - T, U, V, Z are interpolated from the sigma levels (p = σ · p_s) to pressure levels linearly
-  in log-pressure; below the lowest model level (high orography) T and Z are extrapolated
-  linearly in log p from the two lowest levels and U, V are held at the lowest level;
+  in log-pressure. Below the lowest model level (850 hPa over high orography) T follows the
+  standard lapse rate γ = 6.5 K/km from the lowest level, T = T_l (p/p_l)^(R_d γ/g), Z follows
+  hydrostatically from that profile, Z = Z_l − (g/γ) T_l ((p/p_l)^(R_d γ/g) − 1) (the ECMWF
+  convention for fields below ground), and U, V are held at the lowest level. Above the top
+  level values are held (never needed for 850–300 hPa);
 - the Gaussian lon/lat grid is regridded bilinearly to HEALPix NEST cells (DESIGN.md §3);
 - channels are named as cBottle names them (T850, Z500, ...); Z is geopotential in m² s⁻².
 
@@ -55,8 +58,17 @@ _JCM_VARIABLE = {"T": "temperature", "U": "u_wind", "V": "v_wind", "Z": "geopote
 _P0 = 1.0e5  # Pa; jcm's normalized_surface_pressure is p_s / p0
 
 
+_RD, _G, _LAPSE = 287.04, 9.80665, 6.5e-3  # J kg-1 K-1, m s-2, K m-1
+_K = _RD * _LAPSE / _G
+
+
 def sigma_to_pressure_levels(
-    field: np.ndarray, sigma: np.ndarray, ps: np.ndarray, levels_hpa: Sequence[float], extrapolate: bool
+    field: np.ndarray,
+    sigma: np.ndarray,
+    ps: np.ndarray,
+    levels_hpa: Sequence[float],
+    below: str = "hold",
+    temperature: np.ndarray | None = None,
 ) -> np.ndarray:
     """Interpolate a sigma-level field to pressure levels, linearly in log-pressure.
 
@@ -70,9 +82,12 @@ def sigma_to_pressure_levels(
         Surface pressure in Pa.
     levels_hpa : sequence of float
         Target pressure levels in hPa.
-    extrapolate : bool
-        Below the lowest / above the highest model level: True extends the end segment
-        linearly in log p (T, Z); False holds the end value (winds).
+    below : {"hold", "temperature", "geopotential"}
+        Below the lowest model level: hold the lowest value (winds), the standard-lapse-rate
+        temperature, or the geopotential of that profile (needs `temperature`, the temperature
+        on the same sigma levels). Above the top level the top value is held.
+    temperature : ndarray, optional
+        Temperature (time, level, *horizontal) for `below="geopotential"`.
 
     Returns
     -------
@@ -93,10 +108,21 @@ def sigma_to_pressure_levels(
         hi = np.take_along_axis(lnp, k[:, None] + 1, axis=1)[:, 0]
         flo = np.take_along_axis(field, k[:, None], axis=1)[:, 0]
         fhi = np.take_along_axis(field, k[:, None] + 1, axis=1)[:, 0]
-        w = (target - lo) / (hi - lo)
-        if not extrapolate:
-            w = np.clip(w, 0.0, 1.0)
-        out.append(flo + w * (fhi - flo))
+        w = np.clip((target - lo) / (hi - lo), 0.0, 1.0)
+        value = flo + w * (fhi - flo)
+        under = target > lnp[:, -1]  # below the lowest model level
+        if below != "hold" and under.any():
+            ratio = np.exp(target - lnp[:, -1]) ** _K  # (p / p_lowest)^(R_d γ / g)
+            if below == "temperature":
+                value = np.where(under, field[:, -1] * ratio, value)
+            elif below == "geopotential":
+                if temperature is None:
+                    raise ValueError("below='geopotential' needs the temperature")
+                t_low = np.asarray(temperature, dtype=np.float64)[:, order][:, -1]
+                value = np.where(under, field[:, -1] - (_G / _LAPSE) * t_low * (ratio - 1.0), value)
+            else:
+                raise ValueError(f"unknown below={below!r}")
+        out.append(value)
     return np.stack(out, axis=1)
 
 
@@ -154,10 +180,12 @@ def _to_channels(ds, parsed, grid: HealpixGrid) -> np.ndarray:
     lat = np.asarray(ds["lat"].values, dtype=np.float64)
     if np.any(np.diff(lat) <= 0):
         raise RuntimeError("expected ascending latitudes in the jcm output")
+    temperature = ds["temperature"].transpose("time", "level", "lon", "lat").values
+    below = {"T": "temperature", "Z": "geopotential", "U": "hold", "V": "hold"}
     planes = []
     for _, var, level in parsed:
         field = ds[_JCM_VARIABLE[var]].transpose("time", "level", "lon", "lat").values
-        planes.append(sigma_to_pressure_levels(field, sigma, ps, [level], extrapolate=var in ("T", "Z"))[:, 0])
+        planes.append(sigma_to_pressure_levels(field, sigma, ps, [level], below[var], temperature)[:, 0])
     stacked = np.stack(planes, axis=1)  # (time, channel, lon, lat)
     return regrid_to_healpix(stacked, lon, lat, grid).astype(np.float32)
 
@@ -260,6 +288,8 @@ def generate_speedy(
                 states.append(x)
                 times.append(np.asarray(ds["time"].values).astype("datetime64[ns]"))
             bar.update(task, advance=chunk_days, description="spin-up" if i + 1 < n_spin else "climate")
+            if progress and not bar.console.is_terminal:  # a log file: one plain line per chunk
+                print(f"SPEEDY day {(i + 1) * chunk_days}/{(n_spin + n_keep) * chunk_days} ({_time.time() - t0:.0f} s)", flush=True)
     state = np.concatenate(states)[:days]
     time_axis = np.concatenate(times)[:days]
     elapsed = _time.time() - t0
@@ -276,7 +306,8 @@ def generate_speedy(
             "spinup_days": int(spinup_days),
             "start_time": start_time,
             "time_step_minutes": 40.0,
-            "vertical_interpolation": "linear in log-pressure from sigma levels (p = sigma * ps)",
+            "vertical_interpolation": "linear in log-pressure from sigma levels (p = sigma * ps); "
+            "below the lowest level: standard lapse rate 6.5 K/km for T, hydrostatic Z, winds held",
             "horizontal_regridding": "bilinear, Gaussian T31 grid -> HEALPix NEST",
             "generation_seconds": round(elapsed, 1),
         },

@@ -1,0 +1,231 @@
+"""SPEEDY OSSE: the learned diffusion prior (regression and MMPS guidance) against the
+climatological Gaussian prior with its exact posterior (the static B of OI / 3D-Var).
+
+Truths are held-out SPEEDY states (never trained on; by default the sample packaged with the
+checkpoint). They are written as ERA5-layout NetCDF plus a HEALPix truth, and observations are
+read from those files through the same reader real ERA5 goes through (random locations, one
+channel per location, Gaussian noise of `observations.sigma`), as `configs/speedy-osse.yaml`
+describes. For every analysis time:
+
+- learned prior: `ensemble.members` posterior members from the shipped checkpoint (conditioned
+  on the analysis time's day of year), guided by regression (SDA form) and by MMPS;
+- Gaussian baseline: `model.kind: gaussian_climatology` fitted on the same training states as
+  the network (dataset minus its last `--holdout-days`), exact Kalman posterior mean and spread;
+  CRPS is the closed-form CRPS of that Gaussian, SSR = spread / RMSE (infinite ensemble).
+
+Scores per channel, in physical units, aggregated over times: RMSE of the ensemble (or exact)
+mean against the truth (root of the mean over times of the squared per-time RMSE), SSR
+(sqrt((M+1)/M) · RMS spread / RMSE) and CRPS (mean over cells and times). The climatological
+mean (no observations) is listed for scale.
+
+    .venv/bin/python benchmarks/speedy_osse.py --data .cache/speedy_nside16.zarr --out runs/speedy-osse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ensemble_da.assimilation import Assimilator  # noqa: E402
+from ensemble_da.config import load_config  # noqa: E402
+from ensemble_da.data.speedy import read_speedy  # noqa: E402
+from ensemble_da.grid import HealpixGrid  # noqa: E402
+from ensemble_da.obs.era5 import write_healpix_truth  # noqa: E402
+from ensemble_da.obs.inputs import prepare_inputs  # noqa: E402
+from ensemble_da.obs.operators import ObservationOperator  # noqa: E402
+from ensemble_da.obs.osse import PRESSURE_FILE, TRUTH_FILE, healpix_to_latlon, osse_grid_deg, write_era5_netcdf  # noqa: E402
+from ensemble_da.priors.checkpoint import load_checkpoint, shipped_heldout_sample  # noqa: E402
+from ensemble_da.priors.climatology import ClimatologyPrior  # noqa: E402
+from ensemble_da.stats import EnsembleMoments, fair_crps  # noqa: E402
+
+
+def write_inputs(truth: np.ndarray, times: np.ndarray, channels: list[str], grid: HealpixGrid, out: Path) -> tuple[Path, Path]:
+    """ERA5-layout pressure-level NetCDF and truth.zarr for given HEALPix truths."""
+    out.mkdir(parents=True, exist_ok=True)
+    lat, lon, values = healpix_to_latlon(truth, grid, osse_grid_deg(grid.nside))
+    nc, zarr = out / PRESSURE_FILE, out / TRUTH_FILE
+    for p in (nc,):
+        if p.exists():
+            p.unlink()
+    if zarr.exists():
+        import shutil
+
+        shutil.rmtree(zarr)
+    write_era5_netcdf(nc, times, channels, values, lat, lon)
+    write_healpix_truth(zarr, truth, times, channels, grid)
+    return nc, zarr
+
+
+def gaussian_crps(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Closed-form CRPS of N(mean, std²) at `truth` (Gneiting et al. 2005)."""
+    from scipy.stats import norm
+
+    w = (truth - mean) / std
+    return std * (w * (2 * norm.cdf(w) - 1) + 2 * norm.pdf(w) - 1 / np.sqrt(np.pi))
+
+
+def day_condition(t: np.datetime64) -> dict[str, float]:
+    t = np.datetime64(t, "s")
+    doy = (t - t.astype("datetime64[Y]").astype("datetime64[s]")).astype(np.float64) / 86400.0 + 1.0
+    sod = (t - t.astype("datetime64[D]").astype("datetime64[s]")).astype(np.float64)
+    return {"day_of_year": doy, "second_of_day": sod}
+
+
+def aggregate(per_time: list[dict], channels: list[str], members: int | None) -> dict[str, float]:
+    out = {}
+    for c in channels:
+        mse = np.mean([m["mse"][c] for m in per_time])
+        var = np.mean([m["var"][c] for m in per_time])
+        rmse = float(np.sqrt(mse))
+        factor = 1.0 if members is None else np.sqrt((members + 1) / members)
+        out[f"rmse/{c}"] = rmse
+        out[f"ssr/{c}"] = float(factor * np.sqrt(var) / rmse)
+        out[f"crps/{c}"] = float(np.mean([m["crps"][c] for m in per_time]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "speedy-osse.yaml"))
+    ap.add_argument("--checkpoint", default=None, help="checkpoint stem/json (default: shipped)")
+    ap.add_argument("--data", default=str(REPO / ".cache" / "speedy_nside16.zarr"), help="training dataset (climatology fit)")
+    ap.add_argument("--holdout-days", type=int, default=60)
+    ap.add_argument("--truths", default=None, help=".npz or zarr of held-out states (default: the packaged sample)")
+    ap.add_argument("--times", type=int, default=6, help="analysis times (spread over the held-out states)")
+    ap.add_argument("--members", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--methods", default="regression,mmps")
+    ap.add_argument("--ranks", default="64,256", help="climatology ranks; the best (lowest mean normalised RMSE) is the baseline")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--out", default=str(REPO / "runs" / "speedy-osse"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    learned = load_checkpoint(args.checkpoint)
+    channels = list(learned.normalization.channels)
+    held = read_speedy(args.truths or shipped_heldout_sample())
+    pick = np.linspace(0, held.state.shape[0] - 1, args.times).round().astype(int)
+    truth_all = held.state[pick][:, [held.channels.index(c) for c in channels]].astype(np.float32)
+    times = held.time[pick]
+    nc, zarr = write_inputs(truth_all, times, channels, learned.grid, out / "inputs")
+
+    overrides = [
+        f"observations.path={nc}",
+        f"observations.truth_path={zarr}",
+        "times=[" + ", ".join(f'"{np.datetime_as_string(t, unit="s")}"' for t in times) + "]",
+    ]
+    if args.members:
+        overrides.append(f"ensemble.members={args.members}")
+    if args.steps:
+        overrides.append(f"sampler.steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+    inputs = prepare_inputs(cfg, learned)
+    truth = inputs.truth.astype(np.float64)
+    members = cfg.ensemble.members
+    n_obs = [int(o.assimilated.sum()) for o in inputs.observations]
+    print(f"{len(times)} analysis times {np.datetime_as_string(times[0], unit='D')} .. "
+          f"{np.datetime_as_string(times[-1], unit='D')}, {np.mean(n_obs):.0f} assimilated obs each, {members} members")
+
+    results: dict[str, dict] = {}
+    timing: dict[str, float] = {}
+
+    # --- Gaussian baseline(s): exact posterior -------------------------------------------------
+    best = None
+    for rank in [int(r) for r in args.ranks.split(",")]:
+        mcfg = cfg.model.model_copy(update={"kind": "gaussian_climatology", "path": args.data, "rank": rank,
+                                            "holdout_days": args.holdout_days, "channels": channels})
+        t0 = time.time()
+        prior = ClimatologyPrior.from_config(mcfg, cfg.grid)
+        rows, clim = [], []
+        for t, obs in enumerate(inputs.observations):
+            op = ObservationOperator.build(obs.assimilated_only(), prior.grid, prior.normalization, cfg.observations.operator)
+            mean, spread = prior.exact_posterior_physical(op)
+            rows.append({
+                "mse": {c: float(np.mean((mean[i] - truth[t, i]) ** 2)) for i, c in enumerate(channels)},
+                "var": {c: float(np.mean(spread[i] ** 2)) for i, c in enumerate(channels)},
+                "crps": {c: float(gaussian_crps(mean[i], spread[i], truth[t, i]).mean()) for i, c in enumerate(channels)},
+            })
+            pm, ps = prior.prior_mean_physical(), prior.prior_spread()
+            clim.append({
+                "mse": {c: float(np.mean((pm[i] - truth[t, i]) ** 2)) for i, c in enumerate(channels)},
+                "var": {c: float(np.mean(ps[i] ** 2)) for i, c in enumerate(channels)},
+                "crps": {c: float(gaussian_crps(pm[i], ps[i], truth[t, i]).mean()) for i, c in enumerate(channels)},
+            })
+        agg = aggregate(rows, channels, None)
+        timing[f"gaussian r={rank}"] = time.time() - t0
+        results[f"gaussian climatology r={rank} (exact)"] = agg
+        score = np.mean([agg[f"rmse/{c}"] / held.scale[held.channels.index(c)] for c in channels])
+        if best is None or score < best[0]:
+            best = (score, f"gaussian climatology r={rank} (exact)")
+        results.setdefault("climatological mean (no obs)", aggregate(clim, channels, None))
+    baseline = best[1]
+
+    # --- learned prior ----------------------------------------------------------------------
+    for method in args.methods.split(","):
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.guidance.method = method
+        run_cfg.sampler.autocast = "none"
+        assim = Assimilator(run_cfg, prior=learned)
+        rows = []
+        t0 = time.time()
+        for t, obs in enumerate(inputs.observations):
+            block = assim.sample(obs, t, list(range(members)), condition=day_condition(times[t]))
+            x = block.analysis.astype(np.float64)
+            if not np.all(np.isfinite(x)):
+                raise RuntimeError(f"{method}: non-finite analysis at time {t}")
+            mom = EnsembleMoments.of(x)
+            crps = fair_crps(x, truth[t])
+            var = mom.variance()
+            rows.append({
+                "mse": {c: float(np.mean((mom.mean[i] - truth[t, i]) ** 2)) for i, c in enumerate(channels)},
+                "var": {c: float(np.mean(var[i])) for i, c in enumerate(channels)},
+                "crps": {c: float(crps[i].mean()) for i, c in enumerate(channels)},
+            })
+            print(f"  {method} t={t}: {time.time() - t0:.0f} s", flush=True)
+        timing[f"learned {method}"] = time.time() - t0
+        results[f"learned + {method}"] = aggregate(rows, channels, members)
+
+    # --- table --------------------------------------------------------------------------------
+    lines = ["| prior | metric | " + " | ".join(channels) + " |", "|---|---|" + "---|" * len(channels)]
+    for name, agg in results.items():
+        for metric in ("rmse", "ssr", "crps"):
+            vals = []
+            for c in channels:
+                v = agg[f"{metric}/{c}"]
+                vals.append(f"{v:.3g}" if metric != "ssr" else f"{v:.2f}")
+            lines.append(f"| {name} | {metric.upper()} | " + " | ".join(vals) + " |")
+    gain_lines = []
+    for name in results:
+        if name.startswith("learned"):
+            gains = [1 - results[name][f"rmse/{c}"] / results[baseline][f"rmse/{c}"] for c in channels]
+            gain_lines.append(f"| {name} vs {baseline} | RMSE reduction | " + " | ".join(f"{100 * g:+.1f}%" for g in gains) + " |")
+    table = "\n".join(lines + gain_lines)
+    print(table)
+    summary = {
+        "times": [np.datetime_as_string(t, unit="s") for t in times],
+        "assimilated_obs_per_time": n_obs,
+        "members": members,
+        "sampler_steps": cfg.sampler.steps,
+        "baseline": baseline,
+        "results": results,
+        "seconds": timing,
+        "checkpoint": learned.meta.get("training", {}).get("steps"),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

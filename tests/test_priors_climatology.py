@@ -1,0 +1,113 @@
+"""The climatological Gaussian prior (priors/climatology.py) against dense linear algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble_da.channels import Normalization
+from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.data.speedy import write_dataset
+from ensemble_da.errors import InputError
+from ensemble_da.grid import HealpixGrid
+from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.priors import load_prior
+from ensemble_da.priors.climatology import ClimatologyPrior, fit_climatology
+
+NSIDE, C = 2, 2
+D = C * 12 * NSIDE**2
+
+
+def _states(t: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(D, 8)) * np.linspace(2.0, 0.3, 8)
+    mean = rng.normal(size=D)
+    return (mean + rng.normal(size=(t, 8)) @ mix.T + 0.1 * rng.normal(size=(t, D))).reshape(t, C, -1)
+
+
+def _dense_reference(z: np.ndarray, rank: int):
+    """μ and Σ = top-`rank` eigenpairs of the sample covariance + ν² I, by eigh (not SVD)."""
+    flat = z.reshape(z.shape[0], -1)
+    mu = flat.mean(0)
+    cov = np.cov(flat, rowvar=False)
+    w, v = np.linalg.eigh(cov)
+    w, v = w[::-1][:rank], v[:, ::-1][:, :rank]
+    nu2 = (np.trace(cov) - w.sum()) / cov.shape[0]
+    return mu, v @ np.diag(w) @ v.T + nu2 * np.eye(cov.shape[0]), nu2
+
+
+def _prior(z: np.ndarray, rank: int) -> ClimatologyPrior:
+    mean, basis = fit_climatology(z, rank)
+    norm = Normalization(("T850", "Z500"), np.zeros(C), np.ones(C))
+    return ClimatologyPrior(HealpixGrid(NSIDE), norm, basis, mean=mean)
+
+
+def test_fit_matches_dense_covariance_and_keeps_total_variance():
+    z = _states()
+    mu, sigma, nu2 = _dense_reference(z, rank=6)
+    prior = _prior(z, rank=6)
+    assert prior.basis.nugget == pytest.approx(nu2, rel=1e-10)
+    np.testing.assert_allclose(prior.mean.reshape(-1), mu, atol=1e-12)
+    np.testing.assert_allclose(prior.basis.diag_covariance().reshape(-1), np.diag(sigma), atol=1e-10)
+    assert np.trace(sigma) == pytest.approx(np.trace(np.cov(z.reshape(40, -1), rowvar=False)), rel=1e-10)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.7, 30.0])
+def test_denoiser_is_the_exact_conditional_mean(sigma):
+    z0 = _states()
+    mu, cov, _ = _dense_reference(z0, rank=6)
+    prior = _prior(z0, rank=6)
+    z = np.random.default_rng(1).normal(size=(3, D)) * 2 + mu
+    expected = mu + (cov @ np.linalg.solve(cov + sigma**2 * np.eye(D), (z - mu).T)).T
+    got = prior(torch.as_tensor(z.reshape(3, C, -1)), torch.full((3,), sigma, dtype=torch.float64))
+    np.testing.assert_allclose(got.numpy().reshape(3, -1), expected, atol=1e-9)
+
+
+def test_exact_posterior_is_the_kalman_update_with_the_mean():
+    z0 = _states()
+    mu, cov, _ = _dense_reference(z0, rank=6)
+    prior = _prior(z0, rank=6)
+    rng = np.random.default_rng(2)
+    n_obs = 15
+    flat = rng.choice(D, size=(n_obs, 1), replace=False)
+    op = ObservationOperator(flat, np.ones((n_obs, 1)), rng.normal(size=n_obs), np.full(n_obs, 0.3), C, D // C)
+    h = op.matrix().toarray()
+    s = h @ cov @ h.T + np.diag(op.sigma**2)
+    gain = cov @ h.T @ np.linalg.inv(s)
+    mean, var = prior.exact_posterior(op)
+    np.testing.assert_allclose(mean.reshape(-1), mu + gain @ (op.y - h @ mu), atol=1e-9)
+    np.testing.assert_allclose(var.reshape(-1), np.diag(cov - gain @ h @ cov), atol=1e-9)
+
+
+def test_truth_samples_have_the_fitted_mean_and_variance():
+    z0 = _states()
+    prior = _prior(z0, rank=6)
+    draws = prior.normalization.normalize(prior.sample_truth(np.random.default_rng(3), 4000))
+    # 4000 independent draws: the standard error of a mean is sd/63 and of a variance ~2.2% of it;
+    # 5 standard errors keeps this test from flaking while catching a missing mean or a wrong root.
+    sd = np.sqrt(prior.basis.diag_covariance())
+    assert np.all(np.abs(draws.mean(0) - prior.mean) < 5 * sd / np.sqrt(4000))
+    np.testing.assert_allclose(draws.var(0).mean(), (sd**2).mean(), rtol=0.05)
+
+
+def test_load_prior_fits_from_a_dataset_and_holds_out_the_tail(tmp_path):
+    grid = HealpixGrid(NSIDE)
+    state = (_states(t=30) * np.array([3.0, 900.0])[None, :, None] + np.array([280.0, 55000.0])[None, :, None])
+    times = np.datetime64("2001-01-01", "ns") + np.arange(30) * np.timedelta64(1, "D")
+    write_dataset(tmp_path / "d.zarr", state.astype(np.float32), times, ["T850", "Z500"], grid)
+    cfg = ModelConfig(kind="gaussian_climatology", path=str(tmp_path / "d.zarr"), channels=["Z500"], rank=4, holdout_days=10)
+    prior = load_prior(cfg, GridConfig(nside=NSIDE))
+    assert prior.normalization.channels == ("Z500",)
+    assert prior.meta["fit_states"] == 20
+    fitted = prior.prior_mean_physical()[0]
+    np.testing.assert_allclose(fitted, state[:20, 1].astype(np.float32).mean(0), rtol=1e-6)
+    out = prior(torch.zeros(2, 1, grid.npix, dtype=torch.float64), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert out.shape == (2, 1, grid.npix)
+
+    with pytest.raises(InputError, match="model.path"):
+        load_prior(ModelConfig(kind="gaussian_climatology"), GridConfig(nside=NSIDE))
+    with pytest.raises(InputError, match="nside"):
+        load_prior(cfg, GridConfig(nside=4))
+    with pytest.raises(InputError, match="not a channel"):
+        load_prior(cfg.model_copy(update={"channels": ["T500"]}), GridConfig(nside=NSIDE))
