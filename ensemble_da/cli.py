@@ -83,5 +83,47 @@ def osse(
         print(f"wrote {', '.join(p.name for p in files.era5)}, {files.truth.name}, {files.config.name} in {out}")
 
 
+data_app = typer.Typer(help="Generate training data for learned priors.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("speedy")
+def data_speedy(
+    out: Path = typer.Option(..., "--out", help="Output zarr store (time, channel, cell)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial-state perturbation."),
+    days: int = typer.Option(365, "--days", help="Daily states kept after the spin-up."),
+    spinup_days: int = typer.Option(120, "--spinup-days", help="Days integrated and discarded first."),
+    nside: int = typer.Option(16, "--nside", help="HEALPix nside of the output (NEST)."),
+    channels: str = typer.Option("T850,T500,T300,U850,V850,Z500", "--channels", help="Comma-separated channels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Integrate SPEEDY (jcm, packaged T30 boundary data) and store daily HEALPix states."""
+    with cli_errors(debug):
+        from ensemble_da.data.speedy import generate_speedy
+
+        names = [c.strip() for c in channels.split(",") if c.strip()]
+        path = generate_speedy(
+            out, seed=seed, days=days, spinup_days=spinup_days, nside=nside, channels=names, overwrite=overwrite
+        )
+        print(f"wrote {path}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML (see ensemble_da.training.TrainConfig)."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue the training state in the config's out folder."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Train a HEALPix EDM denoiser; writes <out>/<name>.safetensors + .json."""
+    with cli_errors(debug):
+        from ensemble_da.training import load_train_config
+        from ensemble_da.training import train as run_training
+
+        result = run_training(load_train_config(config, set_), resume=resume, progress=sys.stderr.isatty())
+        print(f"wrote {result.checkpoint} after {result.steps} steps (loss {result.final_loss:.4f})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

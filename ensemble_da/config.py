@@ -63,6 +63,8 @@ class ModelConfig(_Strict):
     # checkpoint / gaussian_climatology / cbottle: where the weights or training data live.
     path: str | None = None
     cache_dir: str | None = None
+    # gaussian_climatology: states at the end of the dataset left out of the fit (held out).
+    holdout_days: int = 0
 
     @field_validator("nugget")
     @classmethod

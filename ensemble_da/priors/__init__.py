@@ -17,4 +17,12 @@ def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device 
         from ensemble_da.priors.gaussian import GaussianPrior
 
         return GaussianPrior.from_config(model, grid)
+    if model.kind == "gaussian_climatology":
+        from ensemble_da.priors.climatology import ClimatologyPrior
+
+        return ClimatologyPrior.from_config(model, grid)
+    if model.kind == "checkpoint":
+        from ensemble_da.priors.checkpoint import load_for_config
+
+        return load_for_config(model, grid, device)
     raise InputError(f"model.kind {model.kind!r} is not available in this build")
