@@ -264,9 +264,11 @@ def run_pipeline(
                 factory, session = _executor(config)
                 with session:
                     executor = factory()
-                    show(executor, counts["done"])
-                    executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
-                    executor.shutdown()
+                    try:
+                        show(executor, counts["done"])
+                        executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
+                    finally:
+                        executor.shutdown()
         if not aggregator.finished:
             raise RuntimeError("some analysis times were not finished; the run is incomplete")
         result = _finish(config, out_dir, store, aggregator, tracker, inputs.times, channels, prior_spread,

@@ -50,6 +50,9 @@ def ray_session(address: str, *, num_cpus: int | None = None, temp_dir: str | No
         yield sys.modules["ray"]
         return
     if address == "local":
+        # Ray >= 2.59 turns token auth on for a new local cluster and says so in a warning;
+        # asking for it explicitly keeps that protection without the noise (tests may disable it).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray = import_ray_loopback()
         kwargs = dict(
             address="local",
