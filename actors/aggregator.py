@@ -23,13 +23,10 @@ import numpy as np
 from ensemble_da.io import RunStore
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, rank_counts, time_metrics
+from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, rank_counts, time_metrics
 
-__all__ = ["Aggregator", "TimeResult", "HELDOUT_NOISE_STREAM", "CELL_SLICE_BYTES"]
+__all__ = ["Aggregator", "TimeResult", "CELL_SLICE_BYTES"]
 
-# Stream of the observation noise added to members for the held-out CRPS of time t:
-# SeedSequence([seed, t, HELDOUT_NOISE_STREAM]), apart from member and truth streams (DESIGN §3).
-HELDOUT_NOISE_STREAM = 2**31 - 2
 # Largest (member, channel, cells) slice read at once for CRPS and ranks.
 CELL_SLICE_BYTES = 256 * 2**20
 
@@ -68,7 +65,7 @@ class Aggregator:
     truth : float (time, channel, cell), optional
     exact : (mean, spread) each float (time, channel, cell), optional
     seed : int
-        Run seed (held-out CRPS noise stream).
+        Run seed (held-out CRPS noise stream, `stats.heldout_noise_rng`).
     on_time : callable(TimeResult), optional
         Called when a time is finished.
     """
@@ -137,7 +134,7 @@ class Aggregator:
         if truth is not None:
             crps, ranks = self._scores_vs_truth(t, truth)
         exact = None if self.exact is None else (self.exact[0][t], self.exact[1][t])
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, t, HELDOUT_NOISE_STREAM]))
+        rng = heldout_noise_rng(self.seed, t)
         if st.moments.count > 1:
             metrics = time_metrics(
                 list(self.layout.channels), st.moments, fit=fit, truth=truth, crps=crps, exact=exact,

@@ -23,7 +23,7 @@ from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors import Denoiser, load_prior
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, time_metrics
+from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate"]
 
@@ -169,7 +169,7 @@ def assimilate(
                 truth,
                 None if truth is None else fair_crps(x, truth),
                 ex,
-                np.random.default_rng([config.seed, t]),
+                heldout_noise_rng(config.seed, t),
             )
         )
         out.append(x)

@@ -24,6 +24,7 @@ __all__ = [
     "spread_skill_ratio",
     "ObsFit",
     "time_metrics",
+    "heldout_noise_rng",
 ]
 
 
@@ -107,6 +108,12 @@ class ObsFit:
     @property
     def hx_spread(self) -> np.ndarray:
         return self.hx.std(0, ddof=1) if self.hx.shape[0] > 1 else np.zeros(self.hx.shape[1])
+
+
+def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
+    """The stream of observation noise added to members for the held-out CRPS of time `t_index`
+    (one definition, so in-memory and distributed runs report the same score)."""
+    return np.random.default_rng([seed, t_index])
 
 
 def _rms(a: np.ndarray) -> float:
