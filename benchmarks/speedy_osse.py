@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--methods", default="regression,mmps")
-    ap.add_argument("--ranks", default="64,256", help="climatology ranks; the best (lowest mean normalised RMSE) is the baseline")
+    ap.add_argument("--ranks", default="128,256,512", help="climatology ranks; the best (lowest mean normalised RMSE) is the baseline")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default=str(REPO / "runs" / "speedy-osse"))
     args = ap.parse_args(argv)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = best[1]
 
     # --- learned prior ----------------------------------------------------------------------
-    for method in args.methods.split(","):
+    for method in [m for m in args.methods.split(",") if m]:
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.guidance.method = method
         run_cfg.sampler.autocast = "none"
