@@ -1,7 +1,9 @@
 """Costs of the distributed runtime, measured in one run and printed as ratios (issue 3).
 
 1. Ray overhead: the same work units on 1 Ray replica vs in-process (goal <= 1.15x), timed from
-   "replicas loaded" to "last unit delivered" (start-up is reported separately).
+   "replicas loaded" to "last unit delivered" (start-up is reported separately); the runs are
+   interleaved and repeated, and the best of each is kept, so other load on the machine skews
+   the ratios less.
 2. Scaling: 2 single-thread Ray replicas vs 1 on this machine, members per second (goal >= 1.7x).
 3. Aggregator cost per member block vs sampling cost per block, from an in-process run of the
    demo's science settings (goal <= 5%); the zarr write per block is reported beside it.
@@ -53,37 +55,54 @@ def units_and_obs(config):
     return units, inputs.observations
 
 
-def timed_run(executor, units, obs) -> float:
+def timed_run(executor, units, obs, pids) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the replica processes `pids`) to run `units`."""
+    procs = [psutil.Process(p) for p in pids]
+    cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
     start = time.perf_counter()
     executor.run(units, obs, lambda result: None)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0
 
 
 def ray_runs(args) -> dict:
+    """Best of `args.repeat` interleaved timings of the same units: in-process, 1 and 2 Ray replicas."""
     from actors.coordinator import Coordinator
     from actors.runtime import ray_session
 
-    out = {}
-    cfg1 = demo_config(args.steps, args.members, args.units_of, replicas=1, address="local")
-    units, obs = units_and_obs(cfg1)
+    out: dict = {}
+    cfg = {n: demo_config(args.steps, args.members, args.units_of, replicas=n, address="local") for n in (1, 2)}
+    units, obs = units_and_obs(cfg[1])
     t0 = time.perf_counter()
-    local = InProcessExecutor(cfg1)
+    local = InProcessExecutor(cfg[1])
     out["inprocess_start_s"] = time.perf_counter() - t0
-    out["inprocess_s"] = timed_run(local, units, obs)
 
     with tempfile.TemporaryDirectory(prefix="eda-ray-", dir="/tmp") as tmp:
         os.environ["RAY_TMPDIR"] = tmp
         t0 = time.perf_counter()
-        with ray_session("local", num_cpus=2):
+        with ray_session("local", num_cpus=3):  # room for both coordinators' replicas (idle ones cost no CPU)
             out["ray_init_s"] = time.perf_counter() - t0
+            coordinators = {}
             for n in (1, 2):
-                cfg = demo_config(args.steps, args.members, args.units_of, replicas=n, address="local")
                 t0 = time.perf_counter()
-                co = Coordinator(cfg)
-                co.replica_info()
+                coordinators[n] = Coordinator(cfg[n])
+                coordinators[n].replica_info()
                 out[f"ray{n}_start_s"] = time.perf_counter() - t0
-                out[f"ray{n}_s"] = timed_run(co, units, obs)
-                out[f"ray{n}_members_per_replica"] = [s.members for s in co.stats]
+            pids = {"inprocess": [os.getpid()]}
+            pids.update({f"ray{n}": [s.info["pid"] for s in co.stats] for n, co in coordinators.items()})
+            runners = {"inprocess": local, "ray1": coordinators[1], "ray2": coordinators[2]}
+            times: dict[str, list[float]] = {f"{k}_s": [] for k in runners}
+            cpu: dict[str, list[float]] = {f"{k}_cpu_s": [] for k in runners}
+            for _ in range(args.repeat):
+                for key, runner in runners.items():
+                    wall, used = timed_run(runner, units, obs, pids[key])
+                    times[f"{key}_s"].append(wall)
+                    cpu[f"{key}_cpu_s"].append(used)
+            out.update({k: min(v) for k, v in times.items()})
+            out.update({k: min(v) for k, v in cpu.items()})
+            out["all_s"] = times
+            out["ray2_members_per_replica"] = [s.members for s in coordinators[2].stats]
+            for co in coordinators.values():
                 co.shutdown()
     return out
 
@@ -146,6 +165,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=8, help="members for the Ray runs")
     ap.add_argument("--units-of", type=int, default=2, help="members per work unit for the Ray runs")
     ap.add_argument("--agg-members", type=int, default=8, help="members for the aggregator-cost run")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats of the Ray/in-process runs (best kept)")
     ap.add_argument("--skip-demo", action="store_true")
     args = ap.parse_args()
 
@@ -160,9 +180,13 @@ def main() -> None:
         ("Zarr write / sampling, per member block", a["writing_s"] / a["sampling_s"], "(info)"),
     ]
     print(f"\nunits: {m} members of nside 16, {args.steps} steps, mmps, blocks of {args.units_of}")
-    print(f"in-process {r['inprocess_s']:.2f} s ({m / r['inprocess_s']:.2f} members/s); "
+    print("all timings (s):", {k: [round(x, 2) for x in v] for k, v in r["all_s"].items()})
+    print(f"best: in-process {r['inprocess_s']:.2f} s ({m / r['inprocess_s']:.2f} members/s); "
           f"1 Ray replica {r['ray1_s']:.2f} s; 2 Ray replicas {r['ray2_s']:.2f} s "
-          f"(units per replica {r['ray2_members_per_replica']})")
+          f"(members per replica over all repeats {r['ray2_members_per_replica']})")
+    print(f"replica CPU seconds per member (best): in-process {r['inprocess_cpu_s'] / m:.2f}, "
+          f"1 Ray replica {r['ray1_cpu_s'] / m:.2f}, 2 Ray replicas {r['ray2_cpu_s'] / m:.2f}  "
+          "(equal values: replicas do not slow each other; the rest of 2-vs-1 is cores taken by other load)")
     print(f"start-up: ray.init {r['ray_init_s']:.1f} s, 1 replica ready {r['ray1_start_s']:.1f} s, "
           f"2 replicas ready {r['ray2_start_s']:.1f} s, in-process replica {r['inprocess_start_s']:.1f} s")
     print(f"aggregator run: {a['blocks']} blocks of 4 members, 32 steps: sampling {a['sampling_s']:.2f} s, "
