@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ensemble_da.assimilation import Assimilator
-from ensemble_da.config import RunConfig
+from ensemble_da.config import RunConfig, load_config
 
 METHODS = [
     ("none", {}),
@@ -33,23 +33,10 @@ METHODS = [
 
 
 def config(steps: int, members: int, guidance: dict) -> RunConfig:
-    return RunConfig.model_validate(
-        dict(
-            grid=dict(nside=8),
-            model=dict(
-                kind="gaussian",
-                channels=["T850", "T500", "T300"],
-                mean=dict(T850=275.0, T500=255.0, T300=230.0),
-                std=dict(T850=6.0, T500=5.0, T300=4.0),
-                length_scale_km=1500,
-                channel_correlation=[[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]],
-            ),
-            sampler=dict(steps=steps, batch_size=members),
-            guidance={"method": "none", **guidance},
-            ensemble=dict(members=members),
-            observations=dict(num_obs=100, sigma=dict(T850=0.5, T500=0.5, T300=0.5)),
-        )
-    )
+    """The packaged demo's prior and observation errors at nside 8, one time, 100 observations."""
+    overrides = [f"sampler.steps={steps}", f"sampler.batch_size={members}", f"ensemble.members={members}",
+                 "grid.nside=8", "observations.num_obs=100", "guidance.method=none"]
+    return load_config(None, overrides + [f"guidance.{k}={v}" for k, v in guidance.items()])
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble_da.config import RunConfig
+import yaml
+
+from ensemble_da.config import RunConfig, default_config_path
 
 torch.set_num_threads(1)
 
@@ -19,24 +21,12 @@ def _private_cache(tmp_path_factory):
 
 
 def small_config(**sections) -> RunConfig:
-    """A 3-channel Gaussian-prior run at nside 8 (DESIGN.md §7a values), overridable per section."""
-    tree = dict(
-        grid=dict(nside=8),
-        model=dict(
-            kind="gaussian",
-            channels=["T850", "T500", "T300"],
-            mean=dict(T850=275.0, T500=255.0, T300=230.0),
-            std=dict(T850=6.0, T500=5.0, T300=4.0),
-            length_scale_km=1500,
-            channel_correlation=[[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]],
-            nugget=0.05,
-        ),
-        sampler=dict(steps=32, batch_size=64),
-        guidance=dict(method="mmps", cg_iters=3),
-        ensemble=dict(members=16),
-        observations=dict(num_obs=100, sigma=dict(T850=0.5, T500=0.5, T300=0.5)),
-        cluster=dict(address="inprocess"),
-    )
+    """The packaged demo (DESIGN.md §7a values) shrunk for tests: nside 8, one time, 100 obs,
+    in-process; each keyword replaces keys of one section (or a top-level value)."""
+    tree = yaml.safe_load(default_config_path().read_text())
+    tree.update(times=["2020-01-01T00:00"], grid=dict(nside=8), cluster=dict(address="inprocess"))
+    tree["sampler"].update(steps=32, batch_size=64)
+    tree["observations"].update(num_obs=100)
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
     return RunConfig.model_validate(tree)
