@@ -102,9 +102,18 @@ class Coordinator:
         self.retries = 0
         self.max_consecutive_failures = 5
 
+    def _get(self, refs):
+        """ray.get, with a bad input met inside a replica raised as itself (one line, no remote traceback)."""
+        try:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, InputError):
+                raise exc.cause from None
+            raise
+
     def replica_info(self) -> list[dict[str, Any]]:
         """Wait until every replica has loaded its prior; their pid, node, device, GPU ids."""
-        infos = self._ray.get([r.info.remote() for r in self.replicas])
+        infos = self._get([r.info.remote() for r in self.replicas])
         for s, info in zip(self.stats, infos):
             s.info = info
         return infos
@@ -138,7 +147,7 @@ class Coordinator:
             for ref in ready:
                 r, unit, started = inflight.pop(ref)
                 try:
-                    result: BlockResult = ray.get(ref)
+                    result: BlockResult = self._get(ref)
                 except ray.exceptions.RayActorError:
                     # The replica is gone for good or unreachable: another one re-runs the unit.
                     self.retries += 1

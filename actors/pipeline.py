@@ -184,7 +184,17 @@ def run_pipeline(
     guided = config.guidance.method != "none"
     sample_obs = [o if guided else None for o in inputs.observations]
 
-    # The run directory.
+    # Ray (when used) is up before the run directory is touched: an unreachable cluster address
+    # is a bad input too.
+    factory, session = _executor(config)
+    with session:
+        return _run(config, out_dir, resume, progress, on_unit, t_start, factory, inputs, sample_obs, operators,
+                    exact, prior_spread, channels)
+
+
+def _run(config, out_dir, resume, progress, on_unit, t_start, factory, inputs, sample_obs, operators, exact,
+         prior_spread, channels) -> RunResult:
+    """The part of `run_pipeline` that writes: store, tracking, sampling, statistics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         store = RunStore(out_dir / STORE_NAME)
@@ -261,14 +271,12 @@ def run_pipeline(
     try:
         with _progress(progress, total, counts["done"]) as show:
             if units:
-                factory, session = _executor(config)
-                with session:
-                    executor = factory()
-                    try:
-                        show(executor, counts["done"])
-                        executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
-                    finally:
-                        executor.shutdown()
+                executor = factory()
+                try:
+                    show(executor, counts["done"])
+                    executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
+                finally:
+                    executor.shutdown()
         if not aggregator.finished:
             raise RuntimeError("some analysis times were not finished; the run is incomplete")
         result = _finish(config, out_dir, store, aggregator, tracker, inputs.times, channels, prior_spread,

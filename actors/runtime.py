@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from typing import Iterator
+
+from ensemble_da.errors import InputError
 
 __all__ = ["import_ray_loopback", "ray_session", "LOOPBACK_ENV"]
 
@@ -31,6 +34,20 @@ def import_ray_loopback():
 
     rc.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when `host:port` (or `ray://host:port`) does not accept TCP connections: Ray
+    itself retries a wrong address for minutes before it gives up."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cluster.address {address!r}: nothing accepts connections there ({exc})") from None
 
 
 @contextlib.contextmanager
@@ -66,9 +83,14 @@ def ray_session(address: str, *, num_cpus: int | None = None, temp_dir: str | No
             kwargs["_temp_dir"] = temp_dir
         ray.init(**kwargs)
     else:
+        _check_reachable(address)
         import ray
 
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"cluster.address {address!r}: cannot connect to a Ray cluster ({first})") from None
     try:
         yield ray
     finally:

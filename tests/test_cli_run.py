@@ -177,6 +177,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
         (["run", "{cfg}", "--set", "observations.channels=[X999]"], "X999"),
         (["run", "{cfg}", "--set", "cluster.members_per_unit=0"], "members_per_unit"),
         (["run", "{cfg}", "--set", "cluster.address=no address"], "cluster.address"),
+        (["run", "{cfg}", "--set", "cluster.address=127.0.0.1:9"], "nothing accepts connections"),
         (["run", "{cfg}", "--set", "times=[yesterday]"], "yesterday"),
         (["run", "{cfg}", "--set", "seed"], "key=value"),
         (["run", "{cfg}", "--resume"], "--resume needs --out"),
