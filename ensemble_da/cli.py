@@ -57,7 +57,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: sample only missing members."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Sample a posterior ensemble for every analysis time and write DIR/ (DESIGN.md §7)."""
+    """Sample a posterior ensemble for every analysis time; write DIR (analysis.zarr, summary, figures, MLflow)."""
     with cli_errors(debug):
         from actors.pipeline import run_from_cli
 
