@@ -20,9 +20,10 @@ from ray_helpers import assert_same_store, config, is_loopback, listening_addres
 pytestmark = pytest.mark.slow
 
 
-def test_local_ray_on_loopback_equals_inprocess(tmp_path, monkeypatch):
+def test_local_ray_on_loopback_equals_inprocess(tmp_path, monkeypatch, request):
     # A short private Ray temp dir (socket paths have a length limit; no stale session files).
     ray_tmp = tempfile.mkdtemp(prefix="eda-ray-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     ref = tmp_path / "inprocess"
     run_pipeline(config(), ref, progress=False)
@@ -38,4 +39,3 @@ def test_local_ray_on_loopback_equals_inprocess(tmp_path, monkeypatch):
     assert_same_store(ref, tmp_path / "local")
     # The run's Ray is gone with the run.
     assert not sys.modules["ray"].is_initialized()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
