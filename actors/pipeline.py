@@ -231,7 +231,8 @@ def _run(config, out_dir, resume, progress, on_unit, t_start, factory, inputs, s
 
     def on_time(res: TimeResult) -> None:
         if res.t_index not in state["logged_times"]:
-            tracker.log_metrics(res.metrics, step=res.t_index)
+            qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
+            tracker.log_metrics({**res.metrics, **qc}, step=res.t_index)
             if tracker.ok:
                 state["logged_times"].append(res.t_index)
                 _write_json(out_dir / STATE_FILE, state)
@@ -280,7 +281,7 @@ def _run(config, out_dir, resume, progress, on_unit, t_start, factory, inputs, s
         if not aggregator.finished:
             raise RuntimeError("some analysis times were not finished; the run is incomplete")
         result = _finish(config, out_dir, store, aggregator, tracker, inputs.times, channels, prior_spread,
-                         counts, timings, executor, t_start)
+                         counts, timings, executor, t_start, inputs.qc.metrics())
         status = "FINISHED"
         return result
     except KeyboardInterrupt:
@@ -348,8 +349,10 @@ def _json_default(o: Any) -> Any:
 
 
 def _finish(config, out_dir, store, aggregator, tracker, times, channels, prior_spread, counts, timings,
-            executor, t_start) -> RunResult:
-    """Observations group, figures, summary.json, MLflow artifacts, and the store marked complete."""
+            executor, t_start, qc: dict[str, float]) -> RunResult:
+    """Observations group, figures, summary.json, MLflow artifacts, and the store marked complete.
+
+    `qc` holds the quality-control counts summed over analysis times (`qc/<name>`)."""
     from ensemble_da.figures import plot_mean_spread, plot_rank_histogram
 
     store.write_observations(aggregator.observations_dataset())
@@ -372,6 +375,7 @@ def _finish(config, out_dir, store, aggregator, tracker, times, channels, prior_
     store.finalize({"members_done": counts["done"]})
     summary: dict[str, Any] = {
         **mean_metrics,
+        **qc,
         "run_name": config.run_name,
         "run_id": tracker.run_id,
         "tracking_uri": tracker.uri,

@@ -122,6 +122,10 @@ def test_summary_and_mlflow_read_back(finished_run):
         assert sorted(m.step for m in history) == [0, 1], name
         # summary.json holds the mean over analysis times of what MLflow holds per time
         assert summary[name] == pytest.approx(np.mean([m.value for m in history]), rel=1e-12)
+    # quality-control counts: per time in MLflow, summed over times in summary.json
+    kept = client.get_metric_history(run.info.run_id, "qc/kept")
+    assert sorted(m.step for m in kept) == [0, 1] and all(m.value > 0 for m in kept)
+    assert summary["qc/kept"] == sum(m.value for m in kept) and summary["qc/read"] >= summary["qc/kept"]
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "figures"} <= top
     figs = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
