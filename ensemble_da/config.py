@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -28,7 +28,12 @@ __all__ = [
     "load_config",
     "default_config_path",
     "apply_overrides",
+    "load_yaml_model",
+    "validate_tree",
 ]
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -268,19 +273,24 @@ def _format_validation(exc: ValidationError, source: str) -> str:
     return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
 
 
-def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
-    """Validate a raw tree into a RunConfig; errors become one-line InputErrors."""
+def validate_tree(model: type[M], tree: dict, source: str = "config") -> M:
+    """Validate a raw tree into `model`; errors become one-line InputErrors naming key and value."""
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as exc:
         raise InputError(_format_validation(exc, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a run config from YAML (None: the packaged demo) and apply `--set` overrides."""
-    path = Path(path) if path is not None else default_config_path()
+def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
+    """Validate a raw tree into a RunConfig; errors become one-line InputErrors."""
+    return validate_tree(RunConfig, tree, source)
+
+
+def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> M:
+    """Read YAML at `path`, apply `a.b=value` overrides and validate into `model` (InputError on bad input)."""
+    path = Path(path)
     if not path.is_file():
-        raise InputError(f"config file not found: {path}")
+        raise InputError(f"{what} not found: {path}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -288,4 +298,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(tree, dict):
         raise InputError(f"{path}: top level must be a mapping of config keys")
     apply_overrides(tree, overrides or [])
-    return config_from_tree(tree, str(path))
+    return validate_tree(model, tree, str(path))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from YAML (None: the packaged demo) and apply `--set` overrides."""
+    return load_yaml_model(RunConfig, path if path is not None else default_config_path(), overrides)

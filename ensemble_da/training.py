@@ -27,8 +27,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ensemble_da.channels import Normalization
 from ensemble_da.errors import InputError
@@ -107,26 +106,9 @@ class TrainConfig(_Strict):
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Load a training config from YAML and apply `a.b=value` overrides; InputError on bad input."""
-    from ensemble_da.config import apply_overrides
+    from ensemble_da.config import load_yaml_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"training config not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise InputError(f"{path}: top level must be a mapping of config keys")
-    apply_overrides(tree, overrides or [])
-    try:
-        return TrainConfig.model_validate(tree)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"{path}: unknown config key {loc!r}") from None
-        raise InputError(f"{path}: bad value for {loc!r} ({err.get('input')!r}): {err['msg']}") from None
+    return load_yaml_model(TrainConfig, path, overrides, what="training config")
 
 
 def edm_loss(model, z0: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
