@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         score = np.mean([agg[f"rmse/{c}"] / held.scale[held.channels.index(c)] for c in channels])
         if best is None or score < best[0]:
             best = (score, f"gaussian climatology r={rank} (exact)")
-        results.setdefault("climatological mean (no obs)", aggregate(clim, channels, None))
+        results.setdefault(f"climatological mean (no obs; spread of r={rank})", aggregate(clim, channels, None))
     baseline = best[1]
 
     # --- learned prior ----------------------------------------------------------------------
