@@ -44,6 +44,7 @@ from ensemble_da.obs.inputs import prepare_inputs  # noqa: E402
 from ensemble_da.obs.operators import ObservationOperator  # noqa: E402
 from ensemble_da.obs.osse import PRESSURE_FILE, TRUTH_FILE, healpix_to_latlon, osse_grid_deg, write_era5_netcdf  # noqa: E402
 from ensemble_da.priors.checkpoint import load_checkpoint, shipped_heldout_sample  # noqa: E402
+from ensemble_da.priors import time_condition  # noqa: E402
 from ensemble_da.priors.climatology import ClimatologyPrior  # noqa: E402
 from ensemble_da.stats import EnsembleMoments, fair_crps  # noqa: E402
 
@@ -71,13 +72,6 @@ def gaussian_crps(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> np.nd
 
     w = (truth - mean) / std
     return std * (w * (2 * norm.cdf(w) - 1) + 2 * norm.pdf(w) - 1 / np.sqrt(np.pi))
-
-
-def day_condition(t: np.datetime64) -> dict[str, float]:
-    t = np.datetime64(t, "s")
-    doy = (t - t.astype("datetime64[Y]").astype("datetime64[s]")).astype(np.float64) / 86400.0 + 1.0
-    sod = (t - t.astype("datetime64[D]").astype("datetime64[s]")).astype(np.float64)
-    return {"day_of_year": doy, "second_of_day": sod}
 
 
 def aggregate(per_time: list[dict], channels: list[str], members: int | None) -> dict[str, float]:
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         t0 = time.time()
         for t, obs in enumerate(inputs.observations):
-            block = assim.sample(obs, t, list(range(members)), condition=day_condition(times[t]))
+            block = assim.sample(obs, t, list(range(members)), condition=time_condition(times[t]))
             x = block.analysis.astype(np.float64)
             if not np.all(np.isfinite(x)):
                 raise RuntimeError(f"{method}: non-finite analysis at time {t}")

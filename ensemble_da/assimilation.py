@@ -21,7 +21,7 @@ from ensemble_da.guidance import guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.priors import Denoiser, load_prior
+from ensemble_da.priors import Denoiser, load_prior, time_condition
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
@@ -88,10 +88,14 @@ class Assimilator:
 
         Members are drawn in batches of `config.sampler.batch_size`; member m's noise comes from
         SeedSequence([seed, t_index, m]) only, so its result does not depend on the batching.
+        `condition` defaults to the analysis time's (`time_condition`: day of year, second of day),
+        which conditional learned priors use and the Gaussian prior ignores.
         `progress(n)` is called after each batch with the number of members finished.
         """
         start = time.perf_counter()
         cfg = self.config
+        if condition is None:
+            condition = time_condition(cfg.analysis_times()[t_index])
         denoiser: Denoiser = self.prior
         op = None
         if obs is not None and cfg.guidance.method != "none":

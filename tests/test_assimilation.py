@@ -31,3 +31,23 @@ def test_assimilate_reports_every_metric_name():
             assert np.isfinite(res.metrics[1][f"{name}/{ch}"]), name
     assert res.exact_mean.shape == (2, 3, 768)
     assert "cg_residual_max" in res.diagnostics[0]
+
+
+def test_prior_is_conditioned_on_the_analysis_time():
+    cfg = small_config(sampler=dict(steps=2), times=["2020-01-01T00", "2020-03-01T06"], guidance=dict(method="none"))
+    a = Assimilator(cfg)
+    seen = []
+
+    class Recording:
+        """The Gaussian prior, recording the condition of every call."""
+
+        grid, normalization = a.prior.grid, a.prior.normalization
+        sigma_min, sigma_max = a.prior.sigma_min, a.prior.sigma_max
+
+        def __call__(self, z, sigma, condition=None):
+            seen.append(condition)
+            return a.prior(z, sigma, condition)
+
+    Assimilator(cfg, prior=Recording()).sample(None, 1, [0])
+    # 2020 is a leap year: March 1 is day 61; 06 UTC is 21600 s
+    assert seen and all(c == {"day_of_year": 61.25, "second_of_day": 21600.0} for c in seen)

@@ -6,9 +6,9 @@ import torch
 
 from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
-from ensemble_da.priors.base import Condition, Denoiser
+from ensemble_da.priors.base import Condition, Denoiser, time_condition
 
-__all__ = ["Denoiser", "Condition", "load_prior"]
+__all__ = ["Denoiser", "Condition", "load_prior", "time_condition"]
 
 
 def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device = "cpu") -> Denoiser:

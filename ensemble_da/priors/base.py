@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ensemble_da.channels import Normalization
 from ensemble_da.grid import HealpixGrid
 
-__all__ = ["Denoiser", "Condition"]
+__all__ = ["Denoiser", "Condition", "time_condition"]
 
 # Optional per-batch conditioning, e.g. {"day_of_year": (batch,), "second_of_day": (batch,)}.
 Condition = Mapping[str, Any]
+
+
+def time_condition(time: np.datetime64) -> dict[str, float]:
+    """The conditioning of an analysis time (UTC): day of year (1 = Jan 1, 00 UTC) and second of day."""
+    t = np.datetime64(time, "s")
+    day = (t - t.astype("datetime64[Y]").astype("datetime64[s]")).astype(np.float64) / 86400.0 + 1.0
+    second = (t - t.astype("datetime64[D]").astype("datetime64[s]")).astype(np.float64)
+    return {"day_of_year": float(day), "second_of_day": float(second)}
 
 
 @runtime_checkable
