@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 import ensemble_da
-from ensemble_da.assimilation import BlockResult, WorkUnit
+from ensemble_da.assimilation import BlockResult, WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig, config_from_tree, load_config
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
@@ -172,13 +172,7 @@ def run_pipeline(
     inputs = prepare_inputs(config, prior)
     kind = config.observations.operator
     operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
-    exact = None
-    if hasattr(prior, "exact_posterior_physical"):
-        pairs = [
-            prior.exact_posterior_physical(ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind))
-            for o in inputs.observations
-        ]
-        exact = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    exact = exact_posteriors(prior, inputs.observations, kind)
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
     guided = config.guidance.method != "none"

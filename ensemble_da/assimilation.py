@@ -17,7 +17,7 @@ import torch
 
 from ensemble_da.config import RunConfig
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.guidance import guided_denoiser
+from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
@@ -25,7 +25,7 @@ from ensemble_da.priors import Denoiser, load_prior, time_condition
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
-__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate"]
+__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,11 @@ class Assimilator:
         cfg = self.config
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
+        autocast = cfg.sampler.autocast == "bf16"
         denoiser: Denoiser = self.prior
-        op = None
         if obs is not None and cfg.guidance.method != "none":
-            op = self.operator(obs)
-            denoiser = guided_denoiser(self.prior, op, cfg.guidance, autocast=cfg.sampler.autocast == "bf16")
+            denoiser = guided_denoiser(self.prior, self.operator(obs), cfg.guidance, autocast=autocast)
         out = []
-        cg_max = 0.0
         bs = cfg.sampler.batch_size
         for lo in range(0, len(members), bs):
             block = list(members[lo : lo + bs])
@@ -115,16 +113,29 @@ class Assimilator:
                 churn=cfg.sampler.churn,
                 condition=condition,
                 device=self.device,
-                autocast=cfg.sampler.autocast == "bf16",
+                autocast=autocast,
             )
             out.append(self.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
-            cg_max = max(cg_max, float(getattr(denoiser, "max_relative_residual", 0.0)))
             if progress is not None:
                 progress(len(block))
         diagnostics = {"seconds": time.perf_counter() - start}
-        if cfg.guidance.method == "mmps" and op is not None:
-            diagnostics["cg_residual_max"] = cg_max
+        if isinstance(denoiser, MMPSGuidance):
+            diagnostics["cg_residual_max"] = denoiser.max_relative_residual
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), np.concatenate(out), diagnostics)
+
+
+def exact_posteriors(
+    prior: Denoiser, observations: Sequence[ObservationSet], kind: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact posterior mean and spread, float64 (time, channel, cell), of each time's assimilated
+    observations under operator `kind`; None when the prior has no closed-form posterior."""
+    if not hasattr(prior, "exact_posterior_physical"):
+        return None
+    pairs = [
+        prior.exact_posterior_physical(ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind))
+        for o in observations
+    ]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 @dataclass
@@ -154,17 +165,14 @@ def assimilate(
     assimilator = assimilator or Assimilator(config)
     members = list(range(config.ensemble.members))
     channels = list(assimilator.normalization.channels)
-    out, metrics, fits, diags, exact = [], [], [], [], []
+    exact = exact_posteriors(assimilator.prior, inputs.observations, config.observations.operator)
+    out, metrics, fits, diags = [], [], [], []
     for t, obs in enumerate(inputs.observations):
         block = assimilator.sample(obs, t, members, progress=progress)
         x = block.analysis
         op_all = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, config.observations.operator)
         fit = ObsFit(obs, op_all.apply_numpy(x.astype(np.float64)))
         truth = None if inputs.truth is None else inputs.truth[t].astype(np.float64)
-        ex = None
-        if hasattr(assimilator.prior, "exact_posterior_physical"):
-            ex = assimilator.prior.exact_posterior_physical(assimilator.operator(obs))
-            exact.append(ex)
         metrics.append(
             time_metrics(
                 channels,
@@ -172,7 +180,7 @@ def assimilate(
                 fit,
                 truth,
                 None if truth is None else fair_crps(x, truth),
-                ex,
+                None if exact is None else (exact[0][t], exact[1][t]),
                 heldout_noise_rng(config.seed, t),
             )
         )
@@ -183,7 +191,7 @@ def assimilate(
         np.stack(out),
         metrics,
         fits,
-        np.stack([e[0] for e in exact]).astype(np.float32) if exact else None,
-        np.stack([e[1] for e in exact]).astype(np.float32) if exact else None,
+        None if exact is None else exact[0].astype(np.float32),
+        None if exact is None else exact[1].astype(np.float32),
         diags,
     )
