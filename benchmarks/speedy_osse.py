@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from ensemble_da.assimilation import Assimilator  # noqa: E402
 from ensemble_da.config import load_config  # noqa: E402
 from ensemble_da.data.speedy import read_speedy  # noqa: E402
+from ensemble_da.exact import exact_posterior_physical  # noqa: E402
 from ensemble_da.grid import HealpixGrid  # noqa: E402
 from ensemble_da.obs.era5 import write_healpix_truth  # noqa: E402
 from ensemble_da.obs.inputs import prepare_inputs  # noqa: E402
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, clim = [], []
         for t, obs in enumerate(inputs.observations):
             op = ObservationOperator.build(obs.assimilated_only(), prior.grid, prior.normalization, cfg.observations.operator)
-            mean, spread = prior.exact_posterior_physical(op)
+            mean, spread = exact_posterior_physical(prior, op)
             rows.append({
                 "mse": {c: float(np.mean((mean[i] - truth[t, i]) ** 2)) for i, c in enumerate(channels)},
                 "var": {c: float(np.mean(spread[i] ** 2)) for i, c in enumerate(channels)},

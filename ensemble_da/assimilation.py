@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
+from ensemble_da.exact import exact_posterior_physical, has_exact_posterior
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
@@ -128,11 +129,11 @@ def exact_posteriors(
     prior: Denoiser, observations: Sequence[ObservationSet], kind: str
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Exact posterior mean and spread, float64 (time, channel, cell), of each time's assimilated
-    observations under operator `kind`; None when the prior has no closed-form posterior."""
-    if not hasattr(prior, "exact_posterior_physical"):
+    observations under operator `kind` (`ensemble_da.exact`); None when the prior is not Gaussian."""
+    if not has_exact_posterior(prior):
         return None
     pairs = [
-        prior.exact_posterior_physical(ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind))
+        exact_posterior_physical(prior, ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind))
         for o in observations
     ]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -62,9 +62,10 @@ class ModelConfig(_Strict):
     length_scale_km: float = 1500.0
     channel_correlation: list[list[float]] | None = None
     nugget: float = 0.05
-    # Covariance approximation for nside > 16 ("lowrank": top `rank` modes + nugget).
-    approximation: Literal["exact", "lowrank"] = "exact"
-    rank: int = 512
+    # Kernel covariance (kind gaussian; priors/gaussian.py): "exact" (nside <= 16), "lowrank" (the
+    # top `rank` modes + nugget), "spherical_harmonics" (whole degrees l with (l+1)^2 <= rank).
+    approximation: Literal["exact", "lowrank", "spherical_harmonics"] = "exact"
+    rank: int = Field(512, ge=1)
     # checkpoint / gaussian_climatology / cbottle: where the weights or training data live.
     path: str | None = None
     cache_dir: str | None = None

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import small_config
 from ensemble_da.assimilation import Assimilator
+from ensemble_da.exact import exact_posterior_physical
 from ensemble_da.obs.inputs import prepare_inputs
 
 MEMBERS = list(range(256))
@@ -24,7 +25,7 @@ def setup():
     a = Assimilator(cfg)
     inputs = prepare_inputs(cfg, a.prior)
     obs = inputs.observations[0]
-    exact_mean, exact_spread = a.prior.exact_posterior_physical(a.operator(obs))
+    exact_mean, exact_spread = exact_posterior_physical(a.prior, a.operator(obs))
     return cfg, a, obs, inputs.truth[0].astype(np.float64), exact_mean, exact_spread
 
 

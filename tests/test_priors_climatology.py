@@ -11,7 +11,6 @@ from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.data.speedy import write_dataset
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors import load_prior
 from ensemble_da.priors.climatology import ClimatologyPrior, fit_climatology
 
@@ -62,22 +61,6 @@ def test_denoiser_is_the_exact_conditional_mean(sigma):
     expected = mu + (cov @ np.linalg.solve(cov + sigma**2 * np.eye(D), (z - mu).T)).T
     got = prior(torch.as_tensor(z.reshape(3, C, -1)), torch.full((3,), sigma, dtype=torch.float64))
     np.testing.assert_allclose(got.numpy().reshape(3, -1), expected, atol=1e-9)
-
-
-def test_exact_posterior_is_the_kalman_update_with_the_mean():
-    z0 = _states()
-    mu, cov, _ = _dense_reference(z0, rank=6)
-    prior = _prior(z0, rank=6)
-    rng = np.random.default_rng(2)
-    n_obs = 15
-    flat = rng.choice(D, size=(n_obs, 1), replace=False)
-    op = ObservationOperator(flat, np.ones((n_obs, 1)), rng.normal(size=n_obs), np.full(n_obs, 0.3), C, D // C)
-    h = op.matrix().toarray()
-    s = h @ cov @ h.T + np.diag(op.sigma**2)
-    gain = cov @ h.T @ np.linalg.inv(s)
-    mean, var = prior.exact_posterior(op)
-    np.testing.assert_allclose(mean.reshape(-1), mu + gain @ (op.y - h @ mu), atol=1e-9)
-    np.testing.assert_allclose(var.reshape(-1), np.diag(cov - gain @ h @ cov), atol=1e-9)
 
 
 def test_truth_samples_have_the_fitted_mean_and_variance():

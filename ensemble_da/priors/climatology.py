@@ -11,7 +11,7 @@ In the spectral form of DESIGN.md §4 (`gaussian.SpectralBasis`) this is the bas
 eigenvalues λ + ν² and ν² on the orthogonal complement, so the denoiser, the closed-form
 posterior and truth sampling of `GaussianPrior` apply unchanged to the anomaly z − μ:
 
-    D(z, σ) = μ + D₀(z − μ, σ),   posterior mean = μ + Σ Hᵀ S⁻¹ (y − H μ).
+    D(z, σ) = μ + D₀(z − μ, σ),   and `ensemble_da.exact` gives the posterior with prior mean μ.
 
 The nugget defaults to the variance the leading modes leave unexplained (mean over channel·cell
 of diag(A Aᵀ) − diag(U λ Uᵀ)), so the total variance matches the data; `model.nugget` set
@@ -30,7 +30,6 @@ from ensemble_da.channels import Normalization
 from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors.base import Condition
 from ensemble_da.priors.gaussian import GaussianPrior, _cell_matmul
 
@@ -77,6 +76,10 @@ class DenseLowRankBasis:
         """diag(Σ) with shape (channel, cell)."""
         excess = self.eigenvalues - self.nugget
         return (self.nugget + (self.vectors**2) @ excess).reshape(self.shape)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """U[index, :] for flat state indices: (len(index), rank)."""
+        return self.vectors[np.asarray(index)]
 
 
 def fit_climatology(
@@ -145,12 +148,9 @@ class ClimatologyPrior(GaussianPrior):
         anomaly = self.normalization.normalize(super().sample_truth(rng, n))
         return self.normalization.denormalize(anomaly + self.mean)
 
-    def exact_posterior(self, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and per-pixel variance (normalised units), each (channel, cell)."""
-        hmu = op.matrix() @ self.mean.reshape(-1)
-        shifted = ObservationOperator(op.flat, op.weights, op.y - hmu, op.sigma, op.n_channels, op.npix)
-        mean, var = super().exact_posterior(shifted)
-        return mean + self.mean, var
+    def prior_mean(self) -> np.ndarray:
+        """μ in normalised units, (channel, cell)."""
+        return self.mean
 
     def prior_mean_physical(self) -> np.ndarray:
         """μ in physical units, (channel, cell)."""

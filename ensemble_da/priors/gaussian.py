@@ -9,29 +9,45 @@ orthonormal U (`SpectralBasis`). Then the EDM denoiser E[z₀ | z₀ + σε = z]
 
     D(z, σ) = ν²/(ν²+σ²) z + U [λ/(λ+σ²) − ν²/(ν²+σ²)] Uᵀ z ,
 
-exact for any σ, and the posterior under y = H z + e, e ~ N(0, diag(s²)) is the Kalman update.
-The §4 prior uses the Kronecker basis U = U_R ⊗ U_K (eigenvectors of R and of the kernel K),
-complete up to nside 16; `approximation: lowrank` keeps the leading `rank` kernel modes and the
-"exact posterior" is then that of the approximated covariance.
+exact for any σ; the posterior under linear observations is the Kalman update of
+`ensemble_da.exact`, which needs only this spectral form. The §4 prior uses the Kronecker basis
+U = U_R ⊗ U_K (eigenvectors of R and of the kernel K). How K's modes are found is
+`model.approximation`:
+
+- `exact` (nside ≤ 16): every mode, by a dense eigendecomposition of K (cached on disk).
+- `lowrank`: the leading `rank` modes + nugget; by the dense eigendecomposition up to nside 16,
+  beyond it by the spherical-harmonic construction below (the dense npix² kernel is never built).
+- `spherical_harmonics`: K is isotropic, K[p,q] = k(r_p·r_q) with k(t) = exp(−κ(1 − t)),
+  κ = 1/ℓ², so its eigenfunctions are spherical harmonics and, from
+  exp(κt) = Σ_l (2l+1) i_l(κ) P_l(t) (Abramowitz & Stegun 10.2.36) and the addition theorem,
+  the eigenvalue of every Y_lm is 4π e^{−κ} i_l(κ) for the integral operator, i.e.
+  λ_l = npix · e^{−κ} i_l(κ) for the matrix on npix equal-area cells. Modes are the complete
+  degrees l ≤ L with (L+1)² ≤ rank (whole degrees keep the prior isotropic), real Y_lm sampled
+  at the NEST cell centres and made exactly orthonormal on the grid by symmetric (Löwdin)
+  orthonormalisation. The prior is then U diag(λ) Uᵀ + nugget exactly, and every "exact" answer
+  (denoiser, posterior) is exact for this approximated covariance (DESIGN.md §4).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import healpy as hp
 import numpy as np
+import psutil
 import scipy.linalg
+import scipy.special
 import torch
 
 from ensemble_da.channels import Normalization
 from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors.base import Condition
 
 __all__ = [
@@ -39,6 +55,7 @@ __all__ = [
     "KroneckerBasis",
     "GaussianPrior",
     "gaussian_kernel_eigen",
+    "spherical_harmonic_kernel_eigen",
     "EXACT_MAX_NSIDE",
 ]
 
@@ -50,7 +67,8 @@ class SpectralBasis(Protocol):
     """An orthonormal basis U with shape (channel·cell, modes) and the prior's eigenvalues.
 
     `to_spectral(z)` = Uᵀ z and `from_spectral(s)` = U s act on tensors with a leading batch
-    axis: z (batch, channel, cell) ↔ s (batch, *mode_shape).
+    axis: z (batch, channel, cell) ↔ s (batch, *mode_shape). Modes flatten in C order, as
+    `eigenvalues.reshape(-1)`.
     """
 
     eigenvalues: np.ndarray  # λ, shape mode_shape, float64
@@ -59,6 +77,10 @@ class SpectralBasis(Protocol):
     def to_spectral(self, z: torch.Tensor) -> torch.Tensor: ...
 
     def from_spectral(self, s: torch.Tensor) -> torch.Tensor: ...
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """U[index, :] for flat state indices `channel * npix + cell`: (len(index), modes) float64."""
+        ...
 
     def diag_covariance(self) -> np.ndarray:
         """diag(Σ) with shape (channel, cell)."""
@@ -100,6 +122,52 @@ def gaussian_kernel_eigen(
     except OSError:
         pass  # a read-only cache only costs time
     return values, vectors
+
+
+def spherical_harmonic_degree(rank: int) -> int:
+    """The largest degree L with (L+1)² ≤ rank: the spherical-harmonic basis keeps whole degrees."""
+    return math.isqrt(max(rank, 1)) - 1
+
+
+def spherical_harmonic_kernel_eigen(grid: HealpixGrid, length_scale_km: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the isotropic kernel K[p,q] = exp(−|r_p − r_q|²/(2ℓ²)) from spherical harmonics.
+
+    Degrees l ≤ L with (L+1)² ≤ rank; eigenvalues λ_l = npix · e^{−κ} i_l(κ), κ = 1/ℓ² (module
+    docstring), each repeated for its 2l+1 orders; vectors: real Y_lm at the NEST cell centres,
+    Löwdin-orthonormalised on the grid. Returns (values (modes,), vectors (cell, modes)),
+    float64, largest first. InputError when L > 2·nside (the grid cannot resolve the degree).
+    """
+    degree = spherical_harmonic_degree(rank)
+    if degree < 0 or degree > 2 * grid.nside:
+        raise InputError(
+            f"model.rank {rank} asks for spherical harmonics up to degree {degree}; "
+            f"nside {grid.nside} resolves degrees 0..{2 * grid.nside} (rank ≤ {(2 * grid.nside + 1) ** 2})"
+        )
+    theta, phi = hp.pix2ang(grid.nside, grid.cell_ids, nest=True)
+    cols, degrees = [], []
+    for ell in range(degree + 1):
+        for m in range(ell + 1):
+            y = scipy.special.sph_harm_y(ell, m, theta, phi)
+            parts = [y.real] if m == 0 else [np.sqrt(2.0) * y.real, np.sqrt(2.0) * y.imag]
+            cols += parts
+            degrees += [ell] * len(parts)
+    vectors = np.stack(cols, axis=1) * np.sqrt(4.0 * np.pi / grid.npix)
+    del cols
+    w, q = np.linalg.eigh(vectors.T @ vectors)
+    vectors = vectors @ ((q / np.sqrt(w)) @ q.T)
+    kappa = (EARTH_RADIUS_KM / length_scale_km) ** 2
+    # e^{−κ} i_l(κ) = sqrt(π/(2κ)) · ive(l + ½, κ), finite for any κ.
+    values = grid.npix * np.sqrt(np.pi / (2.0 * kappa)) * scipy.special.ive(np.asarray(degrees) + 0.5, kappa)
+    return values, vectors
+
+
+def basis_bytes(npix: int, channels: int, approximation: str, rank: int) -> int:
+    """Peak bytes to build and hold the kernel basis (float64 build + float64/float32 copies)."""
+    if approximation == "exact" or (approximation == "lowrank" and npix <= 12 * EXACT_MAX_NSIDE**2):
+        modes = npix if approximation == "exact" else min(rank, npix)
+        return 8 * (3 * npix * npix + 2 * npix * modes)
+    modes = (spherical_harmonic_degree(rank) + 1) ** 2
+    return 8 * 4 * npix * modes + 4 * npix * modes
 
 
 INVARIANT_CHUNK = 8
@@ -159,6 +227,11 @@ class KroneckerBasis:
         excess = self.eigenvalues - self.nugget
         return self.nugget + (self.r_vectors**2) @ excess @ (self.k_vectors**2).T
 
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """U[index, :], (len(index), channel·kernel modes): U[(c,p),(a,i)] = U_R[c,a] U_K[p,i]."""
+        c, p = np.divmod(np.asarray(index), self.k_vectors.shape[0])
+        return (self.r_vectors[c][:, :, None] * self.k_vectors[p][:, None, :]).reshape(len(c), self.eigenvalues.size)
+
 
 @dataclass
 class GaussianPrior:
@@ -196,16 +269,23 @@ class GaussianPrior:
         if np.linalg.eigvalsh(corr).min() <= 0:
             raise InputError("model.channel_correlation must be positive definite")
         hgrid = HealpixGrid(grid.nside)
-        if model.approximation == "exact":
-            if grid.nside > EXACT_MAX_NSIDE:
-                raise InputError(
-                    f"kind gaussian is exact only up to nside {EXACT_MAX_NSIDE} (got {grid.nside}); "
-                    "set model.approximation: lowrank (with model.rank)"
-                )
-            rank = None
+        approx = model.approximation
+        if approx == "exact" and grid.nside > EXACT_MAX_NSIDE:
+            raise InputError(
+                f"kind gaussian is exact only up to nside {EXACT_MAX_NSIDE} (got {grid.nside}); "
+                "set model.approximation: lowrank (with model.rank) or spherical_harmonics"
+            )
+        need, have = basis_bytes(hgrid.npix, n, approx, model.rank), psutil.virtual_memory().available
+        if need > 0.8 * have:
+            raise InputError(
+                f"model.approximation {approx} with rank {model.rank} at nside {grid.nside} ({hgrid.npix} cells) "
+                f"needs ~{need / 2**30:.1f} GiB for the prior's basis; this machine has {have / 2**30:.1f} GiB available"
+            )
+        if approx == "spherical_harmonics" or (approx == "lowrank" and grid.nside > EXACT_MAX_NSIDE):
+            values, vectors = spherical_harmonic_kernel_eigen(hgrid, model.length_scale_km, model.rank)
         else:
-            rank = model.rank
-        values, vectors = gaussian_kernel_eigen(hgrid, model.length_scale_km, rank, model.cache_dir)
+            rank = None if approx == "exact" else model.rank
+            values, vectors = gaussian_kernel_eigen(hgrid, model.length_scale_km, rank, model.cache_dir)
         return cls(hgrid, norm, KroneckerBasis(corr, values, vectors, model.nugget))
 
     # --- the denoiser -------------------------------------------------------------------
@@ -221,7 +301,7 @@ class GaussianPrior:
         gain, floor = self._gains(torch.as_tensor(sigma, device=z.device).expand(z.shape[0]), z)
         return floor.reshape(-1, 1, 1) * z + self.basis.from_spectral(gain * self.basis.to_spectral(z))
 
-    # --- closed-form answers --------------------------------------------------------------
+    # --- closed-form answers (the posterior is `ensemble_da.exact`) -----------------------
     def covariance_apply(self, v: torch.Tensor) -> torch.Tensor:
         """Σ v for v (batch, channel, cell)."""
         nu2 = self.basis.nugget
@@ -236,26 +316,9 @@ class GaussianPrior:
         z = nu * xi + self.basis.from_spectral(root * self.basis.to_spectral(xi))
         return self.normalization.denormalize(z.numpy())
 
-    def exact_posterior(self, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and per-pixel variance in normalised units, each (channel, cell).
-
-        Kalman update with S = H Σ Hᵀ + diag(s²): mean = Σ Hᵀ S⁻¹ y, var = diag(Σ) − diag(Σ Hᵀ S⁻¹ H Σ).
-        """
-        shape = (len(op), op.n_channels, op.npix)
-        ht = torch.as_tensor(op.matrix().toarray().reshape(shape))
-        sht = self.covariance_apply(ht).reshape(len(op), -1).numpy()  # rows: (Σ Hᵀ)ᵀ = H Σ
-        s = op.matrix() @ sht.T + np.diag(op.sigma**2)
-        chol = scipy.linalg.cho_factor(s)
-        w = scipy.linalg.cho_solve(chol, sht)  # S⁻¹ H Σ, (obs, state)
-        mean = w.T @ op.y
-        var = self.basis.diag_covariance().reshape(-1) - np.einsum("os,os->s", sht, w)
-        return mean.reshape(shape[1:]), np.clip(var, 0.0, None).reshape(shape[1:])
-
-    def exact_posterior_physical(self, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
-        """Exact posterior mean and spread (std) in physical units, each (channel, cell)."""
-        mean, var = self.exact_posterior(op)
-        scale = self.normalization.scale[:, None]
-        return self.normalization.denormalize(mean), scale * np.sqrt(var)
+    def prior_mean(self) -> np.ndarray | None:
+        """E[z] in normalised units (channel, cell); None: zero (the §4 prior)."""
+        return None
 
     def prior_spread(self) -> np.ndarray:
         """Prior std in physical units, (channel, cell)."""

@@ -1,0 +1,173 @@
+"""The closed-form (Kalman) posterior of a Gaussian prior under linear observations (DESIGN.md §2, §4).
+
+Prior z ~ N(μ, Σ) in normalised units with the spectral form of `priors.gaussian`,
+
+    Σ = U diag(λ) Uᵀ + ν² (I − U Uᵀ) = ν² I + U diag(λ − ν²) Uᵀ ,   U orthonormal (state, modes),
+
+observations y = H z + e, e ~ N(0, R), R = diag(s²), H sparse (obs, state). The posterior is
+N(m, P⁻¹) with precision P = Σ⁻¹ + Hᵀ R⁻¹ H (Kalman 1960, in information form). Since
+Σ⁻¹ = ν⁻² I − U E Uᵀ with E = diag(ν⁻² − λ⁻¹) ≥ 0,
+
+    P = M − U E Uᵀ ,            M = ν⁻² I + Hᵀ R⁻¹ H   (sparse; ν⁻² I off the observed elements)
+    P⁻¹ = M⁻¹ + X K Xᵀ ,        X = M⁻¹ U E^½ ,  K = (diag(ν²/λ) − E^½ U_Oᵀ Δ U_O E^½)⁻¹   (Woodbury)
+    m = μ + P⁻¹ Hᵀ R⁻¹ (y − H μ) ,   var = diag(P⁻¹) ,
+
+where O are the state elements some observation reads, M⁻¹ = ν² I + Δ with Δ nonzero only on
+O × O, and M restricted to O is block diagonal over groups of elements linked by shared
+observations, so M⁻¹ is one small dense inverse per group. Memory is modes² + |O|·modes + Σ
+group² + O(state): it does not grow with the observations once they outnumber the prior's modes
+(|O| ≤ state), and never holds an (obs × obs) or (obs × state) dense matrix. Modes with
+λ − ν² ≤ 1e-12·max(λ − ν²) change Σ below round-off and are left out of U.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import scipy.linalg
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from ensemble_da.errors import InputError
+from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
+
+__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior"]
+
+_DROP = 1e-12
+_COLUMN_CHUNK = 256
+
+
+def has_exact_posterior(prior: object) -> bool:
+    """Whether `prior` is Gaussian (a spectral basis), so its posterior under a linear H is closed form."""
+    return isinstance(prior, GaussianPrior)
+
+
+def _block_inverse(m: sp.csr_matrix, label: np.ndarray) -> sp.csr_matrix:
+    """Inverse of a sparse SPD matrix whose connected components (`label` per row) are its blocks.
+
+    Blocks of equal size are gathered into one (blocks, size, size) array and inverted together.
+    """
+    sizes = np.bincount(label)
+    order = np.argsort(label, kind="stable")
+    pos = np.empty_like(label)
+    pos[order] = np.arange(len(label)) - np.concatenate([[0], np.cumsum(sizes)])[label[order]]
+    coo = m.tocsr().tocoo()
+    coo.sum_duplicates()
+    rows, cols, vals = [], [], []
+    for size in np.unique(sizes):
+        blocks = np.flatnonzero(sizes == size)
+        slot = np.full(len(sizes), -1)
+        slot[blocks] = np.arange(len(blocks))
+        sub = np.zeros((len(blocks), size, size))
+        sel = slot[label[coo.row]] >= 0
+        sub[slot[label[coo.row[sel]]], pos[coo.row[sel]], pos[coo.col[sel]]] = coo.data[sel]
+        members = np.empty((len(blocks), size), dtype=np.int64)
+        in_class = slot[label] >= 0
+        members[slot[label[in_class]], pos[in_class]] = np.flatnonzero(in_class)
+        rows.append(np.repeat(members, size, axis=1).ravel())
+        cols.append(np.tile(members, (1, size)).ravel())
+        vals.append(np.linalg.inv(sub).ravel())
+    n = m.shape[0]
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+
+def _check_memory(observed: int, modes: int, largest_block: int, state: int) -> None:
+    need = 8 * (3 * modes * modes + 3 * observed * modes + largest_block**2 * 2 + _COLUMN_CHUNK * state * 2)
+    have = psutil.virtual_memory().available
+    if need > 0.8 * have:
+        raise InputError(
+            f"the exact posterior with {observed} observed state elements (largest linked group {largest_block}) "
+            f"and {modes} prior modes needs ~{need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available"
+        )
+
+
+def kalman_update(
+    basis: SpectralBasis,
+    h: sp.spmatrix,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    prior_mean: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and per-element variance of z ~ N(prior_mean, Σ(basis)) given y = H z + e.
+
+    Parameters
+    ----------
+    basis : SpectralBasis
+        The prior covariance Σ = ν² I + U diag(λ − ν²) Uᵀ (normalised units).
+    h : sparse matrix, shape (obs, channel·cell)
+        The observation operator H.
+    y, sigma : ndarray, shape (obs,)
+        Observations and their error standard deviations (normalised units, sigma > 0).
+    prior_mean : ndarray, shape (channel, cell), optional
+        μ; None is zero.
+
+    Returns
+    -------
+    mean, var : ndarray, float64, each with shape (channel, cell)
+
+    Raises InputError (before any large allocation) when the update would not fit in memory.
+    """
+    shape = basis.diag_covariance().shape
+    state = int(np.prod(shape))
+    nu2 = basis.nugget
+    h = sp.csr_matrix(h, dtype=np.float64)
+    y = np.asarray(y, np.float64)
+    mu = np.zeros(state) if prior_mean is None else np.asarray(prior_mean, np.float64).reshape(-1)
+    if h.shape[0] == 0:
+        return mu.reshape(shape), basis.diag_covariance()
+    y = y - h @ mu
+    lam_full = np.asarray(basis.eigenvalues, np.float64)
+    excess = lam_full.reshape(-1) - nu2
+    keep = np.flatnonzero(excess > _DROP * max(excess.max(initial=0.0), 0.0))
+    lam = lam_full.reshape(-1)[keep]
+    e_half = np.sqrt(np.clip(1.0 / nu2 - 1.0 / lam, 0.0, None))
+
+    observed = np.unique(h.indices)
+    h_o = h[:, observed]
+    w = sp.diags(1.0 / np.asarray(sigma, np.float64) ** 2)
+    m_oo = sp.identity(len(observed), format="csr") / nu2 + (h_o.T @ w @ h_o).tocsr()
+    _, label = connected_components(m_oo, directed=False)
+    largest = int(np.bincount(label).max()) if len(observed) else 0
+    _check_memory(len(observed), len(keep), largest, state)
+
+    m_inv = _block_inverse(m_oo, label)
+    delta = m_inv - sp.identity(len(observed), format="csr") * nu2
+    u_o = basis.rows(observed)[:, keep] * e_half  # U_O E^½
+    core = np.diag(nu2 / lam) - u_o.T @ (delta @ u_o)
+    chol = scipy.linalg.cho_factor(core, lower=True)
+
+    def lift(s: np.ndarray) -> np.ndarray:
+        """ν² U E^½ s for s (modes_kept, k) → (k, state), through the basis (no dense U)."""
+        full = np.zeros((s.shape[1], lam_full.size))
+        full[:, keep] = (e_half[:, None] * s).T
+        out = basis.from_spectral(torch.as_tensor(full.reshape(-1, *lam_full.shape)))
+        return nu2 * out.reshape(s.shape[1], state).numpy()
+
+    b_o = h_o.T @ (w @ y)
+    mb_o = m_inv @ b_o  # M⁻¹ b on O (b vanishes off O)
+    g = scipy.linalg.cho_solve(chol, u_o.T @ mb_o)  # K Xᵀ b
+    mean = lift(g[:, None])[0]
+    mean[observed] += mb_o + delta @ (u_o @ g)
+
+    # var = diag(M⁻¹) + rowsum((X L⁻ᵀ)²), core = L Lᵀ; rows off O: X = ν² U E^½.
+    l_inv_t = scipy.linalg.solve_triangular(chol[0], np.eye(len(keep)), lower=True).T
+    var = np.full(state, nu2)
+    var[observed] = m_inv.diagonal()
+    extra = np.zeros(state)
+    for start in range(0, len(keep), _COLUMN_CHUNK):
+        extra += (lift(l_inv_t[:, start : start + _COLUMN_CHUNK]) ** 2).sum(0)
+    extra[observed] = ((m_inv @ (u_o @ l_inv_t)) ** 2).sum(1)
+    return (mean + mu).reshape(shape), (var + extra).reshape(shape)
+
+
+def exact_posterior(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior mean and per-element variance (normalised units), each (channel, cell)."""
+    return kalman_update(prior.basis, op.matrix(), op.y, op.sigma, prior.prior_mean())
+
+
+def exact_posterior_physical(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior mean and spread (std) in physical units, each (channel, cell)."""
+    mean, var = exact_posterior(prior, op)
+    return prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var)
