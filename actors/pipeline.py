@@ -167,9 +167,10 @@ def run_pipeline(
     # Inputs first: a bad channel, file or value fails here, before out_dir is touched.
     from ensemble_da.obs.inputs import prepare_inputs
     from ensemble_da.priors import load_prior
+    from ensemble_da.truth import osse_truths
 
     prior = load_prior(config.model, config.grid)
-    inputs = prepare_inputs(config, prior)
+    inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     kind = config.observations.operator
     operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
     exact = exact_posteriors(prior, inputs.observations, kind)

@@ -35,6 +35,7 @@ from actors.pipeline import InProcessExecutor, run_pipeline  # noqa: E402
 from ensemble_da.assimilation import WorkUnit  # noqa: E402
 from ensemble_da.config import load_config  # noqa: E402
 from ensemble_da.obs.inputs import prepare_inputs  # noqa: E402
+from ensemble_da.truth import osse_truths  # noqa: E402
 from ensemble_da.priors import load_prior  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def demo_config(steps: int, members: int, units_of: int, **cluster):
 
 def units_and_obs(config):
     prior = load_prior(config.model, config.grid)
-    inputs = prepare_inputs(config, prior)
+    inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     m, k = config.ensemble.members, config.cluster.members_per_unit
     units = [WorkUnit(0, tuple(range(lo, min(lo + k, m)))) for lo in range(0, m, k)]
     return units, inputs.observations

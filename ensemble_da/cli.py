@@ -77,9 +77,11 @@ def osse(
         from ensemble_da.config import load_config
         from ensemble_da.obs.osse import write_osse_dir
         from ensemble_da.priors import load_prior
+        from ensemble_da.truth import draw_truths
 
         cfg = load_config(config, set_)
-        files = write_osse_dir(cfg, load_prior(cfg.model, cfg.grid), out)
+        prior = load_prior(cfg.model, cfg.grid)
+        files = write_osse_dir(cfg, draw_truths(prior, cfg), prior.grid, list(prior.normalization.channels), out)
         print(f"wrote {', '.join(p.name for p in files.era5)}, {files.truth.name}, {files.config.name} in {out}")
 
 

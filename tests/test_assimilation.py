@@ -6,13 +6,14 @@ import pytest
 from conftest import small_config
 from ensemble_da.assimilation import Assimilator, assimilate
 from ensemble_da.obs.inputs import prepare_inputs
+from ensemble_da.truth import osse_truths
 
 
 @pytest.mark.parametrize("method", ["mmps", "regression", "dps"])
 def test_member_does_not_depend_on_batch_companions(method):
     cfg = small_config(sampler=dict(steps=6, batch_size=8), guidance=dict(method=method, gamma=0.1, zeta=5.0))
     a = Assimilator(cfg)
-    obs = prepare_inputs(cfg, a.prior).observations[0]
+    obs = prepare_inputs(cfg, a.prior, osse_truths(a.prior, cfg)).observations[0]
     batch = a.sample(obs, 0, [3, 11, 5, 0, 7, 2, 9, 4]).analysis
     alone = a.sample(obs, 0, [5]).analysis
     other = a.sample(obs, 0, [5, 100, 101]).analysis
@@ -23,7 +24,7 @@ def test_member_does_not_depend_on_batch_companions(method):
 def test_assimilate_reports_every_metric_name():
     cfg = small_config(sampler=dict(steps=8), ensemble=dict(members=6), times=["2020-01-01T00", "2020-01-01T06"])
     a = Assimilator(cfg)
-    res = assimilate(cfg, prepare_inputs(cfg, a.prior), a)
+    res = assimilate(cfg, prepare_inputs(cfg, a.prior, osse_truths(a.prior, cfg)), a)
     assert res.analysis.shape == (2, 6, 3, 768) and res.analysis.dtype == np.float32
     for name in ("oa_rmse", "oa_bias", "heldout_oa_rmse", "spread_at_obs", "spread", "rmse", "crps", "ssr",
                  "exact_mean_err", "exact_var_ratio"):

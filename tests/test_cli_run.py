@@ -240,11 +240,12 @@ def test_streaming_metrics_equal_the_in_memory_reference(finished_run, tiny_conf
     the whole ensemble; members are batch-invariant, so only summation order differs (rtol 1e-6)."""
     from ensemble_da.assimilation import Assimilator, assimilate
     from ensemble_da.obs.inputs import prepare_inputs
+    from ensemble_da.truth import osse_truths
 
     out, _ = finished_run
     config = load_config(tiny_config)
     assimilator = Assimilator(config)
-    ref = assimilate(config, prepare_inputs(config, assimilator.prior), assimilator)
+    ref = assimilate(config, prepare_inputs(config, assimilator.prior, osse_truths(assimilator.prior, config)), assimilator)
     np.testing.assert_array_equal(open_run(out).analysis.values, ref.analysis)
     by_time = json.loads((out / "summary.json").read_text())["by_time"]
     for t, metrics in enumerate(by_time.values()):

@@ -93,3 +93,25 @@ def test_no_observations_leave_the_prior():
 def test_an_update_too_big_for_the_machine_is_refused_with_its_size():
     with pytest.raises(InputError, match=r"400000 observed state elements .* GiB"):
         _check_memory(observed=400_000, modes=60_000, largest_block=100_000, state=400_000)
+
+
+def test_priors_and_observation_readers_do_not_import_each_other():
+    """The layering of DESIGN.md §2: a prior knows nothing of observations, a reader nothing of
+    priors; exact.py and truth.py sit above both. Checked on the import statements of the sources."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "ensemble_da"
+
+    def imported(package: str) -> set[str]:
+        names = set()
+        for path in (root / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names.add(node.module)
+                elif isinstance(node, ast.Import):
+                    names.update(a.name for a in node.names)
+        return names
+
+    assert not {m for m in imported("priors") if m.startswith("ensemble_da.obs")}
+    assert not {m for m in imported("obs") if m.startswith("ensemble_da.priors")}

@@ -15,6 +15,7 @@ from conftest import small_config
 from ensemble_da.assimilation import Assimilator
 from ensemble_da.exact import exact_posterior_physical
 from ensemble_da.obs.inputs import prepare_inputs
+from ensemble_da.truth import osse_truths
 
 MEMBERS = list(range(256))
 
@@ -23,7 +24,7 @@ MEMBERS = list(range(256))
 def setup():
     cfg = small_config(sampler=dict(steps=32, batch_size=256))
     a = Assimilator(cfg)
-    inputs = prepare_inputs(cfg, a.prior)
+    inputs = prepare_inputs(cfg, a.prior, osse_truths(a.prior, cfg))
     obs = inputs.observations[0]
     exact_mean, exact_spread = exact_posterior_physical(a.prior, a.operator(obs))
     return cfg, a, obs, inputs.truth[0].astype(np.float64), exact_mean, exact_spread

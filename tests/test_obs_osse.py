@@ -11,20 +11,21 @@ from ensemble_da.assimilation import Assimilator, assimilate
 from ensemble_da.config import load_config
 from ensemble_da.obs.era5 import open_source
 from ensemble_da.obs.inputs import prepare_inputs
-from ensemble_da.obs.osse import draw_truths, generate_osse
+from ensemble_da.obs.osse import generate_osse
 from ensemble_da.obs.synthetic import random_locations
+from ensemble_da.truth import draw_truths
 
 
 def test_osse_files_are_era5_layout_and_hold_the_truth(tmp_path):
     cfg = small_config(times=["2020-01-01T00:00", "2020-01-01T06:00"])
     a = Assimilator(cfg)
-    files = generate_osse(cfg, a.prior, tmp_path)
+    files = generate_osse(cfg, draw_truths(a.prior, cfg), a.prior.grid, cfg.model.channels, tmp_path)
     ds = xr.open_dataset(files.era5[0])
     assert set(ds.dims) == {"valid_time", "pressure_level", "latitude", "longitude"}
     assert ds["latitude"][0] == 90 and ds["longitude"][0] == 0 and "number" in ds.coords and "expver" in ds.coords
     assert list(ds["pressure_level"].values) == [850, 500, 300] and ds["t"].attrs["units"] == "K"
     truth = xr.open_zarr(files.truth, consolidated=False)
-    np.testing.assert_array_equal(truth["truth"].values, draw_truths(cfg, a.prior))
+    np.testing.assert_array_equal(truth["truth"].values, draw_truths(a.prior, cfg))
     assert truth["cell_ids"].attrs == {"grid_name": "healpix", "level": 3, "indexing_scheme": "nested"}
     # The lat/lon file is the HEALPix truth carried by the run's bilinear operator H; read back
     # and interpolated on the 1° lat/lon grid it matches H·truth at random points to ~0.02 K (RMS;
@@ -47,7 +48,7 @@ def test_osse_generate_run_verify(tmp_path):
         observations=dict(num_obs=600, sigma=dict(T850=0.5, T500=0.5, T300=0.5)),
     )
     a = Assimilator(cfg)
-    files = generate_osse(cfg, a.prior, tmp_path)
+    files = generate_osse(cfg, draw_truths(a.prior, cfg), a.prior.grid, cfg.model.channels, tmp_path)
     run = load_config(files.config, ["cluster.address=inprocess"])
     inputs = prepare_inputs(run, a.prior)
     assert inputs.truth is not None and inputs.qc.kept == 600

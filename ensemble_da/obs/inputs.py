@@ -8,8 +8,10 @@
   (within `time_tolerance_hours`); optional truth from `truth_path` (regridded to HEALPix).
 - `stations`: CSV/Parquet tables (`stations.py`); every report within the time window, after QC,
   thinned to at most `num_obs` by the strategy.
-- `synthetic`: an OSSE (`osse.py`): truths drawn from the prior are written as ERA5-layout
-  NetCDF into a temporary directory and read back through the `era5` path with noise added.
+- `synthetic`: an OSSE (`osse.py`): the truths the caller drew from the prior
+  (`ensemble_da.truth.draw_truths`) are written as ERA5-layout NetCDF into a temporary
+  directory and read back through the `era5` path with noise added.
+Readers know the state only by its layout (grid and channels), never the prior.
 Observation errors: the file's per-report `sigma` where given, else `observations.sigma[c]`,
 else the channel's documented default (`variables.py`). QC (`qc.py`) runs on every source; its
 counts are in `RunInputs.qc` (summed over times) for summary.json and MLflow (`qc/<name>`).
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
+from ensemble_da.channels import Normalization
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 from ensemble_da.obs.era5 import GriddedSource, format_time, open_source, read_healpix_truth
@@ -32,10 +36,17 @@ from ensemble_da.obs.qc import QCCounts, quality_control
 from ensemble_da.obs.stations import open_stations
 from ensemble_da.obs.strategies import select_candidates, select_locations
 from ensemble_da.obs.synthetic import TRUTH_STREAM, obs_rng, truth_rng
+from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.variables import default_sigma
-from ensemble_da.priors.base import Denoiser
 
-__all__ = ["RunInputs", "prepare_inputs", "TRUTH_STREAM", "truth_rng", "channel_sigma_map", "check_channels"]
+__all__ = ["RunInputs", "StateLayout", "prepare_inputs", "TRUTH_STREAM", "truth_rng", "channel_sigma_map", "check_channels"]
+
+
+class StateLayout(Protocol):
+    """The state observations are read against: the grid and the channels (a prior is one)."""
+
+    grid: HealpixGrid
+    normalization: Normalization
 
 
 @dataclass
@@ -51,9 +62,9 @@ class RunInputs:
     qc_per_time: list[QCCounts] = field(default_factory=list)
 
 
-def check_channels(config: RunConfig, prior: Denoiser) -> list[str]:
+def check_channels(config: RunConfig, layout: StateLayout) -> list[str]:
     """`observations.channels`, after checking each is a channel of the prior (InputError otherwise)."""
-    have = list(prior.normalization.channels)
+    have = list(layout.normalization.channels)
     for ch in config.observations.channels:
         if ch not in have:
             raise InputError(f"observations.channels: {ch!r} is not a channel of the prior (model channels: {have})")
@@ -67,15 +78,21 @@ def channel_sigma_map(config: RunConfig, channels: list[str]) -> dict[str, float
     return {c: float(config.observations.sigma.get(c, default_sigma(c))) for c in channels}
 
 
-def prepare_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
-    """Observation sets (and truth when known) for every analysis time of `config`."""
+def prepare_inputs(config: RunConfig, layout: StateLayout, truths: np.ndarray | None = None) -> RunInputs:
+    """Observation sets (and truth when known) for every analysis time of `config`.
+
+    `truths` (time, channel, cell), physical units: the OSSE truths of `observations.source:
+    synthetic`, drawn by the caller; required for that source and unused by the others.
+    """
     src = config.observations.source
     if src == "era5":
-        return _gridded_inputs(config, prior)
+        return _gridded_inputs(config, layout)
     if src == "stations":
-        return _station_inputs(config, prior)
+        return _station_inputs(config, layout)
     if src == "synthetic":
-        return _synthetic_inputs(config, prior)
+        if truths is None:
+            raise ValueError("observations.source synthetic: pass the truths drawn from the prior (ensemble_da.truth.draw_truths)")
+        return _synthetic_inputs(config, layout, truths)
     raise InputError(f"observations.source {src!r} is not one of synthetic, era5, stations")
 
 
@@ -134,26 +151,26 @@ def _inputs(config: RunConfig, sets: list[ObservationSet], counts: list[QCCounts
     return RunInputs(config.analysis_times(), sets, truth, total, counts)
 
 
-def _truth(config: RunConfig, prior: Denoiser) -> np.ndarray | None:
+def _truth(config: RunConfig, layout: StateLayout) -> np.ndarray | None:
     path = config.observations.truth_path
     if path is None:
         return None
     return read_healpix_truth(
-        path, list(prior.normalization.channels), config.analysis_times(), prior.grid, config.observations.time_tolerance_hours
+        path, list(layout.normalization.channels), config.analysis_times(), layout.grid, config.observations.time_tolerance_hours
     )
 
 
-def _gridded_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
-    channels = check_channels(config, prior)
+def _gridded_inputs(config: RunConfig, layout: StateLayout) -> RunInputs:
+    channels = check_channels(config, layout)
     add_noise = bool(config.observations.add_noise)
     with open_source(config.observations.path) as source:
         sets, counts = _gridded_observations(config, source, channels, add_noise)
-    return _inputs(config, sets, counts, _truth(config, prior))
+    return _inputs(config, sets, counts, _truth(config, layout))
 
 
-def _station_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
+def _station_inputs(config: RunConfig, layout: StateLayout) -> RunInputs:
     cfg = config.observations
-    channels = check_channels(config, prior)
+    channels = check_channels(config, layout)
     sigmas = channel_sigma_map(config, channels)
     tables = open_stations(cfg.path)
     frames = tables.for_times(config.analysis_times(), channels, cfg.time_tolerance_hours)
@@ -172,19 +189,19 @@ def _station_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
             raise _empty_error(tables._where(), time, c)
         sets.append(_to_set(clean.iloc[keep]).with_heldout(cfg.heldout_fraction, rng))
         counts.append(c)
-    return _inputs(config, sets, counts, _truth(config, prior))
+    return _inputs(config, sets, counts, _truth(config, layout))
 
 
-def _synthetic_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
+def _synthetic_inputs(config: RunConfig, layout: StateLayout, truths: np.ndarray) -> RunInputs:
     from ensemble_da.obs.osse import generate_osse
 
-    channels = check_channels(config, prior)
+    channels = check_channels(config, layout)
     add_noise = True if config.observations.add_noise is None else config.observations.add_noise
     with tempfile.TemporaryDirectory(prefix="ensemble_da_osse_") as tmp:
-        files = generate_osse(config, prior, tmp)
+        files = generate_osse(config, truths, layout.grid, list(layout.normalization.channels), tmp)
         with GriddedSource.open([str(p) for p in files.era5]) as source:
             sets, counts = _gridded_observations(config, source, channels, add_noise)
         truth = read_healpix_truth(
-            str(files.truth), list(prior.normalization.channels), config.analysis_times(), prior.grid, 0.0
+            str(files.truth), list(layout.normalization.channels), config.analysis_times(), layout.grid, 0.0
         )
     return _inputs(config, sets, counts, truth)

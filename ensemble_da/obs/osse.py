@@ -1,7 +1,8 @@
 """The OSSE generator (DESIGN.md §5, §7; `ensemble-da osse` and `observations.source: synthetic`).
 
-For each analysis time t a truth is drawn from the prior with the stream
-SeedSequence([seed, t, TRUTH_STREAM]) (never a member's stream, DESIGN.md §3) and written twice:
+The caller draws one truth per analysis time from the prior (`ensemble_da.truth.draw_truths`, on
+the stream SeedSequence([seed, t, TRUTH_STREAM]), never a member's, DESIGN.md §3); this module
+knows nothing of priors and writes each truth twice:
 - as ERA5-layout NetCDF on a regular lat/lon grid, the layout the CDS delivers today
   (`valid_time`, `pressure_level`, `latitude` 90 → −90, `longitude` 0 → 360, scalar `number`,
   `expver` per time, netCDF4 zlib-compressed float32, ERA5 short names and units): one file for
@@ -31,11 +32,9 @@ from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.era5 import write_healpix_truth
-from ensemble_da.obs.synthetic import truth_rng
 from ensemble_da.obs.variables import era5_variable
-from ensemble_da.priors.base import Denoiser
 
-__all__ = ["OsseFiles", "osse_grid_deg", "healpix_to_latlon", "write_era5_netcdf", "draw_truths", "generate_osse", "write_osse_dir"]
+__all__ = ["OsseFiles", "osse_grid_deg", "healpix_to_latlon", "write_era5_netcdf", "generate_osse", "write_osse_dir"]
 
 PRESSURE_FILE = "era5_pressure_levels.nc"
 SINGLE_FILE = "era5_single_levels.nc"
@@ -119,17 +118,16 @@ def write_era5_netcdf(
     ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
 
 
-def draw_truths(config: RunConfig, prior: Denoiser) -> np.ndarray:
-    """One truth per analysis time from the prior: float32 (time, channel, cell), physical."""
-    if not hasattr(prior, "sample_truth"):
-        raise InputError(f"an OSSE needs a prior that draws truths; model.kind {config.model.kind!r} does not")
-    return np.stack(
-        [prior.sample_truth(truth_rng(config.seed, t))[0] for t in range(len(config.times))]
-    ).astype(np.float32)
-
-
-def generate_osse(config: RunConfig, prior: Denoiser, out_dir: str | Path, final_dir: str | Path | None = None) -> OsseFiles:
-    """Draw the truths and write the ERA5-layout files, `truth.zarr` and `config.yaml` into `out_dir`.
+def generate_osse(
+    config: RunConfig,
+    truth: np.ndarray,
+    grid: HealpixGrid,
+    channels: list[str],
+    out_dir: str | Path,
+    final_dir: str | Path | None = None,
+) -> OsseFiles:
+    """Write the truths (time, channel, cell; physical units, NEST) as ERA5-layout files,
+    `truth.zarr` and `config.yaml` into `out_dir`.
 
     The paths in `config.yaml` (and the returned ones) point into `final_dir` (default `out_dir`),
     where the directory will live once moved into place.
@@ -137,10 +135,10 @@ def generate_osse(config: RunConfig, prior: Denoiser, out_dir: str | Path, final
     out = Path(out_dir)
     final = Path(final_dir if final_dir is not None else out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    grid: HealpixGrid = prior.grid
-    channels = list(prior.normalization.channels)
+    channels = list(channels)
     times = config.analysis_times()
-    truth = draw_truths(config, prior)
+    if truth.shape != (len(times), len(channels), grid.npix):
+        raise ValueError(f"truth has shape {truth.shape}, expected {(len(times), len(channels), grid.npix)}")
     lat, lon, values = healpix_to_latlon(truth, grid, osse_grid_deg(grid.nside, config.observations.osse_grid_deg))
     pressure = [j for j, c in enumerate(channels) if channel_info(c).level is not None]
     single = [j for j, c in enumerate(channels) if channel_info(c).level is None]
@@ -161,7 +159,7 @@ def generate_osse(config: RunConfig, prior: Denoiser, out_dir: str | Path, final
     return OsseFiles(tuple(files), final / TRUTH_FILE, final / CONFIG_FILE)
 
 
-def write_osse_dir(config: RunConfig, prior: Denoiser, out_dir: str | Path) -> OsseFiles:
+def write_osse_dir(config: RunConfig, truth: np.ndarray, grid: HealpixGrid, channels: list[str], out_dir: str | Path) -> OsseFiles:
     """`generate_osse` into a fresh `out_dir`, all or nothing.
 
     An existing non-empty `out_dir` is an InputError and is left untouched; the files are written
@@ -174,7 +172,7 @@ def write_osse_dir(config: RunConfig, prior: Denoiser, out_dir: str | Path) -> O
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files = generate_osse(config, prior, tmp, final_dir=out)
+        files = generate_osse(config, truth, grid, channels, tmp, final_dir=out)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
