@@ -17,7 +17,9 @@ O × O, and M restricted to O is block diagonal over groups of elements linked b
 observations, so M⁻¹ is one small dense inverse per group. Memory is modes² + |O|·modes + Σ
 group² + O(state): it does not grow with the observations once they outnumber the prior's modes
 (|O| ≤ state), and never holds an (obs × obs) or (obs × state) dense matrix. Modes with
-λ − ν² ≤ 1e-12·max(λ − ν²) change Σ below round-off and are left out of U.
+λ − ν² ≤ 1e-12·max(λ − ν²) change Σ below round-off and are left out of U. With fewer
+observations than half the modes the textbook form (S = H Σ Hᵀ + R, Σ Hᵀ through the basis) is
+cheaper and is used instead: its memory is obs × state, linear in the observations.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ def kalman_update(
     lam = lam_full.reshape(-1)[keep]
     e_half = np.sqrt(np.clip(1.0 / nu2 - 1.0 / lam, 0.0, None))
 
+    if 2 * h.shape[0] < len(keep):
+        mean, var = _observation_form(basis, h, y, np.asarray(sigma, np.float64), state)
+        return (mean + mu).reshape(shape), var.reshape(shape)
+
     observed = np.unique(h.indices)
     h_o = h[:, observed]
     w = sp.diags(1.0 / np.asarray(sigma, np.float64) ** 2)
@@ -160,6 +166,30 @@ def kalman_update(
         extra += (lift(l_inv_t[:, start : start + _COLUMN_CHUNK]) ** 2).sum(0)
     extra[observed] = ((m_inv @ (u_o @ l_inv_t)) ** 2).sum(1)
     return (mean + mu).reshape(shape), (var + extra).reshape(shape)
+
+
+def _observation_form(
+    basis: SpectralBasis, h: sp.csr_matrix, y: np.ndarray, sigma: np.ndarray, state: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The textbook update for few observations: G = Σ Hᵀ (state × obs, through the basis),
+    S = H G + R = L Lᵀ, mean = G S⁻¹ y, var = diag(Σ) − colsum((L⁻¹ Gᵀ)²)."""
+    n_obs = h.shape[0]
+    need, have = 8 * (2 * n_obs * state + 2 * n_obs * n_obs), psutil.virtual_memory().available
+    if need > 0.8 * have:
+        raise InputError(f"the exact posterior with {n_obs} observations needs ~{need / 2**30:.1f} GiB; "
+                         f"this machine has {have / 2**30:.1f} GiB available")
+    nu2 = basis.nugget
+    excess = torch.as_tensor(np.asarray(basis.eigenvalues, np.float64) - nu2)
+    gt = np.empty((n_obs, state))  # rows: (Σ Hᵀ)ᵀ
+    for start in range(0, n_obs, _COLUMN_CHUNK):
+        ht = torch.as_tensor(h[start : start + _COLUMN_CHUNK].toarray())
+        ht = ht.reshape(ht.shape[0], *basis.diag_covariance().shape)
+        block = nu2 * ht + basis.from_spectral(excess * basis.to_spectral(ht))
+        gt[start : start + len(ht)] = block.reshape(len(ht), state).numpy()
+    chol = scipy.linalg.cholesky(h @ gt.T + np.diag(sigma**2), lower=True)
+    mean = gt.T @ scipy.linalg.cho_solve((chol, True), y)
+    gt = scipy.linalg.solve_triangular(chol, gt, lower=True, overwrite_b=True)
+    return mean, basis.diag_covariance().reshape(-1) - (gt**2).sum(0)
 
 
 def exact_posterior(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
