@@ -46,33 +46,43 @@ def has_exact_posterior(prior: object) -> bool:
     return isinstance(prior, GaussianPrior)
 
 
-def _block_inverse(m: sp.csr_matrix, label: np.ndarray) -> sp.csr_matrix:
-    """Inverse of a sparse SPD matrix whose connected components (`label` per row) are its blocks.
+class _BlockInverse:
+    """The inverse of a sparse SPD matrix whose connected components are its blocks, kept as dense
+    blocks (blocks of equal size stacked and inverted together) and applied block by block."""
 
-    Blocks of equal size are gathered into one (blocks, size, size) array and inverted together.
-    """
-    sizes = np.bincount(label)
-    order = np.argsort(label, kind="stable")
-    pos = np.empty_like(label)
-    pos[order] = np.arange(len(label)) - np.concatenate([[0], np.cumsum(sizes)])[label[order]]
-    coo = m.tocsr().tocoo()
-    coo.sum_duplicates()
-    rows, cols, vals = [], [], []
-    for size in np.unique(sizes):
-        blocks = np.flatnonzero(sizes == size)
-        slot = np.full(len(sizes), -1)
-        slot[blocks] = np.arange(len(blocks))
-        sub = np.zeros((len(blocks), size, size))
-        sel = slot[label[coo.row]] >= 0
-        sub[slot[label[coo.row[sel]]], pos[coo.row[sel]], pos[coo.col[sel]]] = coo.data[sel]
-        members = np.empty((len(blocks), size), dtype=np.int64)
-        in_class = slot[label] >= 0
-        members[slot[label[in_class]], pos[in_class]] = np.flatnonzero(in_class)
-        rows.append(np.repeat(members, size, axis=1).ravel())
-        cols.append(np.tile(members, (1, size)).ravel())
-        vals.append(np.linalg.inv(sub).ravel())
-    n = m.shape[0]
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    def __init__(self, m: sp.csr_matrix, label: np.ndarray):
+        sizes = np.bincount(label)
+        order = np.argsort(label, kind="stable")
+        pos = np.empty_like(label)
+        pos[order] = np.arange(len(label)) - np.concatenate([[0], np.cumsum(sizes)])[label[order]]
+        coo = m.tocsr().tocoo()
+        coo.sum_duplicates()
+        self.classes: list[tuple[np.ndarray, np.ndarray]] = []  # (members (blocks, size), inverses)
+        for size in np.unique(sizes):
+            blocks = np.flatnonzero(sizes == size)
+            slot = np.full(len(sizes), -1)
+            slot[blocks] = np.arange(len(blocks))
+            sub = np.zeros((len(blocks), size, size))
+            sel = slot[label[coo.row]] >= 0
+            sub[slot[label[coo.row[sel]]], pos[coo.row[sel]], pos[coo.col[sel]]] = coo.data[sel]
+            members = np.empty((len(blocks), size), dtype=np.int64)
+            inside = slot[label] >= 0
+            members[slot[label[inside]], pos[inside]] = np.flatnonzero(inside)
+            self.classes.append((members, np.linalg.inv(sub)))
+        self.n = len(label)
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        x2 = x.reshape(self.n, -1)
+        out = np.empty_like(x2)
+        for members, inv in self.classes:
+            out[members] = np.matmul(inv, x2[members])
+        return out.reshape(x.shape)
+
+    def diagonal(self) -> np.ndarray:
+        out = np.empty(self.n)
+        for members, inv in self.classes:
+            out[members] = np.diagonal(inv, axis1=1, axis2=2)
+        return out
 
 
 def _check_memory(observed: int, modes: int, largest_block: int, state: int) -> None:
@@ -138,10 +148,10 @@ def kalman_update(
     largest = int(np.bincount(label).max()) if len(observed) else 0
     _check_memory(len(observed), len(keep), largest, state)
 
-    m_inv = _block_inverse(m_oo, label)
-    delta = m_inv - sp.identity(len(observed), format="csr") * nu2
+    m_inv = _BlockInverse(m_oo, label)
     u_o = basis.rows(observed)[:, keep] * e_half  # U_O E^½
-    core = np.diag(nu2 / lam) - u_o.T @ (delta @ u_o)
+    m_inv_u_o = m_inv @ u_o
+    core = np.diag(nu2 / lam) - u_o.T @ (m_inv_u_o - nu2 * u_o)  # Δ = M⁻¹ − ν² I on O
     chol = scipy.linalg.cho_factor(core, lower=True)
 
     def lift(s: np.ndarray) -> np.ndarray:
@@ -155,7 +165,7 @@ def kalman_update(
     mb_o = m_inv @ b_o  # M⁻¹ b on O (b vanishes off O)
     g = scipy.linalg.cho_solve(chol, u_o.T @ mb_o)  # K Xᵀ b
     mean = lift(g[:, None])[0]
-    mean[observed] += mb_o + delta @ (u_o @ g)
+    mean[observed] += mb_o + (m_inv_u_o - nu2 * u_o) @ g
 
     # var = diag(M⁻¹) + rowsum((X L⁻ᵀ)²), core = L Lᵀ; rows off O: X = ν² U E^½.
     l_inv_t = scipy.linalg.solve_triangular(chol[0], np.eye(len(keep)), lower=True).T
@@ -164,7 +174,7 @@ def kalman_update(
     extra = np.zeros(state)
     for start in range(0, len(keep), _COLUMN_CHUNK):
         extra += (lift(l_inv_t[:, start : start + _COLUMN_CHUNK]) ** 2).sum(0)
-    extra[observed] = ((m_inv @ (u_o @ l_inv_t)) ** 2).sum(1)
+    extra[observed] = ((m_inv_u_o @ l_inv_t) ** 2).sum(1)
     return (mean + mu).reshape(shape), (var + extra).reshape(shape)
 
 

@@ -178,6 +178,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
         (["run", "{cfg}", "--set", "ensemble.memberz=3"], "memberz"),
         (["run", "{cfg}", "--set", "ensemble.members=0"], "members"),
         (["run", "{cfg}", "--set", "grid.nside=5"], "nside"),
+        (["run", "{cfg}", "--set", "grid.nside=4096", "--set", "model.approximation=lowrank"], "201326592 cells"),
         (["run", "{cfg}", "--set", "observations.channels=[X999]"], "X999"),
         (["run", "{cfg}", "--set", "cluster.members_per_unit=0"], "members_per_unit"),
         (["run", "{cfg}", "--set", "cluster.address=no address"], "cluster.address"),
