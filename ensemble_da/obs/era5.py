@@ -126,9 +126,12 @@ def contiguous_longitudes(lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wrapped = np.mod(np.asarray(lon, np.float64), 360.0)
     distinct, first = np.unique(wrapped, return_index=True)  # a grid with both −180 and 180 keeps one
     start = 0
-    if distinct.size > 1 and not is_periodic(distinct):
+    if distinct.size > 1:
         gaps = np.diff(np.append(distinct, distinct[0] + 360.0))
-        start = (int(np.argmax(gaps)) + 1) % distinct.size
+        seam = (int(np.argmax(gaps)) + 1) % distinct.size
+        run = distinct[seam] + np.mod(np.roll(distinct, -seam) - distinct[seam], 360.0)
+        if not is_periodic(run):
+            start = seam
     order = np.roll(first, -start)
     values = distinct[start] + np.mod(wrapped[order] - distinct[start], 360.0)
     return order, values
