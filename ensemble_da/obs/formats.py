@@ -18,6 +18,7 @@ Unreadable input raises InputError naming the file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -78,7 +79,7 @@ def _open_xarray(path: str, name: str, engine: str) -> xr.Dataset:
             return xr.open_dataset(path, engine=engine, decode_timedelta=False)
     except Exception as exc:  # noqa: BLE001 - any backend failure is a bad input file
         kind = "a zarr store" if engine == "zarr" else "NetCDF"
-        raise InputError(f"{name}: cannot read as {kind}: {_first_line(exc)}") from None
+        raise InputError(f"{name}: cannot read as {kind}: {_first_line(exc).replace(path, name)}") from None
 
 
 def _open_grib(path: str, name: str) -> list[xr.Dataset]:
@@ -88,11 +89,16 @@ def _open_grib(path: str, name: str) -> list[xr.Dataset]:
         raise InputError(
             f"{name}: is a GRIB file; reading GRIB needs cfgrib and ecCodes ({_first_line(exc)}): {GRIB_EXTRA_HINT}"
         ) from None
+    quiet = logging.getLogger("cfgrib")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # cfgrib logs a traceback per corrupted message; we raise one line
     try:
         # indexpath "": no `.idx` files written beside the user's data.
         datasets = cfgrib.open_datasets(path, backend_kwargs={"indexpath": ""})
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
-        raise InputError(f"{name}: cannot read as GRIB: {_first_line(exc)}") from None
+        raise InputError(f"{name}: cannot read as GRIB: {_first_line(exc).replace(path, name)}") from None
+    finally:
+        quiet.setLevel(level)
     if not datasets:
         raise InputError(f"{name}: a GRIB file without any field cfgrib can read")
     return list(datasets)
