@@ -9,7 +9,6 @@ import sys
 import zipfile
 from types import SimpleNamespace
 
-import eccodes
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,6 +34,8 @@ def t2m(lat, lon, ref_hour: int, step_h: int) -> np.ndarray:
 def write_grib(path, ref_hours=(0, 6), steps=(0, 6)) -> None:
     """GRIB2 2 m temperature on the 1° box 70N–30N, 20W–40E (longitudes 340 → 40 in GRIB), every
     reference time × step, from ecCodes' regular lat/lon sample."""
+    import eccodes  # after ensemble_da (formats.py must load SQLite before ecCodes does)
+
     with open(path, "wb") as f:
         for hour in ref_hours:
             for step in steps:
@@ -136,3 +137,18 @@ def test_file_kind_by_content_not_suffix(tmp_path, content, kind):
     path = tmp_path / "x.grib"  # the suffix says GRIB; the content decides
     path.write_bytes(content + b"\x00" * 16)
     assert file_kind(str(path)) == kind
+
+
+def test_sqlite_stays_usable_for_mlflow_after_reading_grib(tmp_path):
+    """ecCodes bundles SQLite 3.26; MLflow's store needs >= 3.31 (a fresh interpreter, as a run)."""
+    path = tmp_path / "download.grib"
+    write_grib(path, ref_hours=(0,), steps=(0,))
+    code = (
+        "from ensemble_da.obs.era5 import open_source\n"
+        f"open_source({str(path)!r}).close()\n"
+        "import sqlite3\n"
+        "print(sqlite3.sqlite_version)\n"
+        "assert sqlite3.sqlite_version_info >= (3, 31), sqlite3.sqlite_version\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

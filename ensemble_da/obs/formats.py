@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sqlite3  # noqa: F401 - see below
 import tempfile
 import warnings
 import zipfile
@@ -31,6 +32,11 @@ import xarray as xr
 from ensemble_da.errors import InputError
 
 __all__ = ["FileKind", "file_kind", "open_datasets", "GRIB_EXTRA_HINT"]
+
+# The ecCodes wheels bundle an old SQLite (3.26) and load it with global symbols: Python's sqlite3,
+# when first imported after a GRIB file was read, would bind to it and MLflow's SQLite store then
+# refuses to start (it needs >= 3.31). Importing sqlite3 above, before ecCodes can load, keeps
+# Python on the system SQLite.
 
 FileKind = Literal["zarr", "netcdf", "grib", "zip"]
 GRIB_EXTRA_HINT = "pip install 'ensemble-da[grib]'"
