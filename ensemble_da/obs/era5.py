@@ -248,43 +248,32 @@ def _normalize_time(ds: xr.Dataset, path: str) -> xr.Dataset:
         ds = ds.drop_vars([n for n in ("time", "step") if n in ds.variables]).rename({"valid_time": "time"})
         _check_dates(ds["time"].values, "valid_time", ds["time"], path)
         return ds
-    if not any(n in ds.variables for n in ("valid_time", "time")):
-        raise InputError(f"{path}: no time coordinate (looked for valid_time, time; dims: {_dims_text(ds)})")
-    # Reference times × forecast steps (each may be a dim, a scalar or absent) → valid times.
-    lead = [d for d in ("time", "step") if d in ds.dims]
+    if "time" not in ds.variables:
+        if "valid_time" not in ds.variables:
+            raise InputError(f"{path}: no time coordinate (looked for valid_time, time; dims: {_dims_text(ds)})")
+        ds = ds.rename({"valid_time": "time"})  # a scalar valid time alone
+    # Reference times × forecast steps (each a dim or a scalar made a length-1 dim) → valid times.
     for name in ("time", "step"):
         if name in ds.variables and name not in ds.dims:
             ds = ds.expand_dims(name)
-            lead.append(name)
-    lead = [d for d in ("time", "step") if d in lead]
-    if "valid_time" in ds.variables:
-        valid = ds["valid_time"]
-        _check_dates(valid.values, "valid_time", valid, path)
-    else:
-        valid = ds["time"]
-        _check_dates(valid.values, "time", valid, path)
-        if "step" in ds.variables:
-            valid = valid + xr.DataArray(_as_timedelta(ds["step"], path), dims=ds["step"].dims)
-    if not lead:  # a scalar valid_time only
-        ds = ds.expand_dims("valid_time")
-        lead = ["valid_time"]
-        valid = ds["valid_time"]
-    template = xr.DataArray(np.zeros([ds.sizes[d] for d in lead]), dims=lead)
-    valid_all = (valid.broadcast_like(template).transpose(*lead).values.astype("datetime64[ns]")).ravel()
-    step_all = (
-        xr.DataArray(_as_timedelta(ds["step"], path), dims=ds["step"].dims).broadcast_like(template).transpose(*lead)
-        .values.astype("timedelta64[ns]").astype(np.int64).ravel()
-        if "step" in ds.variables else np.zeros(valid_all.size, np.int64)
-    )
+    lead = [d for d in ("time", "step") if d in ds.dims]
+    shape = [ds.sizes[d] for d in lead]
+    step = xr.DataArray(_as_timedelta(ds["step"], path), dims=("step",)) if "step" in ds.dims else xr.DataArray(
+        np.timedelta64(0, "ns"))
+    _check_dates(ds["time"].values, "time", ds["time"], path)
+    valid = ds["valid_time"] if "valid_time" in ds.variables else ds["time"] + step
+    _check_dates(valid.values, "valid_time", valid, path)
+    valid_all = np.broadcast_to(valid.transpose(*[d for d in lead if d in valid.dims]).values.astype("datetime64[ns]")
+                                .reshape([ds.sizes[d] if d in valid.dims else 1 for d in lead]), shape).ravel()
+    step_all = np.broadcast_to(step.values.reshape([-1 if d == "step" else 1 for d in lead]), shape).ravel()
     if np.isnat(valid_all).any():
         raise InputError(f"{path}: missing (NaT) valid times")
-    order = np.lexsort((step_all, valid_all.astype(np.int64)))  # by valid time, then shortest step
+    order = np.lexsort((step_all.astype(np.int64), valid_all.astype(np.int64)))  # by valid time, then shortest step
     chosen = order[np.unique(valid_all[order], return_index=True)[1]]
-    index = np.unravel_index(chosen, template.shape)
+    index = np.unravel_index(chosen, shape)
     ds = ds.drop_vars([n for n in ("valid_time", *lead) if n in ds.variables])
-    if len(lead) == 1:
-        ds = ds.isel({lead[0]: index[0]})
-        ds = ds if lead[0] == "time" else ds.rename_dims({lead[0]: "time"})
+    if lead == ["time"]:
+        ds = ds.isel(time=index[0])
     else:
         ds = ds.isel({d: xr.Variable("time", i) for d, i in zip(lead, index)})
     return ds.assign_coords(time=("time", valid_all[chosen]))
