@@ -450,15 +450,22 @@ class GriddedSource:
     def open(cls, paths: Sequence[str]) -> "GriddedSource":
         """Open (by content, `formats.open_datasets`) and normalise every file in `paths`
         (already expanded, see `expand_paths`)."""
+        with contextlib.ExitStack() as stack:
+            opened = [item for path in paths for item in open_datasets(path, stack)]
+            return cls.from_datasets(opened, paths, stack.pop_all())
+
+    @classmethod
+    def from_datasets(
+        cls, opened: Sequence[tuple[str, xr.Dataset]], paths: Sequence[str], resources: contextlib.ExitStack | None = None
+    ) -> "GriddedSource":
+        """Normalise opened (name, dataset) pairs; `resources` (closed by `close`) owns them."""
         variables: list[GriddedVariable] = []
         unknown: dict[str, list[str]] = {}
-        with contextlib.ExitStack() as stack:
-            for path in paths:
-                for name, ds in open_datasets(path, stack):
-                    found, skipped = normalize_dataset(ds, name)
-                    variables.extend(found)
-                    unknown.setdefault(name, []).extend(skipped)
-            return cls(variables, unknown, paths, stack.pop_all())
+        for name, ds in opened:
+            found, skipped = normalize_dataset(ds, name)
+            variables.extend(found)
+            unknown.setdefault(name, []).extend(skipped)
+        return cls(variables, unknown, paths, resources)
 
     def close(self) -> None:
         self._resources.close()
@@ -555,8 +562,7 @@ def read_healpix_truth(
         healpix = [(name, ds) for name, ds in datasets if "cell" in ds.dims]
         if healpix:
             return _read_healpix(healpix[0][1], healpix[0][0], channels, times, grid, tolerance_hours)
-        src = GriddedSource.open([path])
-        stack.callback(src.close)
+        src = GriddedSource.from_datasets(datasets, [path])
         src.require(channels)
         return src.to_healpix(channels, times, grid, tolerance_hours)
 
