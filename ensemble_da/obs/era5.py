@@ -56,6 +56,7 @@ __all__ = [
     "GriddedSource",
     "format_time",
     "is_periodic",
+    "contiguous_longitudes",
 ]
 
 LEVEL_NAMES = ("pressure_level", "level", "isobaricInhPa", "plev", "lev")
@@ -150,8 +151,9 @@ class GriddedVariable:
     name : str
         The variable name in the file (`t`, `temperature`, `t2m`).
     data : xarray.DataArray
-        Lazily indexed, dims (time, lat, lon); lat ascending, lon ascending in [0, 360), in
-        the file's units (`scale`, `offset` convert to the channel's units).
+        Lazily indexed, dims (time, lat, lon); `time` the valid times, lat ascending, lon one
+        ascending run from [0, 360) (`contiguous_longitudes`), in the file's units (`scale`,
+        `offset` convert to the channel's units).
     scale, offset : float
         Physical value = file value · scale + offset.
     """
