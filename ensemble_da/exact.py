@@ -188,18 +188,18 @@ def _observation_form(
     if need > 0.8 * have:
         raise InputError(f"the exact posterior with {n_obs} observations needs ~{need / 2**30:.1f} GiB; "
                          f"this machine has {have / 2**30:.1f} GiB available")
-    nu2 = basis.nugget
+    nu2, prior_var = basis.nugget, basis.diag_covariance()
     excess = torch.as_tensor(np.asarray(basis.eigenvalues, np.float64) - nu2)
     gt = np.empty((n_obs, state))  # rows: (Σ Hᵀ)ᵀ
     for start in range(0, n_obs, _COLUMN_CHUNK):
         ht = torch.as_tensor(h[start : start + _COLUMN_CHUNK].toarray())
-        ht = ht.reshape(ht.shape[0], *basis.diag_covariance().shape)
+        ht = ht.reshape(ht.shape[0], *prior_var.shape)
         block = nu2 * ht + basis.from_spectral(excess * basis.to_spectral(ht))
         gt[start : start + len(ht)] = block.reshape(len(ht), state).numpy()
     chol = scipy.linalg.cholesky(h @ gt.T + np.diag(sigma**2), lower=True)
     mean = gt.T @ scipy.linalg.cho_solve((chol, True), y)
     gt = scipy.linalg.solve_triangular(chol, gt, lower=True, overwrite_b=True)
-    return mean, basis.diag_covariance().reshape(-1) - (gt**2).sum(0)
+    return mean, prior_var.reshape(-1) - (gt**2).sum(0)
 
 
 def exact_posterior(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
