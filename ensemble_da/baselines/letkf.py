@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
-from ensemble_da.baselines.localization import EARTH_RADIUS_KM, gaspari_cohn, great_circle_km, unit_vectors
+from ensemble_da.baselines.localization import EARTH_RADIUS_KM, gaspari_cohn, unit_vectors
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.operators import ObservationOperator
 
@@ -25,14 +26,21 @@ __all__ = ["letkf", "ensemble_transform"]
 
 def ensemble_transform(
     y_anom: np.ndarray, innovation: np.ndarray, r_inv: np.ndarray, inflation: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(w̄ (M,), W (M, M)) of the ETKF for anomalies Y (obs, M), d (obs,) and weights R⁻¹ (obs,)."""
-    m = y_anom.shape[1]
-    c = y_anom.T * r_inv  # Yᵀ R⁻¹, (M, obs)
+) -> np.ndarray:
+    """The ETKF weights w̄ + W, shape (..., M, M) (column m: member m), batched over leading axes.
+
+    y_anom (..., obs, M): observed anomalies Y; innovation (..., obs): d; r_inv (..., obs): the
+    (tapered) inverse error variances.
+    """
+    m = y_anom.shape[-1]
+    c = np.swapaxes(y_anom, -1, -2) * r_inv[..., None, :]  # Yᵀ R⁻¹, (..., M, obs)
     values, vectors = np.linalg.eigh((m - 1) / inflation * np.eye(m) + c @ y_anom)
-    p_tilde = (vectors / values) @ vectors.T
-    w = (vectors * np.sqrt((m - 1) / values)) @ vectors.T
-    return p_tilde @ (c @ innovation), w
+    vt = np.swapaxes(vectors, -1, -2)
+    w_mean = (vectors / values[..., None, :]) @ (vt @ (c @ innovation[..., None]))  # P̃ Yᵀ R⁻¹ d
+    return w_mean + (vectors * np.sqrt((m - 1) / values)[..., None, :]) @ vt
+
+
+_CELL_CHUNK = 512
 
 
 def letkf(
@@ -72,16 +80,25 @@ def letkf(
     innovation = op.y - hx.mean(0)
     r_inv = 1.0 / op.sigma**2
     if localization_km is None:
-        w_mean, w = ensemble_transform(y_anom, innovation, r_inv, inflation)
-        return mean + np.einsum("mcp,mk->kcp", anom, w_mean[:, None] + w)
+        return mean + np.einsum("mcp,mk->kcp", anom, ensemble_transform(y_anom, innovation, r_inv, inflation))
     obs_v = unit_vectors(np.asarray(obs_lat), np.asarray(obs_lon))
     cells = grid.unit_vectors
     support = min(2.0 * localization_km / EARTH_RADIUS_KM, np.pi)
     near = cKDTree(obs_v).query_ball_point(cells, r=2.0 * np.sin(support / 2.0))
     out = np.empty_like(xb)
-    for p, idx in enumerate(near):
-        idx = np.asarray(idx, dtype=np.int64)
-        taper = gaspari_cohn(great_circle_km(cells[p : p + 1], obs_v[idx])[0], localization_km)
-        w_mean, w = ensemble_transform(y_anom[idx], innovation[idx], r_inv[idx] * taper, inflation)
-        out[:, :, p] = (mean[:, p, None] + anom[:, :, p].T @ (w_mean[:, None] + w)).T
+    with threadpool_limits(1):  # thousands of small M×M eigh: BLAS threads only add synchronisation
+        for lo in range(0, len(cells), _CELL_CHUNK):
+            # local observation sets padded to a common length; the padding gets taper 0
+            lists = near[lo : lo + _CELL_CHUNK]
+            width = max(1, max(len(i) for i in lists))
+            idx = np.zeros((len(lists), width), dtype=np.int64)
+            valid = np.zeros((len(lists), width), dtype=bool)
+            for k, i in enumerate(lists):
+                idx[k, : len(i)], valid[k, : len(i)] = i, True
+            c, o = cells[lo : lo + len(lists)], obs_v[idx]  # (cells, 3), (cells, width, 3)
+            cos, sin = np.einsum("pk,plk->pl", c, o), np.linalg.norm(np.cross(c[:, None, :], o), axis=-1)
+            taper = np.where(valid, gaspari_cohn(EARTH_RADIUS_KM * np.arctan2(sin, cos), localization_km), 0.0)
+            t = ensemble_transform(y_anom[idx], innovation[idx], r_inv[idx] * taper, inflation)  # (cells, M, M)
+            sl = slice(lo, lo + len(lists))
+            out[:, :, sl] = mean[None, :, sl] + np.einsum("mcp,pmk->kcp", anom[:, :, sl], t)
     return out
