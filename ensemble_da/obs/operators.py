@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from ensemble_da.channels import Normalization
+from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.observation_set import ObservationSet
 
@@ -172,6 +173,43 @@ class ObservationOperator:
             weights=weights,
             y=(obs.value - normalization.center[ch]) / normalization.scale[ch],
             sigma=obs.sigma / normalization.scale[ch],
+            n_channels=len(normalization.channels),
+            npix=grid.npix,
+        )
+
+    @classmethod
+    def at_cells(
+        cls,
+        cells: np.ndarray,
+        channels: np.ndarray,
+        values: np.ndarray,
+        sigma: np.ndarray | float,
+        grid: HealpixGrid,
+        normalization: Normalization,
+    ) -> "ObservationOperator":
+        """H that reads whole cells: observation i is `values[i]` ± `sigma[i]` (physical units)
+        of channel `channels[i]` at NEST cell `cells[i]`; all arrays with shape (obs,).
+
+        InputError for a cell outside the grid or a channel the prior does not have.
+        """
+        cells = np.asarray(cells, dtype=np.int64).reshape(-1)
+        if cells.size == 0:
+            raise InputError("no observations given")
+        bad = (cells < 0) | (cells >= grid.npix)
+        if bad.any():
+            raise InputError(f"observation cell {int(cells[bad][0])} is outside the grid (0..{grid.npix - 1})")
+        ch = normalization.index(np.broadcast_to(np.asarray(channels, dtype=str), cells.shape).tolist())
+        values = np.broadcast_to(np.asarray(values, dtype=np.float64), cells.shape)
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), cells.shape)
+        if not np.all(np.isfinite(values)):
+            raise InputError("observation values must be finite")
+        if not np.all(sigma > 0):
+            raise InputError(f"observation sigma must be > 0, got {float(sigma.min())}")
+        return cls(
+            flat=(ch * grid.npix + cells)[:, None],
+            weights=np.ones((cells.size, 1)),
+            y=(values - normalization.center[ch]) / normalization.scale[ch],
+            sigma=sigma / normalization.scale[ch],
             n_channels=len(normalization.channels),
             npix=grid.npix,
         )
