@@ -1,6 +1,6 @@
 """The seed sketch's calls (seed/000_e32bf30e7bf9bccf.txt) as a thin layer over ours.
 
-    model = load_custom_model_with_regression_guidance(checkpoint_path)   # or wrap(denoiser)
+    model = load_custom_model_with_regression_guidance(checkpoint_path)   # or RegressionGuidedModel(denoiser)
     model.set_regression_guidance(observation_data, observation_locations,
                                   observation_variables, observation_uncertainty, guidance_scale)
     output, coords = model.sample(batch, seed=42)
@@ -8,9 +8,10 @@
 What changed from the sketch (README "Migrating from the regression-guidance sketch"):
 `observation_uncertainty` is in physical units and is used (scalar, per variable, or per
 observation); locations are pixel indices in the model's own order (HEALPIX_PAD_XY for cBottle,
-NEST otherwise); the guidance is ours (`regression`, SDA form, through the denoiser); `sample`
-draws one member per batch row, member m from SeedSequence([seed, 0, m]), and returns physical
-values (batch, channel, 1, cell) in NEST order with the `Coords` that say so.
+NEST otherwise); the guidance is ours, MMPS by default: the SDA-form `regression` (γ = 0.01)
+diverges for observation errors below ~0.1 of a channel's scale (the sketch's 0.1 K on T850 is
+≈ 0.02) and is over-confident above it (README, measured on an exact prior); `sample` draws
+one member per batch row, member m from SeedSequence([seed, 0, m]), and returns physical values (batch, channel, 1, cell) in NEST order with the `Coords` that say so.
 """
 
 from __future__ import annotations
