@@ -11,7 +11,8 @@ observation); locations are pixel indices in the model's own order (HEALPIX_PAD_
 NEST otherwise); the guidance is ours, MMPS by default: the SDA-form `regression` (γ = 0.01)
 diverges for observation errors below ~0.1 of a channel's scale (the sketch's 0.1 K on T850 is
 ≈ 0.02) and is over-confident above it (README, measured on an exact prior); `sample` draws
-one member per batch row, member m from SeedSequence([seed, 0, m]), and returns physical values (batch, channel, 1, cell) in NEST order with the `Coords` that say so.
+one member per batch row, member m from SeedSequence([seed, 0, m]), and returns physical values
+(batch, channel, 1, cell) in NEST order with the `Coords` that say so.
 """
 
 from __future__ import annotations

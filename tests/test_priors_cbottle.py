@@ -228,3 +228,34 @@ def test_guided_sampling_through_cbottle_is_per_member(tmp_path):
     alone = sample_posterior(den, op, [2], **kw)
     assert both.shape == (3, 5, 48) and np.isfinite(both).all()
     np.testing.assert_allclose(alone[0], both[2], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_shipped_cbottle_config_runs_through_the_cli(tmp_path):
+    """configs/cbottle-era5.yaml with its paths pointed at a stand-in checkpoint and a small ERA5
+    file: `ensemble-da run` writes analyses with the checkpoint's channels."""
+    from typer.testing import CliRunner
+
+    from ensemble_da.cli import app
+    from ensemble_da.io import open_run
+
+    ckpt = write_checkpoint(tmp_path / "a.checkpoint", seed=7)
+    lat, lon = np.linspace(90, -90, 37), np.arange(0, 360, 5.0)
+    t = (255.0 + 0.3 * lat[:, None] + 0 * lon)[None, None].astype(np.float32)
+    xr.Dataset({"t": (("time", "level", "latitude", "longitude"), t)},
+               coords={"time": [np.datetime64("2021-03-02T00:00", "ns")], "level": [850], "latitude": lat, "longitude": lon}
+               ).to_netcdf(tmp_path / "era5.nc")
+    sets = [
+        f"model.cbottle.checkpoints=[{ckpt}]", "model.cbottle.sigma_thresholds=[]", "model.cbottle.sst=null",
+        "model.cbottle.sst_constant=290", "model.cbottle.label=era5", "grid.nside=2", 'times=["2021-03-02T00:00"]',
+        f"observations.path={tmp_path / 'era5.nc'}", "observations.channels=[T850]", "observations.sigma={T850: 1.0}",
+        "observations.num_obs=10", "cluster={address: inprocess, replicas: 1, members_per_unit: 2}",
+        "ensemble.members=2", "sampler.steps=3", "sampler.batch_size=2",
+    ]
+    config = Path(__file__).parents[1] / "configs" / "cbottle-era5.yaml"
+    args = ["run", str(config), "--out", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ds = open_run(tmp_path / "run")
+    assert list(ds["channel"].values) == CHANNELS and ds["analysis"].shape == (1, 2, 5, 48)
+    assert np.isfinite(ds["analysis"].values).all()

@@ -276,7 +276,8 @@ def load_cbottle(
 
 
 def load_for_config(model, grid, device: str | torch.device = "cpu") -> CBottleDenoiser:
-    """`model.kind: cbottle` from a `ModelConfig`; InputError when grid.nside is not the model's."""
+    """`model.kind: cbottle` from a `ModelConfig`; InputError when grid.nside is not the model's.
+    Channels come from the checkpoint's batch_info (`model.channels` is not used)."""
     cfg = model.cbottle
     sst: np.ndarray | float | None = cfg.sst_constant
     if cfg.sst is not None:
@@ -285,8 +286,6 @@ def load_for_config(model, grid, device: str | torch.device = "cpu") -> CBottleD
     den = load_cbottle(cfg.checkpoints, cfg.sigma_thresholds, cfg.label, sst, device)
     if grid is not None and grid.nside != den.grid.nside:
         raise InputError(f"cbottle checkpoint {cfg.checkpoints[0]} is for nside {den.grid.nside}, grid.nside is {grid.nside}")
-    if "channels" in model.model_fields_set and list(model.channels) != list(den.normalization.channels):
-        raise InputError(f"model.channels {list(model.channels)} differ from the checkpoint's {list(den.normalization.channels)}")
     return den
 
 
