@@ -27,8 +27,6 @@ cBottle's sampler defaults 0.02 and 200.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -90,12 +88,6 @@ def _import_cbottle():
     except ImportError as exc:
         raise InputError(f"model.kind cbottle needs the cbottle package ({exc}); install it with {INSTALL}") from None
     return checkpointing
-
-
-@dataclass(frozen=True)
-class _Expert:
-    net: torch.nn.Module
-    path: str
 
 
 class CBottleDenoiser:
@@ -216,21 +208,31 @@ def read_sst(path: str, grid: HealpixGrid) -> np.ndarray:
         return f.to_healpix(grid)
 
 
+def _npix(net: torch.nn.Module, model_config) -> int:
+    """Pixels of the network's grid: its `domain` (cBottle's HPX64 U-Net ignores model.json's
+    `level`), else 12·4^level."""
+    domain = getattr(net, "domain", None)
+    if domain is not None and hasattr(domain, "numel"):
+        return int(domain.numel())
+    return 12 * 4 ** int(model_config.level)
+
+
 def load_cbottle(
     checkpoints: Sequence[str],
     sigma_thresholds: Sequence[float] = (),
     label: str = "icon",
-    sst: np.ndarray | float | None = None,
+    sst: np.ndarray | float | str | None = None,
     device: str | torch.device = "cpu",
 ) -> CBottleDenoiser:
     """Load cBottle checkpoint(s) (highest σ first) as a `CBottleDenoiser`.
 
-    `sst`: SST in K per NEST cell (NaN = land), a constant, or None. InputError when cbottle is
-    not installed, a file is missing or not a cBottle checkpoint, the experts disagree on
-    channels or grid, or the model needs the SST condition and none is given.
+    `sst`: SST in K per NEST cell (NaN = land), a constant, a NetCDF/zarr file (`read_sst`), or
+    None. InputError when cbottle is not installed, a file is missing or not a cBottle
+    checkpoint, the experts disagree on channels or grid, or the model needs the SST condition
+    and none is given.
     """
     checkpointing = _import_cbottle()
-    nets, info, conds, level = [], None, set(), set()
+    nets, info, conds, npix = [], None, set(), set()
     for path in checkpoints:
         try:
             with checkpointing.Checkpoint(path) as ckpt:
@@ -248,16 +250,17 @@ def load_cbottle(
             raise InputError(f"{path}: channels or normalisation differ from {checkpoints[0]}")
         info = this
         conds.add(int(model_config.condition_channels or 0))
-        level.add(int(model_config.level))
+        npix.add(_npix(net, model_config))
         nets.append(net.to(device))
-    if len(level) != 1 or len(conds) != 1:
-        raise InputError(f"cbottle experts disagree on grid level or condition channels: {checkpoints}")
-    grid = HealpixGrid(2 ** level.pop())
-    n_cond = conds.pop()
+    if len(npix) != 1 or len(conds) != 1:
+        raise InputError(f"cbottle experts disagree on grid or condition channels: {checkpoints}")
+    grid = HealpixGrid(int(round(np.sqrt(npix.pop() / 12))))
     sst_field = None
-    if n_cond:
+    if conds.pop():
         if sst is None:
             raise InputError("this cBottle model is conditioned on SST: set model.cbottle.sst (file) or sst_constant (K)")
+        if isinstance(sst, str):
+            sst = read_sst(sst, grid)
         sst_field = np.broadcast_to(np.asarray(sst, dtype=np.float64), (grid.npix,)).copy()
     norm = Normalization(info[0], np.asarray(info[1]), np.asarray(info[2]))
     last = nets[-1]
@@ -279,23 +282,8 @@ def load_for_config(model, grid, device: str | torch.device = "cpu") -> CBottleD
     """`model.kind: cbottle` from a `ModelConfig`; InputError when grid.nside is not the model's.
     Channels come from the checkpoint's batch_info (`model.channels` is not used)."""
     cfg = model.cbottle
-    sst: np.ndarray | float | None = cfg.sst_constant
-    if cfg.sst is not None:
-        level = _peek_level(cfg.checkpoints[0])
-        sst = read_sst(cfg.sst, HealpixGrid(2**level))
+    sst = cfg.sst if cfg.sst is not None else cfg.sst_constant
     den = load_cbottle(cfg.checkpoints, cfg.sigma_thresholds, cfg.label, sst, device)
     if grid is not None and grid.nside != den.grid.nside:
         raise InputError(f"cbottle checkpoint {cfg.checkpoints[0]} is for nside {den.grid.nside}, grid.nside is {grid.nside}")
     return den
-
-
-def _peek_level(path: str) -> int:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return int(json.loads(z.read("model.json"))["level"])
-    except FileNotFoundError:
-        raise InputError(f"cbottle checkpoint not found: {path}") from None
-    except (KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable cBottle checkpoint ({exc})") from None

@@ -14,6 +14,14 @@ class Output:
     logits: torch.Tensor | None = None
 
 
+class HealPixDomain:
+    def __init__(self, npix: int):
+        self._npix = npix
+
+    def numel(self) -> int:
+        return self._npix
+
+
 class TinyNet(torch.nn.Module):
     """Pixel-mixing MLP: its output depends on the pixel layout, labels, condition and time."""
 
@@ -47,7 +55,7 @@ class EDMPrecond(torch.nn.Module):
         self.model = model
         self.img_channels = img_channels
         self.label_dim = label_dim
-        self.npix = npix
+        self.domain = HealPixDomain(npix)
         self.sigma_data = sigma_data
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
