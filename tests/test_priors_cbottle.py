@@ -101,7 +101,7 @@ def test_normalisation_labels_condition_and_time_reach_the_network(tmp_path):
     sst_enc = (np.where(np.isnan(sst), 290.0, sst) - 287.6897) / 15.5862
     c = torch.as_tensor(sst_enc, dtype=torch.float32)[perm].expand(3, 1, 1, 48)
     out = net(z[..., perm][:, :, None], sigma, class_labels=labels, condition=c,
-              second_of_day=torch.full((3,), 21600.0), day_of_year=torch.full((3,), 60.25)).out  # 59 days + 1 + 6 h since Jan 1
+              second_of_day=torch.full((3, 1), 21600.0), day_of_year=torch.full((3, 1), 60.25)).out  # 59 days + 1 + 6 h since Jan 1
     want = out[:, :, 0][..., torch.as_tensor(pad_xy_to_nest(2))]
     torch.testing.assert_close(got, want)
     # condition and time matter: a different SST or time changes D

@@ -18,7 +18,8 @@ What the adapter does at our boundary, per call (all members of a batch share σ
   ICON-labelled call, as cBottle does: two network calls per denoiser evaluation (twice the cost);
 - condition: monthly SST, `(sst − 287.6897) / 15.5862`, land (NaN) filled with 290 K, from a
   NetCDF/zarr file regridded bilinearly to the cell centres, or a constant;
-- time: `second_of_day` as ours, `day_of_year` counted from 0 at Jan 1 00 UTC (ours from 1).
+- time: `second_of_day` as ours, `day_of_year` counted from 0 at Jan 1 00 UTC (ours from 1),
+  each of shape (batch, time) as cBottle's calendar embedding takes them.
 Noise, sampling and guidance are ours: per-member latents from `member_generator`, first-order
 VJPs through the network, the forward in bf16 under CUDA autocast, guidance math in float32.
 The σ range is the network's (`sigma_min`, `sigma_max` attributes) where it sets one, else
@@ -169,8 +170,9 @@ class CBottleDenoiser:
         s = sigma.to(torch.float32)
         kwargs = {}
         if condition is not None:
-            kwargs["second_of_day"] = torch.full((b,), float(condition["second_of_day"]), device=z.device)
-            kwargs["day_of_year"] = torch.full((b,), float(condition["day_of_year"]) - 1.0, device=z.device)
+            # cBottle's calendar embedding takes (batch, time) tensors
+            kwargs["second_of_day"] = torch.full((b, 1), float(condition["second_of_day"]), device=z.device)
+            kwargs["day_of_year"] = torch.full((b, 1), float(condition["day_of_year"]) - 1.0, device=z.device)
         cond = None if self._condition is None else self._condition.expand(b, -1, -1, -1)
         keep = self._keep[None, :, None, None]
         out = net(x.where(keep, 0.0), s, class_labels=self._labels(self.label, b), condition=cond, **kwargs)

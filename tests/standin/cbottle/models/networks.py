@@ -42,7 +42,9 @@ class TinyNet(torch.nn.Module):
         if class_labels is not None:
             emb = emb + self.label(class_labels)
         if second_of_day is not None:
-            t = torch.stack([second_of_day / 86400.0, day_of_year / 365.0], dim=-1).to(x.dtype)
+            if second_of_day.shape != day_of_year.shape or second_of_day.ndim != 2:
+                raise ValueError("second_of_day and day_of_year must both have shape (batch, time)")
+            t = torch.stack([second_of_day[:, 0] / 86400.0, day_of_year[:, 0] / 365.0], dim=-1).to(x.dtype)
             emb = emb + self.time(t)
         h = torch.tanh(h + emb[:, None, None, :])
         return Output(self.out(h).permute(0, 3, 1, 2))
