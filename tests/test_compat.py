@@ -4,7 +4,6 @@ observation uncertainty, the ERA5 and synthetic set-ups."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import healpy as hp
@@ -21,15 +20,12 @@ from ensemble_da.compat import (
 )
 from ensemble_da.errors import InputError
 from plugin_denoiser import white_noise
-from test_priors_cbottle import CHANNELS, STANDIN, write_checkpoint
+from cbottle_helpers import CHANNELS, standin, write_checkpoint  # noqa: F401
 
 
 @pytest.fixture
-def cbottle_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(STANDIN))
-    yield write_checkpoint(tmp_path / "a.checkpoint", seed=1)
-    for name in [m for m in sys.modules if m == "cbottle" or m.startswith("cbottle.")]:
-        del sys.modules[name]
+def cbottle_checkpoint(tmp_path, standin):  # noqa: F811
+    return write_checkpoint(tmp_path / "a.checkpoint", seed=1)
 
 
 def test_seed_synthetic_method_on_a_cbottle_checkpoint(cbottle_checkpoint):

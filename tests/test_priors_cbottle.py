@@ -25,41 +25,9 @@ from ensemble_da.priors.cbottle import (
     pad_xy_to_nest,
 )
 
-STANDIN = Path(__file__).parent / "standin"
-CHANNELS = ["T850", "Z500", "rlut", "tas", "rsds"]
-CENTER = [270.0, 55000.0, 240.0, 285.0, 180.0]
-SCALES = [10.0, 3000.0, 40.0, 15.0, 90.0]
+from cbottle_helpers import CENTER, CHANNELS, SCALES, raw_net, standin, write_checkpoint  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def standin(monkeypatch):
-    monkeypatch.syspath_prepend(str(STANDIN))
-    yield
-    for name in [m for m in sys.modules if m == "cbottle" or m.startswith("cbottle.")]:
-        del sys.modules[name]
-
-
-def write_checkpoint(path: Path, seed: int, level: int = 1, condition_channels: int = 1) -> Path:
-    import cbottle.checkpointing
-    import cbottle.models
-    from cbottle.datasets.base import BatchInfo
-
-    torch.manual_seed(seed)
-    config = cbottle.models.ModelConfigV1(out_channels=len(CHANNELS), condition_channels=condition_channels, level=level)
-    net = cbottle.models.get_model(config)
-    with cbottle.checkpointing.Checkpoint(path, "w") as c:
-        c.write_model(net)
-        c.write_model_config(config)
-        c.write_batch_info(BatchInfo(channels=CHANNELS, center=CENTER, scales=SCALES))
-    return path
-
-
-def raw_net(path: Path):
-    """The network as cBottle itself reads it (the independent side of the comparisons)."""
-    import cbottle.checkpointing
-
-    with cbottle.checkpointing.Checkpoint(path) as c:
-        return c.read_model().eval()
+pytestmark = pytest.mark.usefixtures("standin")
 
 
 def test_permutation_matches_earth2grid_and_round_trips():
@@ -69,8 +37,8 @@ def test_permutation_matches_earth2grid_and_round_trips():
     for nside in (1, 2, 4, 16):
         x = np.random.default_rng(0).normal(size=(2, 12 * nside * nside))
         np.testing.assert_array_equal(x[..., nest_to_pad_xy(nside)][..., pad_xy_to_nest(nside)], x)
-    # geometry (healpy): PAD_XY position 0 of each face is its north corner; index 1 lies on
-    # the edge towards the east corner, index n the edge towards the west corner
+    # geometry (healpy): in PAD_XY a face starts at its northernmost pixel (origin N) and ends
+    # at its southernmost
     n = 8
     perm = nest_to_pad_xy(n)
     for face in range(12):
