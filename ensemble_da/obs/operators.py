@@ -78,7 +78,8 @@ def _apply_adjoint(y: torch.Tensor, plan: _Plan, state_shape: tuple[int, int]) -
     acc = gathered[..., 0]
     for k in range(1, plan.entries.shape[1]):
         acc = acc + gathered[..., k]
-    out = y.new_zeros(*y.shape[:-1], plan.size).index_copy(-1, plan.targets, acc)
+    out = y.new_zeros(*y.shape[:-1], plan.size)
+    out[..., plan.targets] = acc
     return out.reshape(*y.shape[:-1], *state_shape)
 
 
