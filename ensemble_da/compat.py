@@ -149,12 +149,13 @@ def load_custom_model_with_regression_guidance(
     model_name: str | None = None,
     sigma_thresholds: Sequence[float] = (),
     label: str = "icon",
-    sst: float | np.ndarray | None = 290.0,
+    sst: float | np.ndarray | str | None = None,
     device: str = "cpu",
 ) -> RegressionGuidedModel:
     """A cBottle checkpoint (or experts, highest σ first) as a `RegressionGuidedModel`.
-    `model_name` is accepted for the sketch's signature and not used; `sst` (K) conditions SST
-    models (default: a uniform 290 K, give the month's field for real use)."""
+    `model_name` is accepted for the sketch's signature and not used; `sst` conditions SST
+    models: K per NEST cell (NaN = land), a constant, or a NetCDF/zarr file (InputError if the
+    model needs it and it is missing)."""
     from ensemble_da.priors.cbottle import load_cbottle
 
     paths = [checkpoint_path] if isinstance(checkpoint_path, str) else list(checkpoint_path)

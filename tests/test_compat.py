@@ -29,7 +29,9 @@ def cbottle_checkpoint(tmp_path, standin):  # noqa: F811
 
 
 def test_seed_synthetic_method_on_a_cbottle_checkpoint(cbottle_checkpoint):
-    model = load_custom_model_with_regression_guidance(str(cbottle_checkpoint), model_name="my-weather-model")
+    with pytest.raises(InputError, match="conditioned on SST"):
+        load_custom_model_with_regression_guidance(str(cbottle_checkpoint))
+    model = load_custom_model_with_regression_guidance(str(cbottle_checkpoint), model_name="my-weather-model", sst=291.0)
     locations = torch.tensor([0, 5, 17])  # in the model's own order: HEALPIX_PAD_XY
     model.set_regression_guidance(
         observation_data=torch.tensor([[271.0, 286.0], [265.0, 290.0], [275.0, 281.0]]),
