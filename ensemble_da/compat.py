@@ -122,8 +122,9 @@ class RegressionGuidedModel:
         """One posterior member per batch row: (physical values (batch, channel, 1, cell) NEST, Coords).
 
         `batch` is read for its size ("target" or "second_of_day") and its time ("second_of_day",
-        "day_of_year" counted from 0 as cBottle's batches do). Without `set_regression_guidance`
-        it samples the prior.
+        "day_of_year" counted from 0 as cBottle's batches do); its "target", "labels" and
+        "condition" values are not used (the label and SST are set when the model is loaded).
+        Without `set_regression_guidance` it samples the prior.
         """
         n = int(len(batch["second_of_day"]) if "second_of_day" in batch else batch["target"].shape[0])
         condition = None
