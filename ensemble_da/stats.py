@@ -76,13 +76,20 @@ def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.asarray(sr.crps_ensemble(truth, ensemble, m_axis=0, estimator="fair"))
 
 
-def rank_counts(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def rank_counts(ensemble: np.ndarray, truth: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """Histogram of the truth's rank among the members: counts with shape (member + 1,).
 
-    Ranks are taken independently at every point of `truth` (...); ties are broken by count
-    of members strictly below, so a calibrated ensemble gives a flat histogram.
+    Ranks are taken independently at every point of `truth` (...): the number of members below
+    it, plus, where members equal it, a uniform draw from 0..(number equal) (random tie-breaking,
+    Hamill 2001), so a calibrated ensemble gives a flat histogram even for discretised values.
+    `rng` draws the tie-breaks (default: a generator seeded 0, so the counts are reproducible).
     """
-    below = (np.asarray(ensemble) < np.asarray(truth)[None]).sum(0)
+    ensemble, truth = np.asarray(ensemble), np.asarray(truth)[None]
+    below = (ensemble < truth).sum(0)
+    ties = (ensemble == truth).sum(0)
+    if ties.any():
+        rng = rng if rng is not None else np.random.default_rng(0)
+        below = below + rng.integers(0, ties + 1)
     return np.bincount(below.reshape(-1), minlength=ensemble.shape[0] + 1)
 
 
