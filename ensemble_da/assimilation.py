@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
-from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_calibration, screen_observations
+from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
@@ -209,11 +209,9 @@ def assimilate(
             None if exact is None else (exact[0][t], exact[1][t]),
             heldout_noise_rng(config.seed, t),
         )
-        calibration, counts = heldout_calibration(channels, fit, heldout_noise_rng(config.seed, t))
-        m.update(calibration)
-        ranks.append(counts)
+        ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
         if bfits:
-            m.update(background_metrics(channels, fit, bfits[t]), **qcs[t].metrics())
+            m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
         metrics.append(m)
         out.append(x)
         fits.append(fit)

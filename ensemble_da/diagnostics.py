@@ -37,10 +37,9 @@ __all__ = [
     "desroziers",
     "chi2_per_obs",
     "heldout_rank_counts",
-    "heldout_spread_skill",
     "spread_reliability",
     "background_metrics",
-    "heldout_calibration",
+    "heldout_rank_histogram",
     "DEFAULT_QC_SIGMA_K",
 ]
 
@@ -142,16 +141,6 @@ def heldout_rank_counts(hx: np.ndarray, value: np.ndarray, sigma: np.ndarray, rn
     return rank_counts(noisy, value, rng)
 
 
-def heldout_spread_skill(hx: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> float:
-    """Spread-skill ratio at held-out observations:
-    √mean(σ_o² + (M+1)/M·σ_a²) / rms(O − mean A), 1 for a calibrated ensemble of M members
-    (E[(O − Ā)²] = σ_o² + σ_a² + σ_a²/M when O and the members are exchangeable up to obs noise)."""
-    m = hx.shape[0]
-    spread2 = hx.var(0, ddof=1)
-    err = _rms(value - hx.mean(0))
-    return float(np.sqrt(np.mean(sigma**2 + (m + 1) / m * spread2)) / err) if err > 0 else float("nan")
-
-
 def spread_reliability(spread: np.ndarray, error: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spread reliability: points binned by ensemble spread into equally populated bins.
 
@@ -169,19 +158,21 @@ def spread_reliability(spread: np.ndarray, error: np.ndarray, bins: int = 10) ->
     return rms_spread, rms_error, np.array([len(g) for g in groups])
 
 
-def background_metrics(channels: Sequence[str], analysis: ObsFit, background: ObsFit) -> dict[str, float]:
-    """Per-channel diagnostics of DESIGN.md §7 for one time, from both ensembles at the same obs.
+def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, background: ObsFit) -> dict[str, float]:
+    """Per-channel diagnostics of DESIGN.md §7 for one time, at the observations `background.obs`.
+
+    analysis_mean : (obs,) the analysis ensemble mean at the same observations (H applied).
 
     ob_rmse/C, ob_bias/C (assimilated O − background mean), heldout_improvement/C,
     desroziers_sigma_o/C and desroziers_sigma_b/C with `…_expected/C` (rms configured σ_o; rms
     background ensemble spread at the obs), chi2_per_obs/C (expected 1).
     """
-    obs = analysis.obs
-    if background.obs is not obs and len(background.obs) != len(obs):
-        raise ValueError("analysis and background must be evaluated at the same observations")
-    o_a = obs.value - analysis.hx_mean
+    obs = background.obs
+    if np.shape(analysis_mean) != (len(obs),):
+        raise ValueError(f"analysis mean at obs has shape {np.shape(analysis_mean)}, expected ({len(obs)},)")
+    o_a = obs.value - analysis_mean
     o_b = obs.value - background.hx_mean
-    a_b = analysis.hx_mean - background.hx_mean
+    a_b = analysis_mean - background.hx_mean
     sigma_b = background.hx_spread
     out: dict[str, float] = {}
     for name in channels:
@@ -202,22 +193,14 @@ def background_metrics(channels: Sequence[str], analysis: ObsFit, background: Ob
     return out
 
 
-def heldout_calibration(
-    channels: Sequence[str], analysis: ObsFit, rng: np.random.Generator
-) -> tuple[dict[str, float], np.ndarray]:
-    """Calibration at held-out observations, per channel.
-
-    Returns (`heldout_ssr/C` metrics, rank counts int (channel, member + 1)); a channel without
-    held-out observations has no metric and zero counts. `rng` draws the observation noise
-    added to the members and the tie-breaks.
-    """
+def heldout_rank_histogram(channels: Sequence[str], analysis: ObsFit, rng: np.random.Generator) -> np.ndarray:
+    """Rank counts of held-out observations among the members (observation noise added), int
+    (channel, member + 1); zero for a channel without held-out observations. `rng` draws the
+    noise and the tie-breaks."""
     obs, m = analysis.obs, analysis.hx.shape[0]
     counts = np.zeros((len(channels), m + 1), dtype=np.int64)
-    out: dict[str, float] = {}
     for c, name in enumerate(channels):
         held = (obs.channel == name) & ~obs.assimilated
-        if held.any() and m > 1:
-            hx, value, sigma = analysis.hx[:, held], obs.value[held], obs.sigma[held]
-            out[f"heldout_ssr/{name}"] = heldout_spread_skill(hx, value, sigma)
-            counts[c] = heldout_rank_counts(hx, value, sigma, rng)
-    return out, counts
+        if held.any():
+            counts[c] = heldout_rank_counts(analysis.hx[:, held], obs.value[held], obs.sigma[held], rng)
+    return counts

@@ -32,13 +32,13 @@ import yaml
 
 from ensemble_da.channels import Normalization
 from ensemble_da.config import RunConfig, config_from_tree
-from ensemble_da.diagnostics import heldout_calibration, spread_reliability
+from ensemble_da.diagnostics import heldout_rank_histogram, spread_reliability
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.io import STORE_NAME, open_run
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.stats import ObsFit, heldout_noise_rng, rank_counts
+from ensemble_da.stats import ObsFit, rank_counts
 
 __all__ = ["FinishedRun", "load_finished_run", "report_figures", "write_report", "REPORT_NAME", "TABLE_COLUMNS"]
 
@@ -178,7 +178,6 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
     held_counts = np.zeros((len(channels), m + 1), dtype=np.int64)
     held_spread: dict[str, list[np.ndarray]] = {c: [] for c in channels}
     held_error: dict[str, list[np.ndarray]] = {c: [] for c in channels}
-    held_ssr: dict[str, list[float]] = {c: [] for c in channels}
     for t in range(len(times)):
         sel = t_of_obs == t
         if not sel.any():
@@ -187,14 +186,11 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
         if obs.assimilated.all():
             continue
         fit = ObsFit(obs, _members_at_obs(run, t, obs))
-        metrics, counts = heldout_calibration(channels, fit, heldout_noise_rng(run.config.seed, t))
-        held_counts += counts
+        held_counts += heldout_rank_histogram(channels, fit, np.random.default_rng([run.config.seed, t, 1]))
         for name in channels:
             h = (obs.channel == name) & ~obs.assimilated
             held_spread[name].append(np.sqrt(fit.hx_spread[h] ** 2 + obs.sigma[h] ** 2))
             held_error[name].append(obs.value[h] - fit.hx_mean[h])
-            if f"heldout_ssr/{name}" in metrics:
-                held_ssr[name].append(metrics[f"heldout_ssr/{name}"])
     if has_truth:
         path = figures.plot_rank_histogram(fig_dir / "rank_histogram_truth.png", _truth_ranks(run), channels,
                                            title="rank of the truth among the members (all cells and times)")
@@ -214,7 +210,7 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
             ratios[name] = _mean_metric(run.summary, f"ssr/{name}") or float("nan")
         elif held_spread[name] and sum(a.size for a in held_spread[name]) >= 10:
             spread, error = np.concatenate(held_spread[name]), np.concatenate(held_error[name])
-            ratios[name] = float(np.mean(held_ssr[name])) if held_ssr[name] else float("nan")
+            ratios[name] = _mean_metric(run.summary, f"heldout_ssr/{name}") or float("nan")
         else:
             continue
         s, e, _ = spread_reliability(spread, error, bins=min(10, spread.size // 10 or 1))

@@ -22,6 +22,7 @@ __all__ = [
     "fair_crps",
     "rank_counts",
     "spread_skill_ratio",
+    "heldout_spread_skill",
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
@@ -98,6 +99,16 @@ def spread_skill_ratio(spread: float, rmse: float, members: int) -> float:
     return float(np.sqrt((members + 1) / members) * spread / rmse) if rmse > 0 else float("nan")
 
 
+def heldout_spread_skill(hx: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> float:
+    """Spread-skill ratio at held-out observations:
+    √mean(σ_o² + (M+1)/M·σ_a²) / rms(O − mean A), 1 for a calibrated ensemble of M members
+    (E[(O − Ā)²] = σ_o² + σ_a² + σ_a²/M when O and the members are exchangeable up to obs noise)."""
+    m = hx.shape[0]
+    spread2 = hx.var(0, ddof=1)
+    err = _rms(value - hx.mean(0))
+    return float(np.sqrt(np.mean(sigma**2 + (m + 1) / m * spread2)) / err) if err > 0 else float("nan")
+
+
 @dataclass
 class ObsFit:
     """The analysis ensemble in observation space for one time: H applied to every member.
@@ -142,7 +153,8 @@ def time_metrics(
     ----------
     channels : names along the channel axis.
     moments : ensemble moments with arrays (channel, cell), physical units.
-    fit : the ensemble in observation space (O−A, held-out O−A, spread at obs, held-out CRPS).
+    fit : the ensemble in observation space (O−A, held-out O−A, spread at obs, held-out CRPS and
+        spread-skill ratio).
     truth : (channel, cell) verifying truth (rmse, ssr; with `crps`).
     crps : (channel, cell) fair CRPS against truth, from `fair_crps`.
     exact : exact posterior (mean, spread), each (channel, cell).
@@ -164,6 +176,8 @@ def time_metrics(
                 out[f"spread_at_obs/{name}"] = float(fit.hx_spread[assim].mean())
             if held.any():
                 out[f"heldout_oa_rmse/{name}"] = _rms(resid[held])
+                if m > 1:
+                    out[f"heldout_ssr/{name}"] = heldout_spread_skill(fit.hx[:, held], fit.obs.value[held], fit.obs.sigma[held])
                 if heldout_noise_rng is not None:
                     noisy = fit.hx[:, held] + heldout_noise_rng.standard_normal((m, int(held.sum()))) * fit.obs.sigma[held]
                     out[f"heldout_crps/{name}"] = float(fair_crps(noisy, fit.obs.value[held]).mean())

@@ -117,6 +117,10 @@ def test_time_metrics_every_score_against_direct_formulas(rng):
         assert out[f"oa_bias/{name}"] == pytest.approx(np.mean([resid[i] for i in a_idx]))
         assert out[f"heldout_oa_rmse/{name}"] == pytest.approx(np.sqrt(np.mean([resid[i] ** 2 for i in h_idx])))
         assert out[f"spread_at_obs/{name}"] == pytest.approx(np.mean([np.std(x[:, c, cells[i]], ddof=1) for i in a_idx]))
+        # held-out spread-skill: √mean(σ_o² + (M+1)/M·σ_a²) / rms(O − mean)
+        spread2 = [np.var(x[:, c, cells[i]], ddof=1) for i in h_idx]
+        assert out[f"heldout_ssr/{name}"] == pytest.approx(
+            np.sqrt(np.mean([0.25 + (m + 1) / m * v for v in spread2])) / np.sqrt(np.mean([resid[i] ** 2 for i in h_idx])))
         noisy = x[:, c, cells[h_idx]] + noise_stream.standard_normal((m, len(h_idx))) * obs.sigma[h_idx]
         assert out[f"heldout_crps/{name}"] == pytest.approx(
             np.mean([_crps_fair_direct(list(noisy[:, j]), obs.value[i]) for j, i in enumerate(h_idx)]))
