@@ -16,6 +16,7 @@ from ensemble_da.cli import app
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 DEMO_OVERRIDES = ["grid.nside=8", "sampler.steps=8", "ensemble.members=8", "cluster.address=inprocess",
+                  "diagnostics.background=true",
                   "times=['2020-01-01T00:00']", "observations.num_obs=120", "observations.heldout_fraction=0.25"]
 
 
@@ -99,3 +100,42 @@ def test_report_refuses_unfinished_runs(demo_run, tmp_path):
     result = invoke("report", broken)
     assert result.exit_code == 2 and "incomplete" in result.output, result.output
     assert not (broken / "report.html").exists()
+
+
+def test_demo_run_stores_background_diagnostics_and_tags(demo_run):
+    """The run's background is the unguided prior drawn with the analysis' seeds (checked against the
+    in-process sampler), its diagnostics are in summary.json, and MLflow has the tags and figures."""
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from ensemble_da.assimilation import Assimilator
+    from ensemble_da.config import load_config
+    from ensemble_da.io import open_run
+
+    ds, obs = open_run(demo_run), open_run(demo_run, group="observations")
+    cfg = load_config(demo_run / "config.yaml")
+    prior_members = Assimilator(cfg).sample(None, 0, list(range(cfg.ensemble.members))).analysis.astype(np.float64)
+    np.testing.assert_allclose(ds["background_mean"][0].values, prior_members.mean(0), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(ds["background_spread"][0].values, prior_members.std(0, ddof=1), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(ds["increment"].values, ds["ensemble_mean"].values - ds["background_mean"].values,
+                               atol=1e-4)
+
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assim = obs["assimilated"].values
+    for c in ("T850", "T500", "T300"):
+        sel = assim & (obs["channel"].values == c)
+        o_b = obs["value"].values[sel] - obs["hb_mean"].values[sel]
+        o_a = obs["value"].values[sel] - obs["hx_mean"].values[sel]
+        assert summary[f"ob_rmse/{c}"] == pytest.approx(np.sqrt(np.mean(o_b**2)), rel=1e-5)
+        assert summary[f"desroziers_sigma_o/{c}"] == pytest.approx(np.sqrt(np.mean(o_a * o_b)), rel=1e-4)
+        assert summary[f"qc/background_rejected/{c}"] == 0.0
+        assert summary[f"heldout_improvement/{c}"] > 0  # prior spread 4–6 K against 0.5 K observations
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert {k: run.data.tags[k] for k in ("prior", "guidance", "nside", "members")} == {
+        "prior": "gaussian", "guidance": "mmps", "nside": "8", "members": "8"}
+    assert run.data.params["diagnostics.background"] == "True"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures/report")}
+    assert {"figures/report/maps_t0.png", "figures/report/spread_skill.png"} <= arts
+    assert "report.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
