@@ -43,7 +43,7 @@ from ensemble_da.stats import ObsFit, rank_counts
 __all__ = ["FinishedRun", "load_finished_run", "report_figures", "write_report", "REPORT_NAME", "TABLE_COLUMNS"]
 
 REPORT_NAME = "report.html"
-# (metric prefix in summary.json, column title); a column is shown when any channel has it.
+# (metric prefix in summary.json, row title); a row is shown when any channel has it.
 TABLE_COLUMNS = [
     ("rmse", "RMSE vs truth"), ("spread", "spread"), ("ssr", "SSR"), ("crps", "CRPS"),
     ("exact_mean_err", "exact mean err"), ("exact_var_ratio", "exact var ratio"),
@@ -225,17 +225,17 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
 
 
 def _table_html(run: FinishedRun) -> str:
+    """One row per metric (those the run has), one column per channel."""
     channels = run.channels
-    cols = [(k, t) for k, t in TABLE_COLUMNS if any(_mean_metric(run.summary, f"{k}/{c}") is not None for c in channels)]
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in channels)
     rows = []
-    for c in channels:
-        cells = []
-        for k, _ in cols:
-            v = _mean_metric(run.summary, f"{k}/{c}")
-            cells.append("<td>—</td>" if v is None else f"<td>{v:.4g}</td>")
-        rows.append(f"<tr><th scope='row'>{html.escape(c)}</th>{''.join(cells)}</tr>")
-    return (f"<table id='channel-table'><thead><tr><th>channel</th>{head}</tr></thead>"
+    for key, title in TABLE_COLUMNS:
+        values = [_mean_metric(run.summary, f"{key}/{c}") for c in channels]
+        if all(v is None for v in values):
+            continue
+        cells = "".join("<td>—</td>" if v is None else f"<td>{v:.4g}</td>" for v in values)
+        rows.append(f"<tr><th scope='row' title='{html.escape(key)}/C'>{html.escape(title)}</th>{cells}</tr>")
+    return (f"<table id='channel-table'><thead><tr><th>metric</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
@@ -244,6 +244,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.9em; } th, td { border: 1px solid #ccc; padding: 3px 8px; }
 td { text-align: right; font-variant-numeric: tabular-nums; } thead th { background: #f0f0f0; }
+tbody th { text-align: left; font-weight: normal; }
 figure { margin: 1em 0; } img { max-width: 100%; } figcaption { font-size: 0.9em; color: #555; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; font-size: 0.9em; }
 """

@@ -218,3 +218,12 @@ def test_background_qc_rejects_planted_gross_errors_only():
     for name in ("T850", "T500", "T300"):
         assert res.metrics[0][f"qc/background_rejected/{name}"] == int((planted & (obs.channel == name)).sum())
     assert len(res.fits[0].obs) == len(obs) - 12
+
+
+def test_bad_diagnostics_config_is_one_clear_error():
+    from ensemble_da.config import load_config
+
+    with pytest.raises(InputError, match=r"diagnostics.qc_sigma_k.*-1"):
+        load_config(None, ["diagnostics.qc_sigma_k=-1"])
+    with pytest.raises(InputError, match="unknown config key 'diagnostics.qc_k'"):
+        load_config(None, ["diagnostics.qc_k=3"])
