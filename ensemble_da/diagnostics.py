@@ -28,7 +28,7 @@ import numpy as np
 
 from ensemble_da.errors import InputError
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import ObsFit, rank_counts
+from ensemble_da.stats import ObsFit, rank_counts, rms
 
 __all__ = [
     "BackgroundQC",
@@ -44,10 +44,6 @@ __all__ = [
 ]
 
 DEFAULT_QC_SIGMA_K = 5.0
-
-
-def _rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(a)))) if a.size else float("nan")
 
 
 def _sqrt_or_nan(v: float) -> float:
@@ -153,8 +149,8 @@ def spread_reliability(spread: np.ndarray, error: np.ndarray, bins: int = 10) ->
         raise ValueError(f"need equal shapes and at least {bins} points, got {spread.shape}, {error.shape}")
     order = np.argsort(spread, kind="stable")
     groups = np.array_split(order, bins)
-    rms_spread = np.array([_rms(spread[g]) for g in groups])
-    rms_error = np.array([_rms(error[g]) for g in groups])
+    rms_spread = np.array([rms(spread[g]) for g in groups])
+    rms_error = np.array([rms(error[g]) for g in groups])
     return rms_spread, rms_error, np.array([len(g) for g in groups])
 
 
@@ -179,17 +175,17 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
         sel = obs.channel == name
         assim, held = sel & obs.assimilated, sel & ~obs.assimilated
         if assim.any():
-            out[f"ob_rmse/{name}"] = _rms(o_b[assim])
+            out[f"ob_rmse/{name}"] = rms(o_b[assim])
             out[f"ob_bias/{name}"] = float(o_b[assim].mean())
             s_o, s_b = desroziers(o_a[assim], o_b[assim], a_b[assim])
             out[f"desroziers_sigma_o/{name}"] = s_o
-            out[f"desroziers_sigma_o_expected/{name}"] = _rms(obs.sigma[assim])
+            out[f"desroziers_sigma_o_expected/{name}"] = rms(obs.sigma[assim])
             out[f"desroziers_sigma_b/{name}"] = s_b
-            out[f"desroziers_sigma_b_expected/{name}"] = _rms(sigma_b[assim])
+            out[f"desroziers_sigma_b_expected/{name}"] = rms(sigma_b[assim])
             out[f"chi2_per_obs/{name}"] = chi2_per_obs(o_b[assim], obs.sigma[assim], sigma_b[assim])
         if held.any():
-            ob = _rms(o_b[held])
-            out[f"heldout_improvement/{name}"] = 1.0 - _rms(o_a[held]) / ob if ob > 0 else float("nan")
+            ob = rms(o_b[held])
+            out[f"heldout_improvement/{name}"] = 1.0 - rms(o_a[held]) / ob if ob > 0 else float("nan")
     return out
 
 

@@ -3,7 +3,8 @@
 `EnsembleMoments` accumulates mean and variance over member blocks by the parallel merge of
 Chan et al. (1979), so no process needs the whole ensemble. Scores are named as forecasters name
 them and say what they reduce: `fair_crps` (scoringrules, over members), `rank_counts` (truth's
-rank among members), `spread_skill_ratio`; `time_metrics` turns one analysis time's reductions
+rank among members, random tie-breaking), `spread_skill_ratio`, `heldout_spread_skill` (at
+held-out observations, observation error included); `time_metrics` turns one analysis time's reductions
 into the per-channel scalars logged to MLflow and summary.json.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
+    "rms",
 ]
 
 
@@ -105,7 +107,7 @@ def heldout_spread_skill(hx: np.ndarray, value: np.ndarray, sigma: np.ndarray) -
     (E[(O − Ā)²] = σ_o² + σ_a² + σ_a²/M when O and the members are exchangeable up to obs noise)."""
     m = hx.shape[0]
     spread2 = hx.var(0, ddof=1)
-    err = _rms(value - hx.mean(0))
+    err = rms(value - hx.mean(0))
     return float(np.sqrt(np.mean(sigma**2 + (m + 1) / m * spread2)) / err) if err > 0 else float("nan")
 
 
@@ -134,7 +136,8 @@ def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, t_index])
 
 
-def _rms(a: np.ndarray) -> float:
+def rms(a: np.ndarray) -> float:
+    """Root mean square of all elements; NaN for an empty array."""
     return float(np.sqrt(np.mean(np.square(a)))) if a.size else float("nan")
 
 
@@ -171,24 +174,24 @@ def time_metrics(
             assim, held = sel & fit.obs.assimilated, sel & ~fit.obs.assimilated
             resid = fit.obs.value - fit.hx_mean
             if assim.any():
-                out[f"oa_rmse/{name}"] = _rms(resid[assim])
+                out[f"oa_rmse/{name}"] = rms(resid[assim])
                 out[f"oa_bias/{name}"] = float(resid[assim].mean())
                 out[f"spread_at_obs/{name}"] = float(fit.hx_spread[assim].mean())
             if held.any():
-                out[f"heldout_oa_rmse/{name}"] = _rms(resid[held])
+                out[f"heldout_oa_rmse/{name}"] = rms(resid[held])
                 if m > 1:
                     out[f"heldout_ssr/{name}"] = heldout_spread_skill(fit.hx[:, held], fit.obs.value[held], fit.obs.sigma[held])
                 if heldout_noise_rng is not None:
                     noisy = fit.hx[:, held] + heldout_noise_rng.standard_normal((m, int(held.sum()))) * fit.obs.sigma[held]
                     out[f"heldout_crps/{name}"] = float(fair_crps(noisy, fit.obs.value[held]).mean())
         if truth is not None:
-            rmse = _rms(moments.mean[c] - truth[c])
+            rmse = rms(moments.mean[c] - truth[c])
             out[f"rmse/{name}"] = rmse
             out[f"ssr/{name}"] = spread_skill_ratio(float(np.sqrt(var[c].mean())), rmse, m)
             if crps is not None:
                 out[f"crps/{name}"] = float(crps[c].mean())
         if exact is not None:
             e_mean, e_spread = exact
-            out[f"exact_mean_err/{name}"] = _rms((moments.mean[c] - e_mean[c]) / e_spread[c])
+            out[f"exact_mean_err/{name}"] = rms((moments.mean[c] - e_mean[c]) / e_spread[c])
             out[f"exact_var_ratio/{name}"] = float(var[c].mean() / np.mean(e_spread[c] ** 2))
     return out
