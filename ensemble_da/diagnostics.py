@@ -161,7 +161,8 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
 
     ob_rmse/C, ob_bias/C (assimilated O − background mean), heldout_improvement/C,
     desroziers_sigma_o/C and desroziers_sigma_b/C with `…_expected/C` (rms configured σ_o; rms
-    background ensemble spread at the obs), chi2_per_obs/C (expected 1).
+    background ensemble spread at the obs), chi2_per_obs/C with chi2_per_obs_expected/C
+    (1 + σ_b²/(M(σ_o² + σ_b²)) for an M-member background mean).
     """
     obs = background.obs
     if np.shape(analysis_mean) != (len(obs),):
@@ -169,7 +170,7 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
     o_a = obs.value - analysis_mean
     o_b = obs.value - background.hx_mean
     a_b = analysis_mean - background.hx_mean
-    sigma_b = background.hx_spread
+    sigma_b, members = background.hx_spread, background.hx.shape[0]
     out: dict[str, float] = {}
     for name in channels:
         sel = obs.channel == name
@@ -183,6 +184,9 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
             out[f"desroziers_sigma_b/{name}"] = s_b
             out[f"desroziers_sigma_b_expected/{name}"] = rms(sigma_b[assim])
             out[f"chi2_per_obs/{name}"] = chi2_per_obs(o_b[assim], obs.sigma[assim], sigma_b[assim])
+            # An M-member background mean errs by σ_b²/M more than the background distribution's mean.
+            sb2, so2 = sigma_b[assim] ** 2, obs.sigma[assim] ** 2
+            out[f"chi2_per_obs_expected/{name}"] = float(np.mean(1 + sb2 / (members * (so2 + sb2))))
         if held.any():
             ob = rms(o_b[held])
             out[f"heldout_improvement/{name}"] = 1.0 - rms(o_a[held]) / ob if ob > 0 else float("nan")

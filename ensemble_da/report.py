@@ -52,7 +52,7 @@ TABLE_COLUMNS = [
     ("ob_rmse", "O−B RMS"), ("ob_bias", "O−B bias"), ("heldout_improvement", "held-out improvement"),
     ("desroziers_sigma_o", "Desroziers σ_o"), ("desroziers_sigma_o_expected", "σ_o configured"),
     ("desroziers_sigma_b", "Desroziers σ_b"), ("desroziers_sigma_b_expected", "σ_b ensemble"),
-    ("chi2_per_obs", "χ²/n (expect 1)"), ("qc/background_rejected", "QC rejected"),
+    ("chi2_per_obs", "χ²/n"), ("chi2_per_obs_expected", "χ²/n expected"), ("qc/background_rejected", "QC rejected"),
 ]
 # Largest (member, channel, cells) slice read at once for the truth's ranks.
 _SLICE_BYTES = 128 * 2**20

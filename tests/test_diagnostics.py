@@ -82,6 +82,7 @@ def test_background_metrics_by_hand():
     assert out["desroziers_sigma_o_expected/T850"] == pytest.approx(np.sqrt((0.25 + 0.25 + 1) / 3))
     assert out["desroziers_sigma_b_expected/T850"] == pytest.approx(np.sqrt(2.0))
     assert out["chi2_per_obs/T850"] == pytest.approx(np.mean(o_b**2 / (np.array([0.25, 0.25, 1.0]) + 2.0)))
+    assert out["chi2_per_obs_expected/T850"] == pytest.approx(np.mean(1 + 2.0 / (2 * (np.array([0.25, 0.25, 1.0]) + 2.0))))
     assert out["heldout_improvement/T850"] == pytest.approx(1 - 1.5 / 5.0)
 
 

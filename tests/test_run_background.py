@@ -21,6 +21,7 @@ def _config(**diagnostics) -> RunConfig:
     return RunConfig.model_validate({**TREE, "diagnostics": {"background": True, **diagnostics}})
 
 
+@pytest.mark.slow  # three small runs
 def test_resume_with_background_equals_uninterrupted(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_pipeline(_config(), ref, progress=False)

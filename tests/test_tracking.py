@@ -98,6 +98,7 @@ print(tracker.error or "ok")
 """
 
 
+@pytest.mark.slow  # 3 Python processes importing MLflow
 def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path):
     """A UQ sweep starts several runs at once on a store that does not exist yet: every run is
     tracked (without the lock MLflow's schema creation races: `table ... already exists`)."""
@@ -105,7 +106,7 @@ def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path):
     import subprocess
     import sys
 
-    n = 4
+    n = 3
     uri = f"sqlite:///{tmp_path / 'sweep.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_RUN, uri, str(tmp_path), f"run{i}"], env=env,
