@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
+from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
 from ensemble_da.exact import exact_posterior_physical, has_exact_posterior
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
+from ensemble_da.sampling import KarrasSchedule
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
@@ -97,32 +98,22 @@ class Assimilator:
         cfg = self.config
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
-        autocast = cfg.sampler.autocast == "bf16"
-        denoiser: Denoiser = self.prior
-        if obs is not None and cfg.guidance.method != "none":
-            denoiser = guided_denoiser(self.prior, self.operator(obs), cfg.guidance, autocast=autocast)
-        out = []
-        bs = cfg.sampler.batch_size
-        for lo in range(0, len(members), bs):
-            block = list(members[lo : lo + bs])
-            gens = [member_generator(cfg.seed, t_index, m) for m in block]
-            z = edm_sample(
-                denoiser,
-                gens,
-                self.schedule,
-                solver=cfg.sampler.solver,
-                churn=cfg.sampler.churn,
-                condition=condition,
-                device=self.device,
-                autocast=autocast,
-            )
-            out.append(self.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
-            if progress is not None:
-                progress(len(block))
-        diagnostics = {"seconds": time.perf_counter() - start}
-        if isinstance(denoiser, MMPSGuidance):
-            diagnostics["cg_residual_max"] = denoiser.max_relative_residual
-        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), np.concatenate(out), diagnostics)
+        diagnostics: dict[str, float] = {}
+        x = sample_posterior(
+            self.prior,
+            None if obs is None else self.operator(obs),
+            members,
+            cfg.seed,
+            sampler=cfg.sampler,
+            guidance=cfg.guidance,
+            condition=condition,
+            t_index=t_index,
+            device=self.device,
+            progress=progress,
+            diagnostics=diagnostics,
+        )
+        diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
+        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
 
 
 def exact_posteriors(
@@ -144,8 +135,12 @@ class EnsembleAnalysis:
     """A whole run's result, in memory (small runs, tests, benchmarks).
 
     analysis: float32 (time, member, channel, cell), physical units; metrics: one dict per
-    time with the DESIGN.md §7 names; fits: the ensemble in observation space per time;
-    exact_mean / exact_spread: (time, channel, cell) when the prior has an exact posterior.
+    time with the DESIGN.md §7 names; fits: the ensemble in observation space per time (at the
+    observations that passed background QC); exact_mean / exact_spread: (time, channel, cell)
+    when the prior has an exact posterior. With `diagnostics.background`: background, the
+    unguided prior ensemble with the same seeds (time, member, channel, cell); background_fits,
+    it at the same observations as `fits`; qc, the background check of each time;
+    heldout_ranks: int (time, channel, member + 1) ranks of held-out observations (noise added).
     """
 
     analysis: np.ndarray
@@ -154,6 +149,10 @@ class EnsembleAnalysis:
     exact_mean: np.ndarray | None = None
     exact_spread: np.ndarray | None = None
     diagnostics: list[dict[str, float]] = field(default_factory=list)
+    background: np.ndarray | None = None
+    background_fits: list[ObsFit] = field(default_factory=list)
+    qc: list[BackgroundQC] = field(default_factory=list)
+    heldout_ranks: np.ndarray | None = None
 
 
 def assimilate(
@@ -162,29 +161,49 @@ def assimilate(
     assimilator: Assimilator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EnsembleAnalysis:
-    """Run every analysis time of `inputs` in this process and reduce it to DESIGN.md §7 metrics."""
+    """Run every analysis time of `inputs` in this process and reduce it to DESIGN.md §7 metrics.
+
+    With `diagnostics.background`, each time first draws the background (the prior, same seeds),
+    screens the observations against it (`diagnostics.screen_observations`), then samples the
+    analysis from the observations that passed; metrics then include the §7 diagnostics.
+    """
     assimilator = assimilator or Assimilator(config)
     members = list(range(config.ensemble.members))
     channels = list(assimilator.normalization.channels)
-    exact = exact_posteriors(assimilator.prior, inputs.observations, config.observations.operator)
-    out, metrics, fits, diags = [], [], [], []
-    for t, obs in enumerate(inputs.observations):
+    kind = config.observations.operator
+
+    def at_obs(obs: ObservationSet, x: np.ndarray) -> ObsFit:
+        op = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, kind)
+        return ObsFit(obs, op.apply_numpy(x.astype(np.float64)))
+
+    observations, backgrounds, bfits, qcs = list(inputs.observations), [], [], []
+    if config.diagnostics.background:
+        for t, obs in enumerate(inputs.observations):
+            xb = assimilator.sample(None, t, members, progress=progress).analysis
+            observations[t], bfit, qc = screen_observations(obs, at_obs(obs, xb), config.diagnostics.qc_sigma_k)
+            backgrounds.append(xb)
+            bfits.append(bfit)
+            qcs.append(qc)
+    exact = exact_posteriors(assimilator.prior, observations, kind)
+    out, metrics, fits, diags, ranks = [], [], [], [], []
+    for t, obs in enumerate(observations):
         block = assimilator.sample(obs, t, members, progress=progress)
         x = block.analysis
-        op_all = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, config.observations.operator)
-        fit = ObsFit(obs, op_all.apply_numpy(x.astype(np.float64)))
+        fit = at_obs(obs, x)
         truth = None if inputs.truth is None else inputs.truth[t].astype(np.float64)
-        metrics.append(
-            time_metrics(
-                channels,
-                EnsembleMoments.of(x),
-                fit,
-                truth,
-                None if truth is None else fair_crps(x, truth),
-                None if exact is None else (exact[0][t], exact[1][t]),
-                heldout_noise_rng(config.seed, t),
-            )
+        m = time_metrics(
+            channels,
+            EnsembleMoments.of(x),
+            fit,
+            truth,
+            None if truth is None else fair_crps(x, truth),
+            None if exact is None else (exact[0][t], exact[1][t]),
+            heldout_noise_rng(config.seed, t),
         )
+        ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
+        if bfits:
+            m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
+        metrics.append(m)
         out.append(x)
         fits.append(fit)
         diags.append(block.diagnostics)
@@ -195,4 +214,8 @@ def assimilate(
         None if exact is None else exact[0].astype(np.float32),
         None if exact is None else exact[1].astype(np.float32),
         diags,
+        np.stack(backgrounds) if backgrounds else None,
+        bfits,
+        qcs,
+        np.stack(ranks),
     )
