@@ -113,7 +113,17 @@ class GuidanceConfig(_Strict):
     scale: float = 1.0
     gamma: float = 1e-2
     zeta: float = 1.0
+    # MMPS: linear solver of (diag(s²) + σ² H Jᵀ Hᵀ) v = y − H D and its iteration count.
+    # gmres is exact for a non-symmetric J (a learned network); cg assumes J symmetric.
+    solver: Literal["cg", "gmres"] = "cg"
     cg_iters: int = 3
+
+    @field_validator("cg_iters")
+    @classmethod
+    def _iters(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"cg_iters must be >= 0, got {v}")
+        return v
 
 
 class EnsembleConfig(_Strict):

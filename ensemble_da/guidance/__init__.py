@@ -26,4 +26,4 @@ def guided_denoiser(
         return RegressionGuidance(prior, operator, cfg.scale, cfg.gamma, autocast)
     if cfg.method == "dps":
         return DPSGuidance(prior, operator, cfg.zeta, autocast)
-    return MMPSGuidance(prior, operator, cfg.cg_iters, autocast)
+    return MMPSGuidance(prior, operator, cfg.cg_iters, autocast, solver=cfg.solver)
