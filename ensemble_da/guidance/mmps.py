@@ -45,7 +45,12 @@ class MMPSGuidance(GuidedDenoiser):
         self.last_relative_residual: torch.Tensor | None = None
         self.max_relative_residual = 0.0
 
-    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+    def linear_system(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None):
+        """The MMPS system at (z, σ): (d, matvec, rhs, correction).
+
+        d = D(z, σ) with its graph; matvec(v) = diag(s²) v + σ² H Jᵀ Hᵀ v and rhs = y − H d, both
+        (batch, obs) float64; correction(v) = Jᵀ Hᵀ v with the shape of z.
+        """
         z, d = self.denoise_with_graph(z, sigma, condition)
         y, s2 = self.observations(d.double())
         s2_sigma = sigma.double()[:, None] ** 2
@@ -57,13 +62,15 @@ class MMPSGuidance(GuidedDenoiser):
             return g
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            hjht = self.operator(vjp(self.operator.adjoint(v)).double())
-            return s2 * v + s2_sigma * hjht
+            return s2 * v + s2_sigma * self.operator(vjp(self.operator.adjoint(v)).double())
 
         rhs = y - self.operator(d.detach().double())
+        return d, matvec, rhs, lambda v: vjp(self.operator.adjoint(v))
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+        d, matvec, rhs, correction = self.linear_system(z, sigma, condition)
         v, rel = self.solve(matvec, rhs, self.cg_iters)
-        correction = vjp(self.operator.adjoint(v))
         self.last_relative_residual = rel.detach()
         if rel.numel():
             self.max_relative_residual = max(self.max_relative_residual, float(rel.max()))
-        return (d + sigma.to(d.dtype).reshape(-1, 1, 1) ** 2 * correction.to(d.dtype)).detach()
+        return (d + sigma.to(d.dtype).reshape(-1, 1, 1) ** 2 * correction(v).to(d.dtype)).detach()
