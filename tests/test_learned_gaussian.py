@@ -71,6 +71,7 @@ def test_mmps_gmres_on_the_learned_gaussian_approaches_the_exact_posterior(setup
     assert VAR_LO < ratio < VAR_HI, ratio
 
 
+@pytest.mark.slow
 def test_self_consistency_osse_runs_on_a_learned_prior(tmp_path):
     cfg_path = tmp_path / "selfc.yaml"
     cfg_path.write_text(f"""
