@@ -1,5 +1,5 @@
-"""Coordinator: places model replicas on the Ray cluster and hands them work units pull-style
-(issue 3, item 2).
+"""Coordinator: the Ray executor (`actors.executor.Executor`). It places model replicas on the
+Ray cluster and hands them work units pull-style (issue 3, item 2).
 
 - Placement: one placement-group bundle per replica ({CPU: cpus_per_replica, GPU:
   gpus_per_replica}), strategy SPREAD/PACK/STRICT_* from `cluster.placement`; each replica is an
@@ -19,30 +19,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from actors.executor import ReplicaStats
 from actors.replica import ModelReplica
 from ensemble_da.assimilation import BlockResult, WorkUnit
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 
-__all__ = ["Coordinator", "ReplicaStats"]
-
-
-@dataclass
-class ReplicaStats:
-    """What the progress display shows per replica."""
-
-    index: int
-    members: int = 0
-    busy_seconds: float = 0.0
-    restarts: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def members_per_second(self) -> float:
-        return self.members / self.busy_seconds if self.busy_seconds > 0 else 0.0
+__all__ = ["Coordinator"]
 
 
 class Coordinator:

@@ -31,7 +31,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from actors.pipeline import InProcessExecutor, run_pipeline  # noqa: E402
+from actors.executor import InProcessExecutor  # noqa: E402
+from actors.run import run_pipeline  # noqa: E402
 from ensemble_da.assimilation import WorkUnit  # noqa: E402
 from ensemble_da.config import load_config  # noqa: E402
 from ensemble_da.obs.inputs import prepare_inputs  # noqa: E402

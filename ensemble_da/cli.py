@@ -59,7 +59,7 @@ def run(
 ) -> None:
     """Sample a posterior ensemble for every analysis time; write DIR (analysis.zarr, summary, figures, MLflow)."""
     with cli_errors(debug):
-        from actors.pipeline import run_from_cli
+        from actors.command import run_from_cli
 
         run_from_cli(config, set_, out, resume)
 

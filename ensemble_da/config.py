@@ -157,6 +157,11 @@ class ObservationsConfig(_Strict):
     # Lat/lon spacing of the OSSE's ERA5-layout file in degrees (null: the coarsest of
     # 2/1/0.5/0.25 that is at most a quarter of the HEALPix cell size, else 0.25).
     osse_grid_deg: float | None = None
+    # Station-table times: null (ISO 8601 text, or epoch numbers with the unit detected),
+    # epoch_s | epoch_ms | epoch_us | epoch_ns, or a strftime format such as "%d/%m/%Y %H:%M".
+    time_format: str | None = None
+    # Station-table times written day first (13/01/2020) when no time_format is given.
+    dayfirst: bool = False
 
     @field_validator("sigma")
     @classmethod

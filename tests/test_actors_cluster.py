@@ -18,7 +18,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import pytest  # noqa: E402
 
-from actors.pipeline import run_pipeline  # noqa: E402
+from actors.run import run_pipeline  # noqa: E402
 from actors.runtime import import_ray_loopback  # noqa: E402
 from ray_helpers import UNITS, assert_same_store, config, is_loopback, listening_addresses  # noqa: E402
 

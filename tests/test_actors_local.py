@@ -14,7 +14,7 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
-from actors.pipeline import run_pipeline  # noqa: E402
+from actors.run import run_pipeline  # noqa: E402
 from ray_helpers import assert_same_store, config, is_loopback, listening_addresses  # noqa: E402
 
 pytestmark = pytest.mark.slow

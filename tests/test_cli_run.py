@@ -14,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from actors.pipeline import run_pipeline
+from actors.run import run_pipeline
 from ensemble_da.cli import app
 from ensemble_da.config import load_config
 from ensemble_da.errors import InputError

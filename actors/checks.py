@@ -1,0 +1,81 @@
+"""Checks made before a run touches its directory (DESIGN.md §7: bad input leaves earlier outputs
+intact): the `cluster:` values pydantic cannot pin down, the run directory, and that a `--resume`
+uses the config its run was started with.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ensemble_da.config import RunConfig, config_from_tree
+from ensemble_da.errors import InputError
+from ensemble_da.io import STORE_NAME
+
+__all__ = ["RESUME_FREE_KEYS", "check_cluster", "check_out_dir", "check_resume_config"]
+
+# Config keys that may change between a run and its `--resume`: where it runs and where it is
+# tracked. Everything else decides the members (and the store's chunking) and must match.
+RESUME_FREE_KEYS = ("cluster.address", "cluster.replicas", "cluster.gpus_per_replica",
+                    "cluster.cpus_per_replica", "cluster.placement", "tracking.")
+
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
+
+
+def check_cluster(config: RunConfig) -> None:
+    """The `cluster:` values that pydantic's types do not pin down (InputError naming the key)."""
+    cl = config.cluster
+    if cl.address not in ("local", "inprocess", "auto") and not _ADDRESS.match(cl.address):
+        raise InputError(
+            f"cluster.address {cl.address!r} is not one of local, inprocess, auto, host:port, ray://host:port"
+        )
+    for key, value, low in (("replicas", cl.replicas, 1), ("cpus_per_replica", cl.cpus_per_replica, 1),
+                            ("members_per_unit", cl.members_per_unit, 1)):
+        if value < low:
+            raise InputError(f"cluster.{key} must be >= {low}, got {value}")
+    if cl.gpus_per_replica < 0:
+        raise InputError(f"cluster.gpus_per_replica must be >= 0, got {cl.gpus_per_replica}")
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """A new run needs a new (or empty) directory; a resumed one an existing run directory."""
+    if resume:
+        if not (out_dir / "config.yaml").is_file() or not (out_dir / STORE_NAME / "zarr.json").is_file():
+            raise InputError(f"--resume: {out_dir} is not a run directory (no config.yaml / {STORE_NAME})")
+    elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"output directory {out_dir} already exists; choose another --out or add --resume")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _stored_config(out_dir: Path) -> RunConfig:
+    path = out_dir / "config.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"--resume: cannot read {path}: {exc}") from None
+    return config_from_tree(tree or {}, str(path))
+
+
+def check_resume_config(given: RunConfig, out_dir: Path) -> None:
+    """`--resume` must use the config of the run in `out_dir`, except RESUME_FREE_KEYS."""
+    a, b = _flat(_stored_config(out_dir).model_dump(mode="json")), _flat(given.model_dump(mode="json"))
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(RESUME_FREE_KEYS):
+            continue
+        if a.get(key) != b.get(key):
+            raise InputError(
+                f"--resume: config key {key!r} is {b.get(key)!r} but the run in {out_dir} used "
+                f"{a.get(key)!r}; resume with the same config"
+            )

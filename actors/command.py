@@ -1,0 +1,64 @@
+"""`ensemble-da run` on the command line: resolve the config and run directory, run, then print
+the per-channel table and where the outputs and the MLflow run are."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ensemble_da.config import load_config
+from ensemble_da.errors import InputError
+
+from actors.outputs import RunResult
+from actors.run import run_pipeline
+
+__all__ = ["run_from_cli", "results_table", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = [
+    ("channel", "channel"), ("prior_spread", "prior spread"), ("rmse", "RMSE"), ("spread", "spread"),
+    ("ssr", "SSR"), ("exact_mean_err", "exact_mean_err"), ("exact_var_ratio", "exact_var_ratio"),
+    ("oa_rmse", "O−A RMS"), ("heldout_oa_rmse", "held-out O−A"),
+]
+
+
+def results_table(rows: Sequence[dict[str, Any]]):
+    """The per-channel table printed at the end of a run (means over analysis times)."""
+    from rich.table import Table
+
+    table = Table(title="analysis vs truth and exact posterior, mean over analysis times (physical units)",
+                  caption="RMSE: ensemble mean vs truth; spread: mean ensemble std; O−A: obs minus analysis mean")
+    for key, title in TABLE_COLUMNS:
+        table.add_column(title, justify="left" if key == "channel" else "right")
+    for row in rows:
+        table.add_row(*[row[k] if k == "channel" else ("—" if row.get(k) is None or not np.isfinite(row[k])
+                                                        else f"{row[k]:.3f}") for k, _ in TABLE_COLUMNS])
+    return table
+
+
+def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | None, resume: bool) -> RunResult:
+    """`ensemble-da run`: resolve config and run directory, run, print the table and where things are."""
+    from rich.console import Console
+
+    if resume and out is None:
+        raise InputError("--resume needs --out DIR (the run directory to continue)")
+    if resume and config_path is None and (out / "config.yaml").is_file():
+        config_path = out / "config.yaml"
+    config = load_config(config_path, overrides)
+    if out is None:
+        out = Path("runs") / f"{config.run_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    result = run_pipeline(config, out, resume=resume)
+    console = Console(width=None if Console().is_terminal else 132)
+    console.print(results_table(result.rows))
+    s = result.summary
+    console.print(f"members: {s['members_done']} ({s['members_sampled']} sampled now, {s['retries']} retries) "
+                  f"in {s['wall_time_s']:.1f} s")
+    console.print(f"run directory: {out}")
+    if s["tracking_error"]:
+        Console(stderr=True).print(f"warning: MLflow tracking failed ({s['tracking_uri']}): {s['tracking_error']}; "
+                                   "the run's outputs are complete in the run directory", markup=False)
+    else:
+        console.print(f"MLflow: {s['tracking_uri']} run {s['run_id']}")
+    return result

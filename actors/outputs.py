@@ -1,0 +1,99 @@
+"""The end of a run (DESIGN.md §7): the `observations` group, figures, `summary.json`, MLflow
+artifacts, the store marked complete, and the per-channel rows of the table the CLI prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ensemble_da.config import RunConfig
+from ensemble_da.io import RunStore
+
+from actors.aggregator import Aggregator
+from actors.run_state import write_json
+
+__all__ = ["RunResult", "finish_run", "TABLE_KEYS"]
+
+# Per-channel columns of the end-of-run table (means over analysis times).
+TABLE_KEYS = ("rmse", "spread", "ssr", "exact_mean_err", "exact_var_ratio", "oa_rmse", "heldout_oa_rmse")
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its directory, summary (as in summary.json), per-channel rows."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _figures(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Aggregator, times: Sequence,
+             channels: Sequence[str]) -> list[Path]:
+    """Maps of mean and spread per time and the rank histogram over all times (PNG)."""
+    from ensemble_da.figures import plot_mean_spread, plot_rank_histogram
+
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figures = []
+    for t, when in enumerate(times):
+        stamp = np.datetime_as_string(when, unit="m")
+        figures.append(plot_mean_spread(
+            fig_dir / f"mean_spread_t{t}.png", store.group["ensemble_mean"][t], store.group["ensemble_spread"][t],
+            channels, title=f"{config.run_name} {stamp}",
+        ))
+    ranks = [r.rank_counts for r in aggregator.results.values() if r.rank_counts is not None]
+    if ranks:
+        figures.append(plot_rank_histogram(fig_dir / "rank_histogram.png", np.sum(ranks, axis=0), channels,
+                                           title="rank of truth among members (all times)"))
+    return figures
+
+
+def finish_run(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Aggregator, tracker, times,
+               channels: Sequence[str], prior_spread: np.ndarray | None, counts: dict[str, int],
+               timings: dict[str, float], executor, t_start: float, qc: dict[str, float]) -> RunResult:
+    """Write the observations group, figures and summary.json, log artifacts, mark the store
+    complete, and return the run's result.
+
+    `qc` holds the quality-control counts summed over analysis times (`qc/<name>`)."""
+    store.write_observations(aggregator.observations_dataset())
+    figures = _figures(config, out_dir, store, aggregator, times, channels)
+    by_time = {np.datetime_as_string(times[t], unit="s"): aggregator.results[t].metrics for t in range(len(times))}
+    keys = list(dict.fromkeys(k for m in by_time.values() for k in m))
+    mean_metrics = {k: float(np.nanmean([m.get(k, np.nan) for m in by_time.values()])) for k in keys}
+    store.finalize({"members_done": counts["done"]})
+    summary: dict[str, Any] = {
+        **mean_metrics,
+        **qc,
+        "run_name": config.run_name,
+        "run_id": tracker.run_id,
+        "tracking_uri": tracker.uri,
+        "tracking_error": tracker.error,
+        "wall_time_s": time.perf_counter() - t_start,
+        "members_done": counts["done"],
+        "members_sampled": counts["sampled"],
+        "retries": getattr(executor, "retries", 0),
+        "timings_s": timings,
+        "replicas": [{**s.info, "members": s.members, "busy_s": s.busy_seconds, "restarts": s.restarts}
+                     for s in getattr(executor, "stats", [])],
+        "by_time": by_time,
+        "prior_spread": None if prior_spread is None else dict(zip(channels, map(float, prior_spread))),
+    }
+    tracker.log_artifacts([out_dir / "config.yaml"])
+    tracker.log_artifacts(figures, artifact_path="figures")
+    write_json(out_dir / "summary.json", summary)
+    tracker.log_artifacts([out_dir / "summary.json"])
+    tracker.end("FINISHED")
+    if tracker.error and summary["tracking_error"] != tracker.error:
+        summary["tracking_error"] = tracker.error
+        write_json(out_dir / "summary.json", summary)
+    rows = [
+        {"channel": name, "prior_spread": None if prior_spread is None else float(prior_spread[c]),
+         **{k: mean_metrics.get(f"{k}/{name}") for k in TABLE_KEYS}}
+        for c, name in enumerate(channels)
+    ]
+    return RunResult(out_dir, summary, rows)

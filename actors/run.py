@@ -1,0 +1,182 @@
+"""The `ensemble-da run` job (DESIGN.md §7, §8): the steps of a run, in order, in one place.
+
+1. check the config, the run directory and (with `--resume`) that the config is the run's own;
+2. build the prior and the inputs (observations per time, truth, exact posterior) — a bad
+   channel, file or value fails here, before the run directory is touched;
+3. start the executor's session (Ray up, or nothing for `inprocess`): an unreachable cluster
+   is a bad input too;
+4. create the store (or open it to resume) and the MLflow run;
+5. list the work units still missing and run them on the replicas; each result is written and
+   merged by the aggregator, and each finished time is logged to MLflow once;
+6. finish: observations group, figures, summary.json, store marked complete.
+
+One run, two executors (`actors.executor`): in-process and Ray give the same store.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import ensemble_da
+from ensemble_da.assimilation import BlockResult, WorkUnit, exact_posteriors
+from ensemble_da.config import RunConfig
+from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
+from ensemble_da.obs.operators import ObservationOperator
+
+from actors.aggregator import Aggregator, TimeResult
+from actors.checks import check_cluster, check_out_dir, check_resume_config
+from actors.executor import open_executor
+from actors.outputs import RunResult, finish_run
+from actors.progress import progress_bar
+from actors.run_state import RunState
+
+__all__ = ["run_pipeline"]
+
+
+def run_pipeline(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_unit: Callable[[BlockResult, Any], None] | None = None,
+) -> RunResult:
+    """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
+
+    Parameters
+    ----------
+    config : RunConfig
+    out_dir : path
+        The run directory; must not exist (or be empty) unless `resume`.
+    resume : bool
+        Sample only the (time, member) pairs missing from `out_dir`.
+    progress : bool
+        Show the rich progress bar (on stderr).
+    on_unit : callable(BlockResult, executor), optional
+        Called after each unit is written and aggregated; tests use it to interrupt a run or to
+        break a replica part-way (the executor's `stats[i].info` says where replica i runs).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    # 1. checks
+    check_cluster(config)
+    check_out_dir(out_dir, resume)
+    if resume:
+        check_resume_config(config, out_dir)
+    # 2. prior and inputs
+    from ensemble_da.obs.inputs import prepare_inputs
+    from ensemble_da.priors import load_prior
+
+    prior = load_prior(config.model, config.grid)
+    inputs = prepare_inputs(config, prior)
+    kind = config.observations.operator
+    operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
+    exact = exact_posteriors(prior, inputs.observations, kind)
+    prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
+    channels = tuple(prior.normalization.channels)
+    guided = config.guidance.method != "none"
+    sample_obs = [o if guided else None for o in inputs.observations]
+    # 3. executor session
+    start_executor, session = open_executor(config)
+    with session:
+        # 4. store and tracking
+        out_dir.mkdir(parents=True, exist_ok=True)
+        store = _open_store(config, out_dir, resume, inputs, channels, exact)
+        state = RunState(out_dir)
+        tracker = _start_tracking(config, out_dir, state)
+        timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
+
+        def on_time(res: TimeResult) -> None:
+            qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
+            state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
+
+        aggregator = Aggregator(store, inputs.observations, operators, truth=inputs.truth, exact=exact,
+                                seed=config.seed, on_time=on_time)
+        t0 = time.perf_counter()
+        aggregator.catch_up()
+        timings["aggregating_s"] += time.perf_counter() - t0
+
+        # 5. the units still missing, sampled, written and merged
+        done = store.done()
+        units = [
+            WorkUnit(t, tuple(range(lo, hi)))
+            for t in range(len(inputs.times))
+            for lo, hi in store.layout.blocks()
+            if not done[t, lo:hi].all()
+        ]
+        counts = {"done": int(done.sum()), "sampled": 0}
+        executor = None
+
+        def on_result(res: BlockResult) -> None:
+            t0 = time.perf_counter()
+            store.write_block(res.unit.t_index, res.unit.members, res.analysis)
+            t1 = time.perf_counter()
+            aggregator.add(res.unit.t_index, res.unit.members, res.analysis)
+            t2 = time.perf_counter()
+            timings["writing_s"] += t1 - t0
+            timings["aggregating_s"] += t2 - t1
+            timings["sampling_s"] += float(res.diagnostics.get("seconds", 0.0))
+            counts["done"] += len(res.unit.members)
+            counts["sampled"] += len(res.unit.members)
+            if on_unit is not None:
+                on_unit(res, executor)
+
+        status = "FAILED"
+        try:
+            with progress_bar(progress, int(done.size), counts["done"]) as show:
+                if units:
+                    executor = start_executor()
+                    try:
+                        show(executor, counts["done"])
+                        executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
+                    finally:
+                        executor.shutdown()
+            if not aggregator.finished:
+                raise RuntimeError("some analysis times were not finished; the run is incomplete")
+            # 6. finish
+            result = finish_run(config, out_dir, store, aggregator, tracker, inputs.times, channels, prior_spread,
+                                counts, timings, executor, t_start, inputs.qc.metrics())
+            status = "FINISHED"
+            return result
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if status != "FINISHED":
+                tracker.end(status)
+
+
+def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels, exact) -> RunStore:
+    """The run's store: opened to resume, else created from the config (with config.yaml)."""
+    if resume:
+        return RunStore(out_dir / STORE_NAME)
+    (out_dir / "config.yaml").write_text(config.to_yaml())
+    layout = StoreLayout(inputs.times, config.ensemble.members, channels, config.grid.nside,
+                         config.cluster.members_per_unit)
+    attrs = {
+        "run_name": config.run_name,
+        "guidance": config.guidance.method,
+        "seed": config.seed,
+        "ensemble_da_version": ensemble_da.__version__,
+        "config": config.to_yaml(),
+    }
+    return RunStore.create(
+        out_dir / STORE_NAME, layout, attrs, truth=inputs.truth,
+        exact_mean=None if exact is None else exact[0], exact_spread=None if exact is None else exact[1],
+    )
+
+
+def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
+    """The run's MLflow run (continued on `--resume` when tracked at the same URI), params and tags."""
+    from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(config.tracking.uri, out_dir)
+    tracker = Tracker(uri, config.tracking.experiment, config.run_name, out_dir, run_id=state.run_id_for(uri))
+    state.set_tracking(uri, tracker.run_id)
+    tracker.log_params(flatten(config.model_dump(mode="json")))
+    tracker.set_tags({"run_dir": str(out_dir.resolve()), "ensemble_da_version": ensemble_da.__version__})
+    return tracker
