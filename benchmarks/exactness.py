@@ -32,9 +32,9 @@ METHODS = [
     ("regression γ=1e-1", dict(method="regression", gamma=0.1)),
     ("regression γ=1e-2", dict(method="regression", gamma=0.01)),
     ("dps ζ=10", dict(method="dps", zeta=10.0)),
-    ("mmps cg=1", dict(method="mmps", cg_iters=1)),
-    ("mmps cg=3", dict(method="mmps", cg_iters=3)),
-    ("mmps cg=10", dict(method="mmps", cg_iters=10)),
+    ("mmps cg=1", dict(method="mmps", solver="cg", cg_iters=1)),
+    ("mmps cg=3", dict(method="mmps", solver="cg", cg_iters=3)),
+    ("mmps cg=10", dict(method="mmps", solver="cg", cg_iters=10)),
     ("mmps gmres=3", dict(method="mmps", solver="gmres", cg_iters=3)),
     ("mmps gmres=10", dict(method="mmps", solver="gmres", cg_iters=10)),
 ]

@@ -147,7 +147,7 @@ GAUSS_ROWS = [
 ]
 
 
-def section_gauss(members: int) -> None:
+def section_gauss(members: int, rows: list[int] | None = None) -> None:
     from exactness import learned_gaussian
 
     from ensemble_da.priors.gaussian import GaussianPrior
@@ -164,7 +164,7 @@ def section_gauss(members: int) -> None:
     print("| prior | guidance | steps | exact_mean_err | exact_var_ratio | s/member |")
     print("|---|---|---:|---:|---:|---:|")
     for pname, prior in (("learned", learned_gaussian()), ("exact", exact)):
-        for label, g, steps, gate in GAUSS_ROWS:
+        for label, g, steps, gate in [r for i, r in enumerate(GAUSS_ROWS) if rows is None or i in rows]:
             den = guided_denoiser(prior, op, GuidanceConfig(**g), autocast=False)
             if gate is not None:
                 den = SigmaGate(den, prior, gate)
@@ -241,13 +241,14 @@ def main() -> None:
     ap.add_argument("--speedy-steps", type=int, default=18)
     ap.add_argument("--speedy-obs", type=int, default=240)
     ap.add_argument("--speedy-methods", default="regression γ=1e-2,mmps cg=3,mmps gmres=3")
+    ap.add_argument("--gauss-rows", default=None, help="comma-separated row numbers of GAUSS_ROWS (default all)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if "asym" in args.sections:
         section_asym(args.members)
     if "gauss" in args.sections:
-        section_gauss(args.members)
+        section_gauss(args.members, None if args.gauss_rows is None else [int(i) for i in args.gauss_rows.split(",")])
     if "speedy" in args.sections:
         section_speedy(args.speedy_members, args.speedy_times, args.speedy_steps, args.speedy_obs,
                        args.speedy_methods.split(","))
