@@ -25,6 +25,7 @@ __all__ = [
     "ObservationsConfig",
     "ClusterConfig",
     "TrackingConfig",
+    "DiagnosticsConfig",
     "load_config",
     "default_config_path",
     "apply_overrides",
@@ -219,6 +220,22 @@ class TrackingConfig(_Strict):
     experiment: str = "ensemble-da"
 
 
+class DiagnosticsConfig(_Strict):
+    """Operational diagnostics (DESIGN.md §7 "Diagnostics"): `background: true` also draws the
+    unguided prior ensemble with the same seeds (O−B, Desroziers, χ²/n, increment) and checks each
+    observation against it before assimilation, rejecting |O−B| > qc_sigma_k·√(σ_o² + σ_b²)."""
+
+    background: bool = False
+    qc_sigma_k: float = 5.0
+
+    @field_validator("qc_sigma_k")
+    @classmethod
+    def _k_positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"qc_sigma_k must be > 0, got {v}")
+        return v
+
+
 class RunConfig(_Strict):
     run_name: str = "demo"
     seed: int = 0
@@ -231,6 +248,7 @@ class RunConfig(_Strict):
     observations: ObservationsConfig = Field(default_factory=ObservationsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @field_validator("times")
     @classmethod
