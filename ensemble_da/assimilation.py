@@ -18,12 +18,12 @@ import torch
 from ensemble_da.config import RunConfig
 from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, member_generator
+from ensemble_da.sampling import KarrasSchedule
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
@@ -97,54 +97,22 @@ class Assimilator:
         cfg = self.config
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
-        autocast = cfg.sampler.autocast == "bf16"
-        denoiser: Denoiser = self.prior
-        if obs is not None and cfg.guidance.method != "none":
-            denoiser = guided_denoiser(self.prior, self.operator(obs), cfg.guidance, autocast=autocast)
-        out = []
-        bs = cfg.sampler.batch_size
-        for lo in range(0, len(members), bs):
-            block = list(members[lo : lo + bs])
-            gens = [member_generator(cfg.seed, t_index, m) for m in block]
-            try:
-                z = edm_sample(
-                    denoiser,
-                    gens,
-                    self.schedule,
-                    solver=cfg.sampler.solver,
-                    churn=cfg.sampler.churn,
-                    condition=condition,
-                    device=self.device,
-                    autocast=autocast,
-                )
-            except DivergenceError as exc:
-                raise divergence_message(exc, cfg, t_index, [block[r] for r in exc.rows]) from None
-            out.append(self.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
-            if progress is not None:
-                progress(len(block))
-        diagnostics = {"seconds": time.perf_counter() - start}
-        if isinstance(denoiser, MMPSGuidance):
-            diagnostics["cg_residual_max"] = denoiser.max_relative_residual
-        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), np.concatenate(out), diagnostics)
-
-
-_FIXES = {
-    "none": "the unguided prior diverges: check model.path and sampler.sigma_max",
-    "regression": "raise guidance.gamma (e.g. 0.1) or sampler.steps, or use guidance.method mmps",
-    "dps": "lower guidance.zeta or raise sampler.steps",
-    "mmps": "use guidance.solver gmres, raise guidance.cg_iters or sampler.steps",
-}
-
-
-def divergence_message(exc: DivergenceError, cfg: RunConfig, t_index: int, members: list[int]) -> DivergenceError:
-    """`exc` restated for a run: guidance settings, analysis time, member ids and a suggested fix."""
-    g = cfg.guidance
-    params = {"regression": f", gamma={g.gamma:g}", "dps": f", zeta={g.zeta:g}",
-              "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
-    where = f"guidance.method={g.method}{params}, sampler.steps={cfg.sampler.steps}, time {cfg.times[t_index]}, member(s) {members[:4]}"
-    out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
-    out.args = (f"{exc} [{where}]; sampling stopped. Fix: {_FIXES[g.method]}",)
-    return out
+        diagnostics: dict[str, float] = {}
+        x = sample_posterior(
+            self.prior,
+            None if obs is None else self.operator(obs),
+            members,
+            cfg.seed,
+            sampler=cfg.sampler,
+            guidance=cfg.guidance,
+            condition=condition,
+            t_index=t_index,
+            device=self.device,
+            progress=progress,
+            diagnostics=diagnostics,
+        )
+        diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
+        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
 
 
 def exact_posteriors(

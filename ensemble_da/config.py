@@ -19,6 +19,7 @@ __all__ = [
     "RunConfig",
     "GridConfig",
     "ModelConfig",
+    "CBottleConfig",
     "SamplerConfig",
     "GuidanceConfig",
     "EnsembleConfig",
@@ -52,11 +53,45 @@ class GridConfig(_Strict):
         return v
 
 
+class CBottleConfig(_Strict):
+    """`model.kind: cbottle` (see `ensemble_da.priors.cbottle`).
+
+    checkpoints: one cBottle checkpoint (.checkpoint zip), or one per expert, highest σ first;
+    sigma_thresholds: expert i denoises σ ≥ sigma_thresholds[i], the last expert the rest
+    (cBottle's 3-expert model: [100, 10]); label: the dataset label (`era5` costs a second,
+    ICON-labelled network call per step for its masked radiation channels); sst: monthly SST
+    file (NetCDF/zarr, K, NaN or masked over land), or sst_constant (K) everywhere.
+    """
+
+    checkpoints: list[str]
+    sigma_thresholds: list[float] = Field(default_factory=list)
+    label: Literal["icon", "era5"] = "icon"
+    sst: str | None = None
+    sst_constant: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "CBottleConfig":
+        if not self.checkpoints:
+            raise ValueError("cbottle.checkpoints must name at least one checkpoint")
+        if len(self.checkpoints) != len(self.sigma_thresholds) + 1:
+            raise ValueError(
+                f"cbottle needs one checkpoint more than sigma_thresholds, got {len(self.checkpoints)} "
+                f"checkpoints and {len(self.sigma_thresholds)} thresholds"
+            )
+        if any(a <= b for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:])):
+            raise ValueError(f"cbottle.sigma_thresholds must decrease, got {self.sigma_thresholds}")
+        if self.sst is not None and self.sst_constant is not None:
+            raise ValueError("give cbottle.sst or cbottle.sst_constant, not both")
+        return self
+
+
 class ModelConfig(_Strict):
     """The prior. `gaussian` is DESIGN.md §4; `gaussian_climatology` is fitted from data;
-    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` an adapter."""
+    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` the cBottle
+    adapter (settings under `cbottle:`); `python` a user plug-in: `factory`
+    ("package.module:function") called with `options` as keywords returns a `Denoiser`."""
 
-    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle"] = "gaussian"
+    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
     channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
     mean: dict[str, float] | None = None
     std: dict[str, float] | None = None
@@ -71,6 +106,20 @@ class ModelConfig(_Strict):
     cache_dir: str | None = None
     # gaussian_climatology: states at the end of the dataset left out of the fit (held out).
     holdout_days: int = 0
+    cbottle: CBottleConfig | None = None
+    # python: "package.module:function" and the keyword arguments it is called with.
+    factory: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> "ModelConfig":
+        if self.kind == "python" and not self.factory:
+            raise ValueError('model.kind python needs model.factory ("package.module:function")')
+        if self.kind != "python" and (self.factory or self.options):
+            raise ValueError("model.factory and model.options belong to model.kind python")
+        if self.kind == "cbottle" and self.cbottle is None:
+            raise ValueError("model.kind cbottle needs a model.cbottle section (checkpoints, ...)")
+        return self
 
     @field_validator("nugget")
     @classmethod
