@@ -43,7 +43,8 @@ def divergence_message(
               "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
     where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, member(s) {members[:4]}"
     out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
-    out.args = (f"{exc} [{where}]; sampling stopped. Fix: {_FIXES[g.method]}",)
+    fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES[g.method]
+    out.args = (f"{exc} [{where}]; sampling stopped. Fix: {fix}",)
     return out
 
 
