@@ -44,6 +44,8 @@ def divergence_message(
     where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, member(s) {members[:4]}"
     out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
     fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES[g.method]
+    if "non-finite" in exc.detail:
+        fix = f"check that the prior's denoiser returns finite values at every σ (run with guidance.method=none); else {fix}"
     out.args = (f"{exc} [{where}]; sampling stopped. Fix: {fix}",)
     return out
 

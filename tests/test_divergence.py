@@ -61,3 +61,18 @@ def test_cli_run_with_divergent_guidance_exits_2_with_one_line(tmp_path):
     for part in ("sampling diverged at step", "σ = ", "guidance.method=regression", "gamma=0", "Fix: raise guidance.gamma"):
         assert part in line, line
     assert np.isfinite(float(line.split("σ = ")[1].split(")")[0]))
+
+
+def test_mmps_gmres_reports_a_denoiser_that_returns_nan_instead_of_crashing():
+    """A denoiser returning NaN below some σ used to crash GMRES's SVD (LinAlgError, traceback);
+    it must surface as the divergence error that points at the prior."""
+    from ensemble_da.obs.operators import ObservationOperator
+    from ensemble_da.posterior import sample_posterior
+
+    den = BrokenDenoiser(below=1.0, value=float("nan"))
+    op = ObservationOperator.at_cells(np.array([0, 5]), np.array(["T850", "T850"]), np.array([1.0, -1.0]),
+                                      0.5, den.grid, den.normalization)
+    with pytest.raises(DivergenceError) as info:
+        sample_posterior(den, op, 3, 0, sampler={"steps": 8}, guidance={"method": "mmps", "solver": "gmres"})
+    msg = str(info.value)
+    assert "\n" not in msg and "non-finite" in msg and "denoiser returns finite values" in msg

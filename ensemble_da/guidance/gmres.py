@@ -57,7 +57,13 @@ def gmres(
         basis.append(torch.where((norm > scale)[:, None], w / norm.clamp_min(tiny)[:, None], torch.zeros_like(w)))
     target = rhs.new_zeros(batch, iterations + 1)
     target[:, 0] = beta
+    # A row with non-finite entries (a denoiser that returned NaN) gets NaN coefficients, so the
+    # sampler's divergence check reports it; LAPACK's SVD would raise on it instead.
+    finite = torch.isfinite(hess).flatten(1).all(-1) & torch.isfinite(beta)
+    hess = torch.where(finite[:, None, None], hess, torch.zeros_like(hess))
+    target = torch.where(finite[:, None], target, torch.zeros_like(target))
     coeff = (torch.linalg.pinv(hess) @ target[:, :, None])[..., 0]  # (batch, k)
+    coeff = torch.where(finite[:, None], coeff, torch.full_like(coeff, float("nan")))
     v = torch.einsum("bk,kbn->bn", coeff, torch.stack(basis[:iterations]))
     res = torch.linalg.vector_norm(target - (hess @ coeff[:, :, None])[..., 0], dim=-1)
     rel = torch.where(beta > 0, res / beta.clamp_min(tiny), torch.zeros_like(beta))
