@@ -118,14 +118,19 @@ class RegressionGuidedModel:
         )
         self.guidance = {"method": method, "scale": float(guidance_scale)}
 
-    def sample(self, batch: Mapping[str, Any], seed: int | None = None) -> tuple[torch.Tensor, Coords]:
+    def sample(self, batch: Mapping[str, Any] | int, seed: int | None = None) -> tuple[torch.Tensor, Coords]:
         """One posterior member per batch row: (physical values (batch, channel, 1, cell) NEST, Coords).
 
         `batch` is read for its size ("target" or "second_of_day") and its time ("second_of_day",
         "day_of_year" counted from 0 as cBottle's batches do); its "target", "labels" and
         "condition" values are not used (the label and SST are set when the model is loaded).
-        Without `set_regression_guidance` it samples the prior.
+        An int is a batch size with no time (an unconditional model). Without
+        `set_regression_guidance` it samples the prior.
         """
+        if isinstance(batch, int):
+            batch = {"target": torch.empty(batch, 0)}
+        if not isinstance(batch, Mapping) or not ("second_of_day" in batch or "target" in batch):
+            raise InputError("sample(batch): batch must be a member count or a dict with 'target' or 'second_of_day'")
         n = int(len(batch["second_of_day"]) if "second_of_day" in batch else batch["target"].shape[0])
         condition = None
         if "second_of_day" in batch and "day_of_year" in batch:

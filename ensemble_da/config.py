@@ -160,11 +160,26 @@ class SamplerConfig(_Strict):
 
 
 class GuidanceConfig(_Strict):
-    method: Literal["none", "regression", "dps", "mmps"] = "regression"
+    """Likelihood guidance. Default MMPS with 3 GMRES iterations: the only method that converges
+    to the exact posterior on the Gaussian prior and stays calibrated on a learned one, where
+    CG's residual grows without bound at high σ and regression (γ = 1e-2) diverges at 16 steps
+    (README, "Guidance on a learned prior")."""
+
+    method: Literal["none", "regression", "dps", "mmps"] = "mmps"
     scale: float = 1.0
     gamma: float = 1e-2
     zeta: float = 1.0
+    # MMPS: linear solver of (diag(s²) + σ² H Jᵀ Hᵀ) v = y − H D and its iteration count.
+    # gmres is exact for a non-symmetric J (a learned network); cg assumes J symmetric.
+    solver: Literal["cg", "gmres"] = "gmres"
     cg_iters: int = 3
+
+    @field_validator("cg_iters")
+    @classmethod
+    def _iters(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"cg_iters must be >= 0, got {v}")
+        return v
 
 
 class EnsembleConfig(_Strict):
@@ -332,26 +347,40 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise InputError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+            reason = str(exc).splitlines()[0]
+            raise InputError(
+                f"--set {key}: value {text!r} is not valid YAML ({reason}); quote a string: {key}='\"...\"'"
+            ) from None
         _set_path(tree, key.strip(), value)
     return tree
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
+def _override_source(loc: str, overrides: list[str], source: str) -> str:
+    """`--set key` when the failing key came from an override, else the config file."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return f"--set {key}"
+    return source
+
+
+def _format_validation(exc: ValidationError, source: str, overrides: list[str] | None = None) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    source = _override_source(loc, overrides or [], source)
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
     value = err.get("input")
     return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
 
 
-def validate_tree(model: type[M], tree: dict, source: str = "config") -> M:
-    """Validate a raw tree into `model`; errors become one-line InputErrors naming key and value."""
+def validate_tree(model: type[M], tree: dict, source: str = "config", overrides: list[str] | None = None) -> M:
+    """Validate a raw tree into `model`; errors become one-line InputErrors naming key and value,
+    and the `--set` override the key came from (else `source`)."""
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise InputError(_format_validation(exc, source)) from None
+        raise InputError(_format_validation(exc, source, overrides)) from None
 
 
 def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
@@ -371,7 +400,7 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
     if not isinstance(tree, dict):
         raise InputError(f"{path}: top level must be a mapping of config keys")
     apply_overrides(tree, overrides or [])
-    return validate_tree(model, tree, str(path))
+    return validate_tree(model, tree, str(path), overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

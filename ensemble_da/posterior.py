@@ -22,9 +22,32 @@ from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
 from ensemble_da.priors.base import Condition, Denoiser, time_condition
-from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
+from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, member_generator
 
-__all__ = ["sample_posterior"]
+__all__ = ["sample_posterior", "divergence_message"]
+
+_FIXES = {
+    "none": "the unguided prior diverges: check model.path and sampler.sigma_max",
+    "regression": "raise guidance.gamma (e.g. 0.1) or sampler.steps, or use guidance.method mmps",
+    "dps": "lower guidance.zeta or raise sampler.steps",
+    "mmps": "use guidance.solver gmres, raise guidance.cg_iters or sampler.steps",
+}
+
+
+def divergence_message(
+    exc: DivergenceError, guidance: GuidanceConfig, sampler: SamplerConfig, t_index: int, members: list[int]
+) -> DivergenceError:
+    """`exc` restated for a user: guidance settings, analysis-time index, member ids, a suggested fix."""
+    g = guidance
+    params = {"regression": f", gamma={g.gamma:g}", "dps": f", zeta={g.zeta:g}",
+              "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
+    where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, member(s) {members[:4]}"
+    out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
+    fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES[g.method]
+    if "non-finite" in exc.detail:
+        fix = f"check that the prior's denoiser returns finite values at every σ (run with guidance.method=none); else {fix}"
+    out.args = (f"{exc} [{where}]; sampling stopped. Fix: {fix}",)
+    return out
 
 
 def _settings(model, value, name: str):
@@ -74,7 +97,7 @@ def sample_posterior(
     sampler : SamplerConfig or mapping, optional
         Steps, σ range, solver, churn, batch size, bf16 autocast (defaults: DESIGN.md §7a).
     guidance : GuidanceConfig, mapping or method name, optional
-        `regression` (default), `dps`, `mmps` or `none`, with their settings (DESIGN.md §6).
+        `mmps` (default, GMRES), `regression`, `dps` or `none`, with their settings (DESIGN.md §6).
     operator : "nearest" or "bilinear"
         How an `ObservationSet` is read from the grid.
     time : datetime64 or ISO string, optional
@@ -99,6 +122,9 @@ def sample_posterior(
     ------
     InputError
         Bad settings or observations of channels the prior does not have.
+    DivergenceError
+        A member left the sane range (non-finite, or |z| > 20 prior std): one line naming the
+        method, σ, step and members, with a suggested fix.
     """
     ids = list(range(members)) if isinstance(members, (int, np.integer)) else [int(m) for m in members]
     if not ids:
@@ -120,16 +146,19 @@ def sample_posterior(
     out = []
     for lo in range(0, len(ids), sampler.batch_size):
         block = ids[lo : lo + sampler.batch_size]
-        z = edm_sample(
-            guided,
-            [member_generator(seed, t_index, m) for m in block],
-            schedule,
-            solver=sampler.solver,
-            churn=sampler.churn,
-            condition=condition,
-            device=device,
-            autocast=autocast,
-        )
+        try:
+            z = edm_sample(
+                guided,
+                [member_generator(seed, t_index, m) for m in block],
+                schedule,
+                solver=sampler.solver,
+                churn=sampler.churn,
+                condition=condition,
+                device=device,
+                autocast=autocast,
+            )
+        except DivergenceError as exc:
+            raise divergence_message(exc, guidance, sampler, t_index, [block[r] for r in exc.rows]) from None
         out.append(denoiser.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
         if progress is not None:
             progress(len(block))

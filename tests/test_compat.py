@@ -93,3 +93,14 @@ def test_synthetic_setup_is_an_osse_the_posterior_moves_towards():
     prior_mean = model.denoiser.normalization.center[observed // 48]
     err_prior = np.abs(prior_mean - truth.reshape(-1)[observed]).mean()
     assert err_post < 0.3 * err_prior
+
+
+def test_sample_takes_a_member_count_and_refuses_other_batches():
+    """The sketch's `sample(batch)` also accepts a plain member count for an unconditional model."""
+    model = RegressionGuidedModel(white_noise(nside=1), sampler=dict(steps=6))
+    out, coords = model.sample(3, seed=2)
+    assert out.shape == (3, len(coords.channels), 1, 12) and torch.isfinite(out).all()
+    same, _ = model.sample({"target": torch.zeros(3, 2, 1, 12)}, seed=2)
+    assert torch.equal(out, same)
+    with pytest.raises(InputError, match="member count or a dict"):
+        model.sample([1, 2, 3], seed=2)
