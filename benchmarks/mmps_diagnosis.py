@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ensemble_da.config import GuidanceConfig, load_config  # noqa: E402
+from ensemble_da.exact import exact_posterior  # noqa: E402
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser  # noqa: E402
 from ensemble_da.guidance.cg import conjugate_gradient  # noqa: E402
 from ensemble_da.guidance.gmres import gmres  # noqa: E402
@@ -159,7 +160,7 @@ def section_gauss(members: int, rows: list[int] | None = None) -> None:
     lat, lon = random_locations(100, rng)
     obs = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, exact.grid, exact.normalization, cfg.observations, rng)
     op = ObservationOperator.build(obs, exact.grid, exact.normalization, "bilinear")
-    mean, var = exact.exact_posterior(op)
+    mean, var = exact_posterior(exact, op)
     print(f"{members} members; MC error of exact_mean_err ≈ {1 / np.sqrt(members):.3f} (floor)\n")
     print("| prior | guidance | steps | exact_mean_err | exact_var_ratio | s/member |")
     print("|---|---|---:|---:|---:|---:|")

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ensemble_da.config import GuidanceConfig, load_config  # noqa: E402
+from ensemble_da.exact import exact_posterior  # noqa: E402
 from ensemble_da.guidance import guided_denoiser  # noqa: E402
 from ensemble_da.obs.operators import ObservationOperator  # noqa: E402
 from ensemble_da.obs.synthetic import observe_truth, random_locations  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> None:
     lat, lon = random_locations(100, rng)
     obs = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, exact.grid, exact.normalization, cfg.observations, rng)
     op = ObservationOperator.build(obs, exact.grid, exact.normalization, "bilinear")
-    mean, var = exact.exact_posterior(op)
+    mean, var = exact_posterior(exact, op)
     priors = {"exact": exact}
     if "learned" in args.priors:
         from exactness import learned_gaussian

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ensemble_da.config import GuidanceConfig, load_config
+from ensemble_da.exact import exact_posterior
 from ensemble_da.guidance import guided_denoiser
 from ensemble_da.io import open_run
 from ensemble_da.obs.operators import ObservationOperator
@@ -64,7 +65,7 @@ def test_mmps_gmres_on_the_learned_gaussian_approaches_the_exact_posterior(setup
     members = 16
     den = guided_denoiser(learned, op, GuidanceConfig(method="mmps", solver="gmres", cg_iters=3), autocast=False)
     x = edm_sample(den, [member_generator(0, 0, m) for m in range(members)], KarrasSchedule(steps=16)).double().numpy()
-    mean, var = exact.exact_posterior(op)
+    mean, var = exact_posterior(exact, op)
     err = np.sqrt((((x.mean(0) - mean) / np.sqrt(var)) ** 2).mean())
     ratio = x.var(0, ddof=1).mean() / var.mean()
     assert err < MEAN_ERR_TOL, err
