@@ -22,6 +22,7 @@ from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors import Denoiser, load_prior, time_condition
+from ensemble_da.priors.base import allows_autocast
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
@@ -96,7 +97,7 @@ class Assimilator:
         cfg = self.config
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
-        autocast = cfg.sampler.autocast == "bf16"
+        autocast = cfg.sampler.autocast == "bf16" and allows_autocast(self.prior)
         denoiser: Denoiser = self.prior
         if obs is not None and cfg.guidance.method != "none":
             denoiser = guided_denoiser(self.prior, self.operator(obs), cfg.guidance, autocast=autocast)
@@ -184,6 +185,8 @@ def assimilate(
                 heldout_noise_rng(config.seed, t),
             )
         )
+        if "cg_residual_max" in block.diagnostics:
+            metrics[-1]["mmps_residual/max"] = float(block.diagnostics["cg_residual_max"])
         out.append(x)
         fits.append(fit)
         diags.append(block.diagnostics)

@@ -4,13 +4,18 @@ by whole-chunk region writes, one member block (work unit) at a time, by a singl
 Layout (dims `time`, `member`, `channel`, `cell`):
 
 - `analysis(time, member, channel, cell)` float32, physical units, chunks
-  (1, members_per_unit, channel, cell): one work unit is exactly one chunk, so two writers
-  never share a chunk. `write_block` refuses a block that is not a whole chunk (xarray does not
-  check this for numpy data, so we do).
+  (1, members_per_unit, channel, cells_per_chunk): one work unit is exactly one row of chunks,
+  so two writers never share a chunk; the cell axis is split (in whole NEST sub-trees) so that a
+  chunk stays about `CHUNK_BYTES` (8.8 MB per member at nside 64 × 45 channels would otherwise
+  make 70 MB chunks). `write_block` refuses a block that is not a whole chunk row (xarray does
+  not check this for numpy data, so we do).
 - `member_done(time, member)` bool, chunks (1, members_per_unit): set after a unit's analysis is
   on disk; `--resume` re-runs exactly the pairs that are still False.
 - `ensemble_mean`, `ensemble_spread` (std, ddof=1), and when known `truth`, `exact_mean`,
-  `exact_spread` (time, channel, cell), chunks (1, channel, cell).
+  `exact_spread` (time, channel, cell), chunks (1, channel, cells_per_chunk).
+
+The store is opened by path or by URL (`file://…`, `s3://…`: zarr through fsspec), so model
+replicas on other nodes can write their own blocks into a shared store.
 - group `observations` (dim `obs`): time, lat, lon, channel, value, sigma, assimilated, hx_mean,
   hx_spread.
 - root attrs `nside`, `guidance`, `seed`, `ensemble_da_version`, `config` (YAML), `complete`.
@@ -34,9 +39,11 @@ import zarr
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 
-__all__ = ["STORE_NAME", "StoreLayout", "RunStore", "unit_blocks", "open_run", "is_complete"]
+__all__ = ["STORE_NAME", "CHUNK_BYTES", "StoreLayout", "RunStore", "unit_blocks", "cells_per_chunk", "open_run",
+           "is_complete"]
 
 STORE_NAME = "analysis.zarr"
+CHUNK_BYTES = 8 * 2**20
 FIELD_DIMS = ("time", "channel", "cell")
 _STAT_VARS = ("ensemble_mean", "ensemble_spread")
 
@@ -49,6 +56,16 @@ def unit_blocks(members: int, members_per_unit: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + members_per_unit, members)) for lo in range(0, members, members_per_unit)]
 
 
+def cells_per_chunk(npix: int, members_per_unit: int, channels: int, target_bytes: int = CHUNK_BYTES) -> int:
+    """Cells per chunk of `analysis`: npix / (12 · 4^k) for the smallest k ≥ 0 whose float32 chunk
+    (members_per_unit, channels, cells) fits `target_bytes` (whole NEST base pixels below that:
+    npix itself when the whole field fits)."""
+    cells = npix
+    while cells > 1 and members_per_unit * channels * cells * 4 > target_bytes:
+        cells = cells // 12 if cells == npix else cells // 4
+    return max(1, cells)
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Shape of a run store: analysis times (datetime64[ns]), member count, channels, grid, chunking."""
@@ -58,10 +75,21 @@ class StoreLayout:
     channels: tuple[str, ...]
     nside: int
     members_per_unit: int
+    cells_per_chunk: int = 0  # 0: chosen by `cells_per_chunk()`
+
+    def __post_init__(self):
+        if not self.cells_per_chunk:
+            object.__setattr__(self, "cells_per_chunk",
+                               cells_per_chunk(self.npix, self.members_per_unit, len(self.channels)))
 
     @property
     def npix(self) -> int:
         return HealpixGrid(self.nside).npix
+
+    def cell_chunks(self) -> list[slice]:
+        """The cell slices of the chunk grid."""
+        step = self.cells_per_chunk
+        return [slice(lo, min(lo + step, self.npix)) for lo in range(0, self.npix, step)]
 
     @property
     def field_shape(self) -> tuple[int, int, int]:
@@ -84,22 +112,30 @@ class RunStore:
 
     Parameters
     ----------
-    path : path-like
-        The store directory (`DIR/analysis.zarr`).
+    path : path-like or str
+        The store directory (`DIR/analysis.zarr`) or its URL (`file:///…/analysis.zarr`,
+        `s3://…`: opened with zarr through fsspec).
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.url = str(path)
+        self.path = Path(path) if "://" not in self.url else None
+        if self.path is not None and not (self.path / "zarr.json").is_file():
             raise InputError(f"{self.path}: not a run store (no zarr.json)")
-        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        # fsspec's local filesystem does not create a chunk's directories unless asked to.
+        options = {"storage_options": {"auto_mkdir": True}} if self.url.startswith("file://") else {}
+        try:
+            self.group = zarr.open_group(self.url, mode="r+", zarr_format=3, **options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise InputError(f"{self.url}: not a run store (no zarr.json)") from None
         a = self.group["analysis"]
         self.layout = StoreLayout(
-            times=xr.open_zarr(str(self.path), consolidated=False)["time"].values,
+            times=xr.open_zarr(self.url, consolidated=False)["time"].values,
             members=int(a.shape[1]),
             channels=tuple(str(c) for c in self.group["channel"][:]),
             nside=int(self.group.attrs["nside"]),
             members_per_unit=int(a.chunks[1]),
+            cells_per_chunk=int(a.chunks[3]),
         )
 
     # --- creation -----------------------------------------------------------------------
@@ -134,11 +170,12 @@ class RunStore:
                 {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"},
             ),
         }
-        field_chunks = (1, nc, npix)
+        cpc = layout.cells_per_chunk
+        field_chunks = (1, nc, cpc)
         data = {
             "analysis": (
                 ("time", "member", "channel", "cell"),
-                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, npix)),
+                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, cpc)),
                 {"units": "physical (see channel)", "long_name": "posterior ensemble members"},
             ),
             "member_done": (
@@ -194,6 +231,10 @@ class RunStore:
         self.group["analysis"][t_index, lo:hi] = np.asarray(analysis, dtype=np.float32)
         self.group["member_done"][t_index, lo:hi] = True
 
+    def is_done(self, t_index: int, lo: int, hi: int) -> bool:
+        """True when members [lo, hi) of time `t_index` are all written."""
+        return bool(np.all(self.group["member_done"][t_index, lo:hi]))
+
     def read_block(self, t_index: int, lo: int, hi: int) -> np.ndarray:
         """Members [lo, hi) of time `t_index`, float32 (member, channel, cell)."""
         return np.asarray(self.group["analysis"][t_index, lo:hi])
@@ -216,20 +257,20 @@ class RunStore:
     def write_observations(self, observations: xr.Dataset) -> None:
         """(Re)write the `observations` group (dim `obs`)."""
         _observations_dataset(observations).to_zarr(
-            str(self.path), group="observations", mode="w", zarr_format=3, consolidated=False
+            self.url, group="observations", mode="w", zarr_format=3, consolidated=False
         )
 
     def finalize(self, attrs: dict[str, Any] | None = None) -> None:
         """Mark the store complete and consolidate its metadata; refuses if members are missing."""
         missing = int((~self.done()).sum())
         if missing:
-            raise RuntimeError(f"{self.path}: {missing} (time, member) pairs are missing; not finalizing")
+            raise RuntimeError(f"{self.url}: {missing} (time, member) pairs are missing; not finalizing")
         self.group.attrs.update({**(attrs or {}), "complete": True})
         with warnings.catch_warnings():
             # Consolidated metadata is how xarray opens a finished store quickly; zarr warns that
             # it is not (yet) in the v3 spec, which says nothing to our users.
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+            zarr.consolidate_metadata(self.url, zarr_format=3)
 
 
 def is_complete(path: str | Path) -> bool:
