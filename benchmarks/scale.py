@@ -91,7 +91,7 @@ def config(members: int, nside: int, channels: list[str], num_obs: int, guidance
         guidance=dict(method=guidance), ensemble=dict(members=members),
         observations=dict(channels=channels, num_obs=num_obs, sigma={c: 1.0 for c in channels},
                           osse_grid_deg=1.0, heldout_fraction=0.1),
-        cluster=dict(address="local", replicas=2, **cluster),
+        cluster={"address": "local", "replicas": 2, **cluster},
     ))
 
 
