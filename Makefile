@@ -6,6 +6,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test bench
 
+# The report test drives Debian's Chromium over WebDriver (never a downloaded browser build);
+# installed from the system's package registry when missing (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+/usr/bin/chromium /usr/bin/chromedriver &:
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
@@ -17,7 +24,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ensemble-da run
 
-test: $(STAMP)
+test: $(STAMP) /usr/bin/chromium /usr/bin/chromedriver
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

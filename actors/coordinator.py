@@ -116,6 +116,7 @@ class Coordinator:
         self.lost: set[int] = set()
         self.bytes_received = 0
         self.run_seconds = 0.0  # in run(), replicas loaded: from the first unit issued to the last delivered
+        self.store_checked = False
         self.max_consecutive_failures = 5
 
     def _get(self, refs):
@@ -140,13 +141,20 @@ class Coordinator:
         observations: Sequence[Any],
         on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Coordinator"], None] | None = None,
+        background: bool = False,
     ) -> None:
         """Run `units`; `observations[t]` is the ObservationSet of time t. `on_result(report,
-        stats_ref)` is called once per unit, in completion order, in this thread."""
+        stats_ref)` is called once per unit, in completion order, in this thread.
+        `background`: unguided prior draws, nothing written; `on_result` gets the BlockStats
+        themselves (per-block moments and H x: the driver reduces the background)."""
         if not all(s.info for s in self.stats):
             self.replica_info()
+        if not background and not self.store_checked:
+            # The store exists now: every replica must reach it (shared mode) before writing.
+            self._get([r.check_store.remote() for r in self.replicas])
+            self.store_checked = True
         start = time.perf_counter()
-        _Run(self, units, observations, on_result, on_progress).loop()
+        _Run(self, units, observations, on_result, on_progress, background).loop()
         self.run_seconds += time.perf_counter() - start
 
     def _account(self, r: int, report: UnitReport, seconds: float) -> None:
@@ -177,9 +185,10 @@ class Coordinator:
 class _Run:
     """The state of one `Coordinator.run`: queue, attempts in flight per replica, deliveries."""
 
-    def __init__(self, co: Coordinator, units, observations, on_result, on_progress):
+    def __init__(self, co: Coordinator, units, observations, on_result, on_progress, background: bool):
         ray = co._ray
         self.co, self.ray = co, ray
+        self.background = background
         self.on_result, self.on_progress = on_result, on_progress
         self.obs_refs = {t: ray.put(observations[t]) for t in sorted({u.t_index for u in units})}
         self.queue: deque[WorkUnit] = deque(units)
@@ -204,7 +213,7 @@ class _Run:
 
     def submit(self, r: int, unit: WorkUnit) -> None:
         report, stats = self.co.replicas[r].sample.options(num_returns=2).remote(
-            self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id)
+            self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id, self.background)
         a = _Attempt(self.next_id, r, unit, report, stats)
         self.next_id += 1
         if not self.per_replica[r]:
@@ -267,7 +276,7 @@ class _Run:
         co._account(a.replica, report, seconds)
         if report.written and a.unit in self.missing:
             self.missing.discard(a.unit)
-            self.on_result(report, a.stats)
+            self.on_result(report, self.ray.get(a.stats) if self.background else a.stats)
         elif not report.written and a.unit in self.missing:
             # Another attempt holds the claim but has not delivered: a straggler (maybe frozen
             # between claiming and writing). Abandon it so the next attempt may write; should

@@ -65,10 +65,12 @@ class Executor(Protocol):
         observations: Sequence[Any],
         on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Executor"], None] | None = None,
+        background: bool = False,
     ) -> None:
         """Sample and write every unit; `observations[t]` is the ObservationSet of time t.
         `on_result(report, stats)` is called once per unit (the attempt that wrote it), in this
-        thread; `stats` is the unit's BlockStats or a reference to it for the aggregators."""
+        thread; `stats` is the unit's BlockStats or a reference to it for the aggregators.
+        `background`: sample the unguided prior, write nothing, and hand `stats` as BlockStats."""
         ...
 
     def shutdown(self) -> None:
@@ -107,15 +109,16 @@ class InProcessExecutor:
         self.bytes_received = 0
         self.run_seconds = 0.0
 
-    def run(self, units, observations, on_result, on_progress=None) -> None:
+    def run(self, units, observations, on_result, on_progress=None, background: bool = False) -> None:
         t0 = time.perf_counter()
-        self._run(units, observations, on_result, on_progress)
+        self._run(units, observations, on_result, on_progress, background)
         self.run_seconds += time.perf_counter() - t0
 
-    def _run(self, units, observations, on_result, on_progress) -> None:
+    def _run(self, units, observations, on_result, on_progress, background) -> None:
         for attempt, unit in enumerate(units):
             start = time.perf_counter()
-            report, stats = self.replica.sample(observations[unit.t_index], unit.t_index, unit.members, attempt)
+            report, stats = self.replica.sample(observations[unit.t_index], unit.t_index, unit.members, attempt,
+                                                background)
             self.stats[0].members += len(unit.members)
             self.stats[0].busy_seconds += time.perf_counter() - start
             self.bytes_received += len(pickle.dumps(report))
@@ -156,22 +159,24 @@ class LocalAggregation:
 
 @dataclass
 class Runtime:
-    """A started runtime: the aggregation now, the executor on demand (only when units remain)."""
+    """A started runtime. The run store need not exist yet (a background pass runs before it is
+    created): the executor is started on demand, the aggregation once the store exists."""
 
-    aggregation: Aggregation
     start_executor: Callable[[], Executor]
+    start_aggregation: Callable[[Sequence[TimeInputs], Callable[[TimeResult], None]], Aggregation]
     close: Callable[[], None] = lambda: None
 
 
-def open_runtime(config: RunConfig, prior_factory: Callable | None = None) -> tuple[Callable[..., Runtime], ContextManager]:
+def open_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None
+                 ) -> tuple[Callable[[], Runtime], ContextManager]:
     """(start, session) for `cluster.address`: enter the session (Ray up, or nothing in-process)
-    first, then `start(store_url, times, on_time)` with the run store and per-time inputs."""
+    first, then `start()` for the run store at `store_url` (path or URL)."""
     if config.cluster.address == "inprocess":
 
-        def start(store_url: str, times: Sequence[TimeInputs], on_time) -> Runtime:
+        def start() -> Runtime:
             sink = DirectSink(store_url, StoreWriter(store_url))
-            aggregation = LocalAggregation(Aggregator(store_url, times, config.seed), on_time)
-            return Runtime(aggregation, lambda: InProcessExecutor(config, sink, prior_factory))
+            return Runtime(lambda: InProcessExecutor(config, sink, prior_factory),
+                           lambda times, on_time: LocalAggregation(Aggregator(store_url, times, config.seed), on_time))
 
         return start, contextlib.nullcontext()
     from actors.ray_services import start_ray_runtime
@@ -179,5 +184,4 @@ def open_runtime(config: RunConfig, prior_factory: Callable | None = None) -> tu
 
     cl = config.cluster
     session = ray_session(cl.address, num_cpus=int(np.ceil(cl.replicas * cl.cpus_per_replica)))
-    return (lambda store_url, times, on_time: start_ray_runtime(config, store_url, times, on_time, prior_factory)), \
-        session
+    return (lambda: start_ray_runtime(config, store_url, prior_factory)), session

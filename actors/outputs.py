@@ -53,15 +53,35 @@ def _figures(config: RunConfig, out_dir: Path, store: RunStore, results: dict, t
     return figures
 
 
+def _report(out_dir: Path, tracker, summary: dict[str, Any]) -> None:
+    """report.html and its figures (MLflow artifacts `report.html`, `figures/report/*.png`). The
+    run's outputs are complete without it: a failure is recorded in summary.json, not raised."""
+    from ensemble_da.report import write_report
+
+    try:
+        page = write_report(out_dir)
+    except Exception as exc:  # noqa: BLE001 - a finished run stays finished
+        summary["report_error"] = f"{type(exc).__name__}: {exc}"
+        write_json(out_dir / "summary.json", summary)
+        return
+    tracker.log_artifacts(sorted((out_dir / "figures" / "report").glob("*.png")), artifact_path="figures/report")
+    tracker.log_artifacts([page])
+
+
 def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, aggregation, tracker, times,
                channels: Sequence[str], prior_spread: np.ndarray | None, counts: dict[str, int],
-               timings: dict[str, float], executor, t_start: float, qc: dict[str, float]) -> RunResult:
+               timings: dict[str, float], executor, t_start: float, qc: dict[str, float],
+               observation_columns: dict[str, np.ndarray] | None = None) -> RunResult:
     """Write the observations group, figures and summary.json, log artifacts, mark the store
-    complete, and return the run's result.
+    complete, write the report page, and return the run's result.
 
-    `qc` holds the quality-control counts summed over analysis times (`qc/<name>`)."""
+    `qc` holds the quality-control counts summed over analysis times (`qc/<name>`);
+    `observation_columns` more per-observation variables (obs,) for the observations group."""
     results = aggregation.results
-    store.write_observations(observations_dataset(observations, results))
+    dataset = observations_dataset(observations, results)
+    for name, values in (observation_columns or {}).items():
+        dataset[name] = ("obs", values)
+    store.write_observations(dataset)
     figures = _figures(config, out_dir, store, results, times, channels)
     by_time = {np.datetime_as_string(times[t], unit="s"): results[t].metrics for t in range(len(times))}
     keys = list(dict.fromkeys(k for m in by_time.values() for k in m))
@@ -91,6 +111,7 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, 
     tracker.log_artifacts(figures, artifact_path="figures")
     write_json(out_dir / "summary.json", summary)
     tracker.log_artifacts([out_dir / "summary.json"])
+    _report(out_dir, tracker, summary)
     tracker.end("FINISHED")
     if tracker.error and summary["tracking_error"] != tracker.error:
         summary["tracking_error"] = tracker.error

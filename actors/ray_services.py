@@ -94,9 +94,9 @@ class RayAggregation:
             self._ray.kill(a)
 
 
-def start_ray_runtime(config: RunConfig, store_url: str, times: Sequence[TimeInputs], on_time,
-                      prior_factory: Callable | None = None) -> Runtime:
-    """Start the writer and aggregator actors for the run store at `store_url` (Ray initialised)."""
+def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None) -> Runtime:
+    """The writer actor for the run store at `store_url` now; replicas and aggregator actors on
+    demand (Ray initialised)."""
     import ray
 
     from actors.coordinator import Coordinator
@@ -106,14 +106,19 @@ def start_ray_runtime(config: RunConfig, store_url: str, times: Sequence[TimeInp
     local = driver_node if cl.store == "writer" else None
     writer = ray.remote(StoreWriter).options(num_cpus=0, **_placement(driver_node)).remote(store_url)
     sink = WriterSink(writer) if cl.store == "writer" else DirectSink(store_url, writer)
-    n = min(cl.aggregators, len(times))
-    remote = ray.remote(Aggregator).options(num_cpus=0, **_placement(local))
-    actors = [remote.remote(store_url, [ti for ti in times if ti.t_index % n == i], config.seed, RayScoreMap(local))
-              for i in range(n)]
-    aggregation = RayAggregation(actors, on_time)
+    started: list[RayAggregation] = []
+
+    def start_aggregation(times: Sequence[TimeInputs], on_time) -> RayAggregation:
+        n = min(cl.aggregators, len(times))
+        remote = ray.remote(Aggregator).options(num_cpus=0, **_placement(local))
+        actors = [remote.remote(store_url, [ti for ti in times if ti.t_index % n == i], config.seed,
+                                RayScoreMap(local)) for i in range(n)]
+        started.append(RayAggregation(actors, on_time))
+        return started[-1]
 
     def close() -> None:
-        aggregation.shutdown()
+        for aggregation in started:
+            aggregation.shutdown()
         ray.kill(writer)
 
-    return Runtime(aggregation, lambda: Coordinator(config, sink, writer, prior_factory), close)
+    return Runtime(lambda: Coordinator(config, sink, writer, prior_factory), start_aggregation, close)

@@ -92,7 +92,6 @@ class ModelReplica:
         self._error: BaseException | None = None
         try:
             self._load(config, prior_factory)
-            sink.check()
         except BaseException as exc:  # noqa: BLE001 - reported through info()/sample()
             self._error = exc
 
@@ -144,14 +143,20 @@ class ModelReplica:
                 obs, a.grid, a.normalization, self.config.observations.operator)
         return self._operators[t_index]
 
-    def sample(self, obs, t_index: int, members: Sequence[int], attempt: int = 0) -> tuple[UnitReport, BlockStats]:
+    def check_store(self) -> None:
+        """Fail (InputError) when this replica cannot reach the run store it is to write into."""
+        self._check()
+        self.sink.check()
+
+    def sample(self, obs, t_index: int, members: Sequence[int], attempt: int = 0,
+               background: bool = False) -> tuple[UnitReport, BlockStats]:
         """Sample `members` for analysis time `t_index` given `obs` (the time's ObservationSet;
         the config's guidance decides whether it is assimilated), write the block, and return
-        (UnitReport, BlockStats)."""
+        (UnitReport, BlockStats). `background`: draw the unguided prior and write nothing."""
         self._check()
-        block = self.assimilator.sample(obs, t_index, list(members))
+        block = self.assimilator.sample(None if background else obs, t_index, list(members))
         t0 = time.perf_counter()
-        written = self.sink.write(block.unit, attempt, block.analysis)
+        written = True if background else self.sink.write(block.unit, attempt, block.analysis)
         diagnostics = {**block.diagnostics, "write_s": time.perf_counter() - t0, "pid": float(self.pid),
                        "replica": float(self.index)}
         stats = BlockStats.of(block.analysis, self._operator(obs, t_index),

@@ -4,18 +4,20 @@
 2. build the prior and the inputs (observations per time, truth, exact posterior) — a bad
    channel, file or value fails here, before the run directory is touched;
 3. start the executor's session (Ray up, or nothing for `inprocess`): an unreachable cluster
-   is a bad input too;
+   is a bad input too; with `diagnostics.background`, draw the background ensemble of every
+   time and screen the observations against it (`actors.background`);
 4. create the store (or open it to resume) and the MLflow run;
 5. list the work units still missing and run them on the replicas, which write their member
    blocks; the aggregators merge what the replicas return, and each finished time is logged to
    MLflow once (by the driver, the only process that talks to MLflow);
-6. finish: observations group, figures, summary.json, store marked complete.
+6. finish: observations group, figures, summary.json, store marked complete, report.html.
 
 One run, two executors (`actors.executor`): in-process and Ray give the same store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +31,7 @@ from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
 from ensemble_da.obs.operators import ObservationOperator
 
 from actors.aggregator import TimeInputs, TimeResult
+from actors.background import draw_background
 from actors.checks import check_cluster, check_out_dir, check_resume_config
 from actors.executor import open_runtime
 from actors.outputs import RunResult, finish_run
@@ -81,13 +84,26 @@ def run_pipeline(
     prior = prior_factory("cpu") if prior_factory is not None else load_prior(config.model, config.grid)
     inputs = prepare_inputs(config, prior)
     kind = config.observations.operator
-    operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
-    exact = exact_posteriors(prior, inputs.observations, kind)
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
     # 3. executor session
-    start_runtime, session = open_runtime(config, prior_factory)
+    start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
     with session:
+        runtime = start_runtime()
+        executor = background = None
+        try:
+            if config.diagnostics.background:
+                # The background of every time first, then its QC; the analysis assimilates what passed.
+                executor = runtime.start_executor()
+                background = draw_background(executor, config, inputs.observations)
+                inputs = dataclasses.replace(inputs, observations=background.observations)
+        except BaseException:
+            if executor is not None:
+                executor.shutdown()
+            runtime.close()
+            raise
+        operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
+        exact = exact_posteriors(prior, inputs.observations, kind)
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact)
@@ -97,6 +113,8 @@ def run_pipeline(
 
         def on_time(res: TimeResult) -> None:
             qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
+            if background is not None:
+                res.metrics.update(background.time_metrics(res.t_index, channels, res.hx_mean))
             state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
 
         times = [
@@ -104,11 +122,9 @@ def run_pipeline(
                        None if exact is None else (exact[0][t], exact[1][t]))
             for t, obs in enumerate(inputs.observations)
         ]
-        runtime = start_runtime(store.url, times, on_time)
-        aggregation = runtime.aggregation
-        executor = None
         status = "FAILED"
         try:
+            aggregation = runtime.start_aggregation(times, on_time)
             t0 = time.perf_counter()
             aggregation.catch_up()
             timings["aggregating_s"] += time.perf_counter() - t0
@@ -135,8 +151,8 @@ def run_pipeline(
                     on_unit(report, executor)
 
             with progress_bar(progress, int(done.size), counts["done"]) as show:
-                if units:
-                    executor = runtime.start_executor()
+                if units or executor is not None:
+                    executor = executor or runtime.start_executor()
                     try:
                         show(executor, counts["done"])
 
@@ -153,8 +169,13 @@ def run_pipeline(
             if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
+            qc = inputs.qc.metrics()
+            if background is not None:
+                store.write_fields(background.fields(store.group["ensemble_mean"][...]))
+                qc.update(background.qc_totals())
             result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
-                                channels, prior_spread, counts, timings, executor, t_start, inputs.qc.metrics())
+                                channels, prior_spread, counts, timings, executor, t_start, qc,
+                                None if background is None else background.observation_columns())
             status = "FINISHED"
             return result
         except KeyboardInterrupt:
@@ -188,11 +209,13 @@ def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels
 
 def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
     """The run's MLflow run (continued on `--resume` when tracked at the same URI), params and tags."""
-    from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri
+    from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri, run_tags
 
     uri = resolve_tracking_uri(config.tracking.uri, out_dir)
     tracker = Tracker(uri, config.tracking.experiment, config.run_name, out_dir, run_id=state.run_id_for(uri))
     state.set_tracking(uri, tracker.run_id)
-    tracker.log_params(flatten(config.model_dump(mode="json")))
-    tracker.set_tags({"run_dir": str(out_dir.resolve()), "ensemble_da_version": ensemble_da.__version__})
+    tree = config.model_dump(mode="json")
+    tracker.log_params(flatten(tree))
+    tracker.set_tags({"run_dir": str(out_dir.resolve()), "ensemble_da_version": ensemble_da.__version__,
+                      **run_tags(tree)})
     return tracker

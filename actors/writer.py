@@ -100,7 +100,8 @@ class DirectSink:
         self._store: RunStore | None = None
 
     def check(self) -> None:
-        """Fail on a replica that cannot open the store (not shared with the driver's node)."""
+        """Fail on a replica that cannot open the store (not shared with the driver's node);
+        called once the driver has created it."""
         from ensemble_da.errors import InputError
 
         try:

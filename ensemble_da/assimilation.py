@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
+from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
@@ -144,8 +145,12 @@ class EnsembleAnalysis:
     """A whole run's result, in memory (small runs, tests, benchmarks).
 
     analysis: float32 (time, member, channel, cell), physical units; metrics: one dict per
-    time with the DESIGN.md §7 names; fits: the ensemble in observation space per time;
-    exact_mean / exact_spread: (time, channel, cell) when the prior has an exact posterior.
+    time with the DESIGN.md §7 names; fits: the ensemble in observation space per time (at the
+    observations that passed background QC); exact_mean / exact_spread: (time, channel, cell)
+    when the prior has an exact posterior. With `diagnostics.background`: background, the
+    unguided prior ensemble with the same seeds (time, member, channel, cell); background_fits,
+    it at the same observations as `fits`; qc, the background check of each time;
+    heldout_ranks: int (time, channel, member + 1) ranks of held-out observations (noise added).
     """
 
     analysis: np.ndarray
@@ -154,6 +159,10 @@ class EnsembleAnalysis:
     exact_mean: np.ndarray | None = None
     exact_spread: np.ndarray | None = None
     diagnostics: list[dict[str, float]] = field(default_factory=list)
+    background: np.ndarray | None = None
+    background_fits: list[ObsFit] = field(default_factory=list)
+    qc: list[BackgroundQC] = field(default_factory=list)
+    heldout_ranks: np.ndarray | None = None
 
 
 def assimilate(
@@ -162,31 +171,51 @@ def assimilate(
     assimilator: Assimilator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EnsembleAnalysis:
-    """Run every analysis time of `inputs` in this process and reduce it to DESIGN.md §7 metrics."""
+    """Run every analysis time of `inputs` in this process and reduce it to DESIGN.md §7 metrics.
+
+    With `diagnostics.background`, each time first draws the background (the prior, same seeds),
+    screens the observations against it (`diagnostics.screen_observations`), then samples the
+    analysis from the observations that passed; metrics then include the §7 diagnostics.
+    """
     assimilator = assimilator or Assimilator(config)
     members = list(range(config.ensemble.members))
     channels = list(assimilator.normalization.channels)
-    exact = exact_posteriors(assimilator.prior, inputs.observations, config.observations.operator)
-    out, metrics, fits, diags = [], [], [], []
-    for t, obs in enumerate(inputs.observations):
+    kind = config.observations.operator
+
+    def at_obs(obs: ObservationSet, x: np.ndarray) -> ObsFit:
+        op = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, kind)
+        return ObsFit(obs, op.apply_numpy(x.astype(np.float64)))
+
+    observations, backgrounds, bfits, qcs = list(inputs.observations), [], [], []
+    if config.diagnostics.background:
+        for t, obs in enumerate(inputs.observations):
+            xb = assimilator.sample(None, t, members, progress=progress).analysis
+            observations[t], bfit, qc = screen_observations(obs, at_obs(obs, xb), config.diagnostics.qc_sigma_k)
+            backgrounds.append(xb)
+            bfits.append(bfit)
+            qcs.append(qc)
+    exact = exact_posteriors(assimilator.prior, observations, kind)
+    out, metrics, fits, diags, ranks = [], [], [], [], []
+    for t, obs in enumerate(observations):
         block = assimilator.sample(obs, t, members, progress=progress)
         x = block.analysis
-        op_all = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, config.observations.operator)
-        fit = ObsFit(obs, op_all.apply_numpy(x.astype(np.float64)))
+        fit = at_obs(obs, x)
         truth = None if inputs.truth is None else inputs.truth[t].astype(np.float64)
-        metrics.append(
-            time_metrics(
-                channels,
-                EnsembleMoments.of(x),
-                fit,
-                truth,
-                None if truth is None else fair_crps(x, truth),
-                None if exact is None else (exact[0][t], exact[1][t]),
-                heldout_noise_rng(config.seed, t),
-            )
+        m = time_metrics(
+            channels,
+            EnsembleMoments.of(x),
+            fit,
+            truth,
+            None if truth is None else fair_crps(x, truth),
+            None if exact is None else (exact[0][t], exact[1][t]),
+            heldout_noise_rng(config.seed, t),
         )
+        ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
+        if bfits:
+            m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
         if "cg_residual_max" in block.diagnostics:
-            metrics[-1]["mmps_residual/max"] = float(block.diagnostics["cg_residual_max"])
+            m["mmps_residual/max"] = float(block.diagnostics["cg_residual_max"])
+        metrics.append(m)
         out.append(x)
         fits.append(fit)
         diags.append(block.diagnostics)
@@ -197,4 +226,8 @@ def assimilate(
         None if exact is None else exact[0].astype(np.float32),
         None if exact is None else exact[1].astype(np.float32),
         diags,
+        np.stack(backgrounds) if backgrounds else None,
+        bfits,
+        qcs,
+        np.stack(ranks),
     )

@@ -83,6 +83,18 @@ def osse(
         print(f"wrote {', '.join(p.name for p in files.era5)}, {files.truth.name}, {files.config.name} in {out}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (analysis.zarr, summary.json)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Write DIR/report.html: maps, observation residuals, rank histograms, spread-skill, per-channel table."""
+    with cli_errors(debug):
+        from ensemble_da.report import write_report
+
+        print(f"wrote {write_report(run_dir)}")
+
+
 data_app = typer.Typer(help="Generate training data for learned priors.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

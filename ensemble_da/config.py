@@ -25,6 +25,7 @@ __all__ = [
     "ObservationsConfig",
     "ClusterConfig",
     "TrackingConfig",
+    "DiagnosticsConfig",
     "load_config",
     "default_config_path",
     "apply_overrides",
@@ -147,6 +148,11 @@ class ObservationsConfig(_Strict):
     # Lat/lon spacing of the OSSE's ERA5-layout file in degrees (null: the coarsest of
     # 2/1/0.5/0.25 that is at most a quarter of the HEALPix cell size, else 0.25).
     osse_grid_deg: float | None = None
+    # Station-table times: null (ISO 8601 text, or epoch numbers with the unit detected),
+    # epoch_s | epoch_ms | epoch_us | epoch_ns, or a strftime format such as "%d/%m/%Y %H:%M".
+    time_format: str | None = None
+    # Station-table times written day first (13/01/2020) when no time_format is given.
+    dayfirst: bool = False
 
     @field_validator("sigma")
     @classmethod
@@ -214,6 +220,22 @@ class TrackingConfig(_Strict):
     experiment: str = "ensemble-da"
 
 
+class DiagnosticsConfig(_Strict):
+    """Operational diagnostics (DESIGN.md §7 "Diagnostics"): `background: true` also draws the
+    unguided prior ensemble with the same seeds (O−B, Desroziers, χ²/n, increment) and checks each
+    observation against it before assimilation, rejecting |O−B| > qc_sigma_k·√(σ_o² + σ_b²)."""
+
+    background: bool = False
+    qc_sigma_k: float = 5.0
+
+    @field_validator("qc_sigma_k")
+    @classmethod
+    def _k_positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"qc_sigma_k must be > 0, got {v}")
+        return v
+
+
 class RunConfig(_Strict):
     run_name: str = "demo"
     seed: int = 0
@@ -226,6 +248,7 @@ class RunConfig(_Strict):
     observations: ObservationsConfig = Field(default_factory=ObservationsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @field_validator("times")
     @classmethod

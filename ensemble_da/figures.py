@@ -1,13 +1,15 @@
-"""Run figures (DESIGN.md §7): Mollweide maps of ensemble mean and spread, and rank histograms.
+"""Run figures (DESIGN.md §7): Mollweide maps, observation residuals, rank histograms, spread-skill.
 
-Rendered with healpy (`nest=True`: fields are NEST-ordered) on matplotlib's Agg backend, so no
-display is needed. Every function writes one PNG and returns its path.
+Rendered with healpy's Mollweide projector (`nest=True`: fields are NEST-ordered) in geographic
+orientation (east to the right, north up: `flipconv="geo"`; healpy's default is the astronomical
+one, east to the left) on matplotlib's Agg backend, so no display is needed. Every function
+writes one PNG and returns its path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -16,37 +18,59 @@ import healpy as hp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_mean_spread", "plot_rank_histogram"]
+__all__ = ["plot_maps", "plot_mean_spread", "plot_obs_residuals", "plot_rank_histogram", "plot_spread_skill"]
+
+# Colour maps by kind of field: full fields, spreads (≥ 0), and signed differences (centred on 0).
+_FIELD, _SPREAD, _DIFF = "RdYlBu_r", "viridis", "RdBu_r"
+_DIFFERENCES = ("increment", "error")
 
 
-def _mollweide(values: np.ndarray, xsize: int = 480) -> np.ndarray:
+def _projector(xsize: int = 480) -> hp.projector.MollweideProj:
+    return hp.projector.MollweideProj(xsize=xsize, flipconv="geo")
+
+
+def _mollweide(values: np.ndarray, proj: hp.projector.MollweideProj) -> np.ndarray:
     """A NEST-ordered HEALPix field (cell,) projected on a Mollweide image (NaN off the sphere)."""
     nside = hp.npix2nside(values.shape[-1])
-    proj = hp.projector.MollweideProj(xsize=xsize)
-    image = proj.projmap(values, lambda x, y, z: hp.vec2pix(nside, x, y, z, nest=True))
+    image = proj.projmap(np.asarray(values, dtype=np.float64), lambda x, y, z: hp.vec2pix(nside, x, y, z, nest=True))
     return np.where(np.isinf(image), np.nan, image)
 
 
-def plot_mean_spread(
-    path: Path, mean: np.ndarray, spread: np.ndarray, channels: Sequence[str], title: str = ""
-) -> Path:
-    """Maps of ensemble mean and spread, one row per channel.
+def _show(ax, field: np.ndarray, proj, **kw):
+    img = ax.imshow(_mollweide(field, proj), origin="lower", extent=proj.get_extent(), interpolation="nearest", **kw)
+    ax.set_axis_off()
+    return img
+
+
+def plot_maps(path: Path, fields: Mapping[str, np.ndarray], channels: Sequence[str], title: str = "") -> Path:
+    """Maps of several fields side by side, one row per channel.
 
     Parameters
     ----------
-    mean, spread : float (channel, cell), NEST order, physical units.
+    fields : label → float (channel, cell), NEST order, physical units; e.g. "mean", "spread",
+        "increment", "truth", "error". "mean" and "truth" share a colour range per channel;
+        "spread" starts at 0; "increment" and "error" are centred on 0.
     channels : names along the channel axis.
     """
-    nc = len(channels)
-    fig, axes = plt.subplots(nc, 2, figsize=(10, 2.9 * nc), squeeze=False, layout="constrained")
+    labels, nc = list(fields), len(channels)
+    proj = _projector()
+    fig, axes = plt.subplots(nc, len(labels), figsize=(4.2 * len(labels), 2.6 * nc), squeeze=False,
+                             layout="constrained")
     for c, name in enumerate(channels):
-        for k, (field, label, cmap) in enumerate(((mean[c], "mean", "RdBu_r"), (spread[c], "spread", "viridis"))):
-            ax = axes[c, k]
-            img = ax.imshow(_mollweide(np.asarray(field, dtype=np.float64)), origin="lower", cmap=cmap,
-                            vmin=0.0 if label == "spread" else None, interpolation="nearest")
-            ax.set_title(f"{name} {label}")
-            ax.set_axis_off()
-            fig.colorbar(img, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04)
+        full = [np.asarray(fields[k][c], dtype=np.float64) for k in labels if k in ("mean", "truth")]
+        lo, hi = (min(f.min() for f in full), max(f.max() for f in full)) if full else (None, None)
+        for k, label in enumerate(labels):
+            field = np.asarray(fields[label][c], dtype=np.float64)
+            if label == "spread":
+                kw = dict(cmap=_SPREAD, vmin=0.0)
+            elif label in _DIFFERENCES:
+                r = float(np.nanmax(np.abs(field))) or 1.0
+                kw = dict(cmap=_DIFF, vmin=-r, vmax=r)
+            else:
+                kw = dict(cmap=_FIELD, vmin=lo, vmax=hi)
+            img = _show(axes[c, k], field, proj, **kw)
+            axes[c, k].set_title(f"{name} {label}")
+            fig.colorbar(img, ax=axes[c, k], orientation="horizontal", fraction=0.06, pad=0.04)
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=80)
@@ -54,8 +78,56 @@ def plot_mean_spread(
     return Path(path)
 
 
-def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str], title: str = "") -> Path:
-    """Rank histogram of the truth among the members, one panel per channel.
+def plot_mean_spread(
+    path: Path, mean: np.ndarray, spread: np.ndarray, channels: Sequence[str], title: str = ""
+) -> Path:
+    """Maps of ensemble mean and spread (each float (channel, cell)), one row per channel."""
+    return plot_maps(path, {"mean": mean, "spread": spread}, channels, title)
+
+
+def plot_obs_residuals(
+    path: Path,
+    mean: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    obs_channel: np.ndarray,
+    residual: np.ndarray,
+    assimilated: np.ndarray,
+    channels: Sequence[str],
+    title: str = "",
+) -> Path:
+    """Observation locations coloured by O−A over the analysis mean (grey), one panel per channel.
+
+    mean : float (channel, cell); lat, lon, residual (O − analysis mean), obs_channel, assimilated : (obs,).
+    Circles are assimilated observations, triangles held-out ones; the colour scale is centred on 0
+    and spans the 95th percentile of |O−A| of the channel (larger values saturate).
+    """
+    nc = len(channels)
+    proj = _projector()
+    fig, axes = plt.subplots(1, nc, figsize=(5.0 * nc, 3.8), squeeze=False, layout="constrained")
+    for c, name in enumerate(channels):
+        ax = axes[0, c]
+        mine = np.abs(residual[obs_channel == name])
+        r = float(np.percentile(mine, 95)) if mine.size and mine.max() > 0 else 1.0
+        _show(ax, mean[c], proj, cmap="Greys", alpha=0.45)
+        sc = None
+        for sel, marker in ((assimilated, "o"), (~assimilated, "^")):
+            sel = sel & (obs_channel == name)
+            x, y = proj.ang2xy(lon[sel], lat[sel], lonlat=True)
+            sc = ax.scatter(x, y, c=residual[sel], cmap=_DIFF, vmin=-r, vmax=r, s=22, marker=marker,
+                            edgecolors="k", linewidths=0.3)
+        ax.set_title(f"{name} O−A (○ assimilated, △ held out)")
+        fig.colorbar(sc, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str], title: str = "",
+                        xlabel: str = "rank of truth") -> Path:
+    """Rank histogram, one panel per channel.
 
     counts : int (channel, member + 1); a flat histogram means a calibrated ensemble.
     """
@@ -66,9 +138,39 @@ def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str],
         freq = counts[c] / max(1, counts[c].sum())
         ax.bar(np.arange(len(freq)), freq, width=1.0, color="tab:blue", edgecolor="white")
         ax.axhline(1.0 / len(freq), color="k", lw=1, ls="--")
-        ax.set_title(name)
-        ax.set_xlabel("rank of truth")
+        ax.set_title(f"{name} (n={int(counts[c].sum())})")
+        ax.set_xlabel(xlabel)
     axes[0, 0].set_ylabel("frequency")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_spread_skill(
+    path: Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], ratios: Mapping[str, float], title: str = ""
+) -> Path:
+    """Spread reliability, one panel per channel: rms error of the ensemble mean against rms spread in
+    bins of spread (a reliable ensemble follows the diagonal); the panel title gives the
+    channel's spread-skill ratio.
+
+    curves : channel → (rms spread per bin, rms error per bin); ratios : channel → spread-skill ratio.
+    """
+    names = list(curves)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 3.3), squeeze=False)
+    for k, name in enumerate(names):
+        ax = axes[0, k]
+        s, e = curves[name]
+        top = float(max(np.max(s), np.max(e))) * 1.05
+        ax.plot([0, top], [0, top], color="k", lw=1, ls="--")
+        ax.plot(s, e, "o-", color="tab:red")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_title(f"{name}: SSR {ratios.get(name, float('nan')):.2f}")
+        ax.set_xlabel("rms spread")
+    axes[0, 0].set_ylabel("rms error")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

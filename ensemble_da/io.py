@@ -12,16 +12,17 @@ Layout (dims `time`, `member`, `channel`, `cell`):
 - `member_done(time, member)` bool, chunks (1, members_per_unit): set after a unit's analysis is
   on disk; `--resume` re-runs exactly the pairs that are still False.
 - `ensemble_mean`, `ensemble_spread` (std, ddof=1), and when known `truth`, `exact_mean`,
-  `exact_spread` (time, channel, cell), chunks (1, channel, cells_per_chunk).
-
-The store is opened by path or by URL (`file://…`, `s3://…`: zarr through fsspec), so model
-replicas on other nodes can write their own blocks into a shared store.
+  `exact_spread` (time, channel, cell), chunks (1, channel, cells_per_chunk); with a background
+  ensemble also `background_mean`, `background_spread` and `increment` (analysis − background mean).
 - group `observations` (dim `obs`): time, lat, lon, channel, value, sigma, assimilated, hx_mean,
-  hx_spread.
+  hx_spread (and hb_mean, hb_spread: the background at the obs, with a background ensemble).
 - root attrs `nside`, `guidance`, `seed`, `ensemble_da_version`, `config` (YAML), `complete`.
 
 `complete` is False until `finalize`, which sets it and only then consolidates the metadata, so
 an interrupted run never looks complete (`open_run` refuses it unless asked not to).
+
+The store is opened by path or by URL (`file://…`, `s3://…`: zarr through fsspec), so model
+replicas on other nodes can write their own blocks into a shared store.
 """
 
 from __future__ import annotations
@@ -253,6 +254,19 @@ class RunStore:
         """Ensemble mean and spread of one time, each (channel, cell), physical units."""
         self.group["ensemble_mean"][t_index] = np.asarray(mean, dtype=np.float32)
         self.group["ensemble_spread"][t_index] = np.asarray(spread, dtype=np.float32)
+
+    def write_fields(self, fields: dict[str, np.ndarray], attrs: dict[str, dict] | None = None) -> None:
+        """Add (or replace) float32 variables (time, channel, cell), e.g. the background mean and
+        the increment of a run with a background ensemble; chunks (1, channel, cells_per_chunk)."""
+        shape = self.layout.field_shape
+        data = {}
+        for name, arr in fields.items():
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != shape:
+                raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+            data[name] = (FIELD_DIMS, arr, (attrs or {}).get(name, {}))
+        encoding = {name: {"chunks": (1, shape[1], self.layout.cells_per_chunk)} for name in data}
+        xr.Dataset(data).to_zarr(self.url, mode="a", zarr_format=3, consolidated=False, encoding=encoding)
 
     def write_observations(self, observations: xr.Dataset) -> None:
         """(Re)write the `observations` group (dim `obs`)."""

@@ -3,7 +3,8 @@
 `EnsembleMoments` accumulates mean and variance over member blocks by the parallel merge of
 Chan et al. (1979), so no process needs the whole ensemble. Scores are named as forecasters name
 them and say what they reduce: `fair_crps` (sort based, over members), `rank_counts` (truth's
-rank among members), `spread_skill_ratio`; `time_metrics` turns one analysis time's reductions
+rank among members, random tie-breaking), `spread_skill_ratio`, `heldout_spread_skill` (at
+held-out observations, observation error included); `time_metrics` turns one analysis time's reductions
 into the per-channel scalars logged to MLflow and summary.json.
 """
 
@@ -21,10 +22,12 @@ __all__ = [
     "fair_crps",
     "rank_counts",
     "spread_skill_ratio",
+    "heldout_spread_skill",
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
     "BlockStats",
+    "rms",
 ]
 
 
@@ -109,19 +112,36 @@ class BlockStats:
         return cls(EnsembleMoments.of(block), operator.apply_numpy(block), float(cg_residual_max))
 
 
-def rank_counts(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def rank_counts(ensemble: np.ndarray, truth: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """Histogram of the truth's rank among the members: counts with shape (member + 1,).
 
-    Ranks are taken independently at every point of `truth` (...); ties are broken by count
-    of members strictly below, so a calibrated ensemble gives a flat histogram.
+    Ranks are taken independently at every point of `truth` (...): the number of members below
+    it, plus, where members equal it, a uniform draw from 0..(number equal) (random tie-breaking,
+    Hamill 2001), so a calibrated ensemble gives a flat histogram even for discretised values.
+    `rng` draws the tie-breaks (default: a generator seeded 0, so the counts are reproducible).
     """
-    below = (np.asarray(ensemble) < np.asarray(truth)[None]).sum(0)
+    ensemble, truth = np.asarray(ensemble), np.asarray(truth)[None]
+    below = (ensemble < truth).sum(0)
+    ties = (ensemble == truth).sum(0)
+    if ties.any():
+        rng = rng if rng is not None else np.random.default_rng(0)
+        below = below + rng.integers(0, ties + 1)
     return np.bincount(below.reshape(-1), minlength=ensemble.shape[0] + 1)
 
 
 def spread_skill_ratio(spread: float, rmse: float, members: int) -> float:
     """sqrt((M+1)/M) · spread / rmse: 1 for a calibrated ensemble of M members."""
     return float(np.sqrt((members + 1) / members) * spread / rmse) if rmse > 0 else float("nan")
+
+
+def heldout_spread_skill(hx: np.ndarray, value: np.ndarray, sigma: np.ndarray) -> float:
+    """Spread-skill ratio at held-out observations:
+    √mean(σ_o² + (M+1)/M·σ_a²) / rms(O − mean A), 1 for a calibrated ensemble of M members
+    (E[(O − Ā)²] = σ_o² + σ_a² + σ_a²/M when O and the members are exchangeable up to obs noise)."""
+    m = hx.shape[0]
+    spread2 = hx.var(0, ddof=1)
+    err = rms(value - hx.mean(0))
+    return float(np.sqrt(np.mean(sigma**2 + (m + 1) / m * spread2)) / err) if err > 0 else float("nan")
 
 
 @dataclass
@@ -149,7 +169,8 @@ def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, t_index])
 
 
-def _rms(a: np.ndarray) -> float:
+def rms(a: np.ndarray) -> float:
+    """Root mean square of all elements; NaN for an empty array."""
     return float(np.sqrt(np.mean(np.square(a)))) if a.size else float("nan")
 
 
@@ -168,7 +189,8 @@ def time_metrics(
     ----------
     channels : names along the channel axis.
     moments : ensemble moments with arrays (channel, cell), physical units.
-    fit : the ensemble in observation space (O−A, held-out O−A, spread at obs, held-out CRPS).
+    fit : the ensemble in observation space (O−A, held-out O−A, spread at obs, held-out CRPS and
+        spread-skill ratio).
     truth : (channel, cell) verifying truth (rmse, ssr; with `crps`).
     crps : (channel, cell) fair CRPS against truth, from `fair_crps`.
     exact : exact posterior (mean, spread), each (channel, cell).
@@ -185,22 +207,24 @@ def time_metrics(
             assim, held = sel & fit.obs.assimilated, sel & ~fit.obs.assimilated
             resid = fit.obs.value - fit.hx_mean
             if assim.any():
-                out[f"oa_rmse/{name}"] = _rms(resid[assim])
+                out[f"oa_rmse/{name}"] = rms(resid[assim])
                 out[f"oa_bias/{name}"] = float(resid[assim].mean())
                 out[f"spread_at_obs/{name}"] = float(fit.hx_spread[assim].mean())
             if held.any():
-                out[f"heldout_oa_rmse/{name}"] = _rms(resid[held])
+                out[f"heldout_oa_rmse/{name}"] = rms(resid[held])
+                if m > 1:
+                    out[f"heldout_ssr/{name}"] = heldout_spread_skill(fit.hx[:, held], fit.obs.value[held], fit.obs.sigma[held])
                 if heldout_noise_rng is not None:
                     noisy = fit.hx[:, held] + heldout_noise_rng.standard_normal((m, int(held.sum()))) * fit.obs.sigma[held]
                     out[f"heldout_crps/{name}"] = float(fair_crps(noisy, fit.obs.value[held]).mean())
         if truth is not None:
-            rmse = _rms(moments.mean[c] - truth[c])
+            rmse = rms(moments.mean[c] - truth[c])
             out[f"rmse/{name}"] = rmse
             out[f"ssr/{name}"] = spread_skill_ratio(float(np.sqrt(var[c].mean())), rmse, m)
             if crps is not None:
                 out[f"crps/{name}"] = float(crps[c].mean())
         if exact is not None:
             e_mean, e_spread = exact
-            out[f"exact_mean_err/{name}"] = _rms((moments.mean[c] - e_mean[c]) / e_spread[c])
+            out[f"exact_mean_err/{name}"] = rms((moments.mean[c] - e_mean[c]) / e_spread[c])
             out[f"exact_var_ratio/{name}"] = float(var[c].mean() / np.mean(e_spread[c] ** 2))
     return out

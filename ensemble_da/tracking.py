@@ -1,6 +1,13 @@
 """MLflow tracking of a run (DESIGN.md §7, §8): params = the flattened config, metrics with the
 §7 names (one batch per analysis time, step = time index), artifacts = config, summary, figures.
 
+Runs of one experiment are comparable in the MLflow UI: the same metric names, params flattened
+from the config, and tags naming what a run is (`run_tags`: prior kind, guidance method, nside,
+members). A new SQLite store is safe under concurrent first use (a UQ sweep starting many runs
+at once): creating the schema and the experiment happens under a file lock beside the database
+(`<db>.lock`), since MLflow's own schema creation is not safe against a second process
+(`table … already exists`).
+
 Only the driver/aggregator uses this. Tracking never stops a run: the first failure (store
 unreachable, bad URI) is recorded in `Tracker.error`, later calls do nothing, and the run
 finishes and says that tracking failed. The store is `tracking.uri`, else MLFLOW_TRACKING_URI,
@@ -15,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["Tracker", "flatten", "resolve_tracking_uri"]
+__all__ = ["Tracker", "flatten", "resolve_tracking_uri", "run_tags", "store_lock"]
 
 MAX_PARAM_LENGTH = 6000
 _BATCH = 100
+# Longest wait for another process creating the same SQLite store (schema creation takes ~1 s).
+STORE_LOCK_TIMEOUT_S = 300.0
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -40,6 +49,30 @@ def resolve_tracking_uri(configured: str | None, run_dir: Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def run_tags(config: Mapping[str, Any]) -> dict[str, str]:
+    """Tags that make runs of one experiment comparable at a glance (from the resolved config tree):
+    prior kind, guidance method, nside, members, observation source."""
+    return {
+        "prior": str(config["model"]["kind"]),
+        "guidance": str(config["guidance"]["method"]),
+        "nside": str(config["grid"]["nside"]),
+        "members": str(config["ensemble"]["members"]),
+        "observations": str(config["observations"]["source"]),
+    }
+
+
+def store_lock(uri: str):
+    """A file lock serialising first use of a SQLite store (`<db>.lock`); a no-op for other stores."""
+    import contextlib
+
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    return FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
 
 
 class Tracker:
@@ -72,25 +105,31 @@ class Tracker:
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             logging.getLogger("alembic").setLevel(logging.WARNING)
 
-            self.client = MlflowClient(tracking_uri=uri)
-            if run_id is not None:
-                try:
-                    self.client.update_run(run_id, status="RUNNING")
-                    self.run_id = run_id
-                    return
-                except Exception:  # noqa: BLE001 - a run the store does not know: start anew
-                    pass
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                location = None
-                if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == Path(run_dir).resolve():
-                    location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
-                exp_id = self.client.create_experiment(experiment, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+            with store_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                self._start(experiment, run_name, run_dir, run_id)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the run
             self._fail(exc)
+
+    def _start(self, experiment: str, run_name: str, run_dir: Path, run_id: str | None) -> None:
+        """Continue `run_id` or create the experiment (if new) and a run; the first call on a
+        new SQLite store also creates its schema (hence under `store_lock`)."""
+        if run_id is not None:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+                return
+            except Exception:  # noqa: BLE001 - a run the store does not know: start anew
+                pass
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///") and Path(self.uri[len("sqlite:///"):]).parent == Path(run_dir).resolve():
+                location = (Path(run_dir).resolve() / "mlartifacts").as_uri()
+            exp_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     @property
     def ok(self) -> bool:

@@ -277,3 +277,118 @@ def test_latlon_field_periodic_detection():
 def test_source_lists_channels_of_every_layout(tmp_path):
     with GriddedSource.open(write_arco(tmp_path)) as src:
         assert set(src.channels) == {"T850", "T500", "Z850", "Z500", "U850", "U500", "tas", "uas", "pres_msl", "sst"}
+
+
+# --- Regional grids: any grid not global in longitude, either convention, wherever its seam is.
+BOX_LAT = np.arange(70.0, 29.0, -1.0)  # 70 → 30, as the CDS writes a box
+
+
+def box_file(tmp_path, west: float, width: float, convention: str) -> str:
+    """t2m on a 1° box from `west` eastwards `width` degrees: 280 + 0.2·lat + 0.5·(degrees east of `west`).
+
+    `convention`: "signed" (−180..180, ascending as the new CDS writes a box across Greenwich),
+    "wrapped" (0..360, sorted, so the box is split: a hole in the middle of the coordinate),
+    "file_order" (0..360 in the box's own order, not monotonic)."""
+    east = np.arange(0.0, width + 0.5, 1.0)
+    lon = np.mod(west + east, 360.0)
+    if convention == "signed":
+        lon = np.where(lon >= 180.0, lon - 360.0, lon)
+    if convention in ("signed", "wrapped"):
+        order = np.argsort(lon)
+        lon, east = lon[order], east[order]
+    value = 280.0 + 0.2 * BOX_LAT[:, None] + 0.5 * east[None, :]
+    ds = xr.Dataset({"t2m": (("valid_time", "latitude", "longitude"), np.stack([value, value + 1.0]), {"units": "K"})},
+                    coords={"valid_time": TIMES, "latitude": BOX_LAT, "longitude": lon})
+    path = str(tmp_path / f"box_{convention}.nc")
+    ds.to_netcdf(path, engine="netcdf4")
+    return path
+
+
+def box_config(path: str, num_obs: int = 2000):
+    return small_config(times=[str(TIMES[0])], model=dict(channels=CHANNELS),
+                        observations=dict(source="era5", path=[path], channels=["tas"], num_obs=num_obs,
+                                          strategy="random", sigma={}, heldout_fraction=0.0))
+
+
+@pytest.mark.parametrize("west,width", [(-20.0, 60.0), (170.0, 60.0), (300.0, 100.0)],
+                         ids=["across_greenwich", "across_dateline", "seam_at_340"])
+@pytest.mark.parametrize("convention", ["signed", "wrapped", "file_order"])
+def test_regional_grid_observes_only_inside_and_values_follow_the_formula(tmp_path, west, width, convention):
+    path = box_file(tmp_path, west, width, convention)
+    inputs = prepare_inputs(box_config(path), fake_prior())
+    obs = inputs.observations[0]
+    east = np.mod(obs.lon - west, 360.0)
+    assert ((obs.lat >= 30.0) & (obs.lat <= 70.0) & (east <= width)).all()
+    # Linear in lat and longitude east of the box edge: bilinear interpolation is exact.
+    np.testing.assert_allclose(obs.value, 280.0 + 0.2 * obs.lat + 0.5 * east, atol=1e-9)
+    # Random points uniform in area: the box holds a fraction p of the sphere; kept ~ Binomial(2000, p),
+    # asserted within 5 standard deviations.
+    p = (np.sin(np.deg2rad(70.0)) - np.sin(np.deg2rad(30.0))) / 2.0 * width / 360.0
+    n = inputs.qc.read
+    assert abs(inputs.qc.kept - n * p) < 5 * np.sqrt(n * p * (1 - p))
+    assert inputs.qc.outside_domain == n - inputs.qc.kept
+
+
+def test_regional_grid_is_not_periodic_and_samples_across_its_own_seam(tmp_path):
+    path = box_file(tmp_path, -20.0, 60.0, "signed")
+    with open_source(path) as src:
+        f = src.field("tas", TIMES[0], 0.0)
+    assert not f.periodic and f.lon[0] == 340.0 and f.lon[-1] == 400.0
+    lat = np.array([50.0, 50.0, 50.5, 40.8, 40.0])
+    lon = np.array([-0.5, 359.5, 0.25, 187.9, 41.0])  # across Greenwich, both conventions; two outside
+    got = f.sample(lat, lon)
+    want = 280.0 + 0.2 * lat + 0.5 * np.mod(lon + 20.0, 360.0)
+    np.testing.assert_allclose(got[:3], want[:3], atol=1e-9)
+    assert np.isnan(got[3:]).all() and not f.contains(lat, lon)[3:].any()
+
+
+# --- Forecast layouts: observations at the VALID time (DESIGN.md §3).
+REF = pd.to_datetime(["2020-01-01T00:00", "2020-01-01T06:00", "2020-01-01T12:00"]).to_numpy("datetime64[ns]")
+
+
+def forecast_ds(ref: np.ndarray, steps_h: list[int], with_valid_time: bool) -> xr.Dataset:
+    """cfgrib layout: t2m(time, [step,] latitude, longitude), value 270 + valid hour + 0.01 · step hours."""
+    step = np.array(steps_h, "timedelta64[h]").astype("timedelta64[ns]")
+    valid = ref[:, None] + step[None, :]
+    hours = (valid - np.datetime64("2020-01-01T00:00")).astype("timedelta64[h]").astype(float)
+    value = 270.0 + hours + 0.01 * np.array(steps_h, float)[None, :]
+    field = value[:, :, None, None] + np.zeros((1, 1, LAT.size, LON.size))
+    if len(steps_h) == 1:
+        ds = xr.Dataset({"t2m": (("time", "latitude", "longitude"), field[:, 0], {"units": "K"})},
+                        coords={"time": ref, "step": step[0], "latitude": LAT[::-1], "longitude": LON})
+        if with_valid_time:
+            ds = ds.assign_coords(valid_time=("time", valid[:, 0]))
+    else:
+        ds = xr.Dataset({"t2m": (("time", "step", "latitude", "longitude"), field, {"units": "K"})},
+                        coords={"time": ref, "step": step, "latitude": LAT[::-1], "longitude": LON})
+        if with_valid_time:
+            ds = ds.assign_coords(valid_time=(("time", "step"), valid))
+    return ds
+
+
+@pytest.mark.parametrize("with_valid_time", [True, False], ids=["valid_time", "time_plus_step"])
+def test_forecast_file_is_read_at_valid_time(tmp_path, with_valid_time):
+    path = tmp_path / "fc.nc"
+    forecast_ds(REF, [6], with_valid_time).to_netcdf(path, engine="netcdf4")
+    times = ["2020-01-01T06:00", "2020-01-01T12:00", "2020-01-01T18:00"]
+    cfg = box_config(str(path), num_obs=50).model_copy(update=dict(times=times))
+    cfg.observations.time_tolerance_hours = 0.0
+    inputs = prepare_inputs(cfg, fake_prior())
+    for t, obs in zip(times, inputs.observations):
+        hour = pd.Timestamp(t).hour
+        assert (obs.time == np.datetime64(t, "ns")).all()
+        np.testing.assert_allclose(obs.value, 270.0 + hour + 0.06, atol=1e-9)
+
+
+def test_forecast_file_with_several_steps_keeps_the_shortest_step_per_valid_time(tmp_path):
+    path = tmp_path / "fc_steps.nc"
+    forecast_ds(REF[:2], [0, 6, 12], True).to_netcdf(path, engine="netcdf4")
+    with open_source(str(path)) as src:
+        (var,) = src.variables
+        want_times = pd.to_datetime([f"2020-01-01T{h:02d}:00" for h in (0, 6, 12, 18)]).to_numpy("datetime64[ns]")
+        np.testing.assert_array_equal(var.times, want_times)
+        # 06: reference 06 + 0 h beats 00 + 6 h; 12: 06 + 6 h beats 00 + 12 h; 18: only 06 + 12 h.
+        for t, step in zip(want_times, (0, 0, 6, 12)):
+            f = src.field("tas", t, 0.0)
+            hour = (t - np.datetime64("2020-01-01T00:00")).astype("timedelta64[h]").astype(float)
+            np.testing.assert_allclose(f.values, 270.0 + hour + 0.01 * step, atol=1e-9)

@@ -4,6 +4,8 @@ run directory beside it is left byte for byte as it was."""
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,7 +44,21 @@ def files(tmp_path_factory):
     _stations(d / "lat95.csv", lat=(2, 95.0))
     _stations(d / "sigma0.csv", sigma=(1, 0.0))
     pd.DataFrame(dict(time=["2020-01-01"], lat=[0.0], lon=[0.0], variable=["T850"])).to_csv(d / "nocol.csv", index=False)
+    _stations(d / "dayfirst.csv", time=(3, "01/01/2020 06:00"))
+    epoch = pd.read_csv(d / "ok.csv")
+    epoch["time"] = [1577836800, 1577858400, 1577836800, 1577858400, 1577858400000, 1577858400]  # row 4 in ms
+    epoch.to_csv(d / "epoch_mixed.csv", index=False)
+    epoch["time"] = [20200101] * 6
+    epoch.to_csv(d / "yyyymmdd.csv", index=False)
+    ds = xr.open_dataset(d / "t.nc").load()
+    ds["t"].attrs["units"] = "hPa"
+    ds.to_netcdf(d / "t_hpa.nc", engine="netcdf4")
+    ds["t"].attrs["units"] = "bananas"
+    ds.to_netcdf(d / "t_bananas.nc", engine="netcdf4")
     (d / "garbage.nc").write_text("this is not a NetCDF file\n")
+    with zipfile.ZipFile(d / "download.nc", "w") as z:
+        z.write(d / "t.nc", "data_stream-oper_stepType-instant.nc")
+        z.writestr("readme.txt", "not data")
     (d / "x.grib").write_bytes(b"GRIB")
     # A curvilinear grid (2-D latitude/longitude) and an unstructured one (points along `values`).
     y, x = np.meshgrid(np.arange(5.0), np.arange(6.0), indexing="ij")
@@ -113,6 +129,18 @@ CASES = {
                                ["nocol.csv", "'observation'"]),
     "station channel absent": (dict(source="stations", path="{d}/ok.csv", channels=["T850", "T500"]), {},
                                ["ok.csv", "'T500'", "['T850']"]),
+    "station day-first date": (dict(source="stations", path="{d}/dayfirst.csv", channels=["T850"]), {},
+                               ["dayfirst.csv", "row 3", "'01/01/2020 06:00'", "ISO 8601", "observations.dayfirst"]),
+    "station time_format mismatch": (dict(source="stations", path="{d}/ok.csv", channels=["T850"],
+                                          time_format="%d/%m/%Y %H:%M"), {},
+                                     ["ok.csv", "row 0", "'2020-01-01T00:00'", "'%d/%m/%Y %H:%M'"]),
+    "station epoch unit changes": (dict(source="stations", path="{d}/epoch_mixed.csv", channels=["T850"]), {},
+                                   ["epoch_mixed.csv", "row 4", "1577858400000", "epoch s", "like row 0"]),
+    "station dates as numbers": (dict(source="stations", path="{d}/yyyymmdd.csv", channels=["T850"]), {},
+                                 ["yyyymmdd.csv", "row 0", "20200101", "time_format", "%Y%m%d"]),
+    "units of another quantity": (dict(path="{d}/t_hpa.nc"), {}, ["t_hpa.nc", "'t'", "units 'hPa' cannot be converted to 'K'"]),
+    "unreadable units": (dict(path="{d}/t_bananas.nc"), {}, ["t_bananas.nc", "'t'", "units 'bananas'"]),
+    "zip member not data": (dict(path="{d}/download.nc"), {}, ["download.nc:readme.txt", "cannot read as NetCDF"]),
     "station no data within tolerance": (dict(source="stations", path="{d}/ok.csv", channels=["T850"]),
                                          dict(times=["2020-01-02T00:00"]), ["ok.csv", "within 3 h", "2020-01-02T00:00"]),
 }

@@ -49,5 +49,5 @@ def test_same_place_other_channel_or_time_is_not_a_repeat():
 
 def test_counts_add_up_over_times():
     a = QCCounts(read=3, nonfinite=1, kept=2)
-    assert (a + a).as_dict() == dict(read=6, outside_domain=0, nonfinite=2, out_of_bounds=0,
+    assert (a + a).as_dict() == dict(read=6, other_variable=0, outside_domain=0, nonfinite=2, out_of_bounds=0,
                                     duplicate_dropped=0, not_selected=0, kept=4)

@@ -4,12 +4,13 @@ MlflowClient; and an unreachable store, which must not stop anything."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from ensemble_da.config import RunConfig
-from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri
+from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri, run_tags
 
 
 def test_flatten_config():
@@ -77,3 +78,56 @@ def test_bad_store_uri_is_reported(tmp_path, uri):
     (tmp_path / "a-file").write_text("not a directory")
     tracker = Tracker(uri.format(tmp=tmp_path), "exp", "run", tmp_path)
     assert not tracker.ok and tracker.error
+
+
+_CONCURRENT_RUN = r"""
+import sys, time
+from pathlib import Path
+import mlflow  # imported before the start signal, so the processes really start together
+from ensemble_da.tracking import Tracker
+
+uri, tmp, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+(tmp / f"ready-{name}").touch()
+while not (tmp / "go").exists():
+    time.sleep(0.005)
+tracker = Tracker(uri, "sweep", name, tmp)
+tracker.log_params({"member": name})
+tracker.log_metrics({"rmse/T850": float(name[-1])}, step=0)
+tracker.end()
+print(tracker.error or "ok")
+"""
+
+
+@pytest.mark.slow  # 3 Python processes importing MLflow
+def test_concurrent_first_use_of_a_new_sqlite_store(tmp_path):
+    """A UQ sweep starts several runs at once on a store that does not exist yet: every run is
+    tracked (without the lock MLflow's schema creation races: `table ... already exists`)."""
+    import os
+    import subprocess
+    import sys
+
+    n = 3
+    uri = f"sqlite:///{tmp_path / 'sweep.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_RUN, uri, str(tmp_path), f"run{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    deadline = time.time() + 120
+    while sum((tmp_path / f"ready-run{i}").exists() for i in range(n)) < n and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [o[0].strip() for o in outs] == ["ok"] * n, [o[1][-2000:] for o in outs]
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sweep")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"run{i}" for i in range(n)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.metrics["rmse/T850"] for r in runs) == [float(i) for i in range(n)]
+
+
+def test_run_tags_name_prior_guidance_grid_members():
+    cfg = RunConfig.model_validate({"grid": {"nside": 32}, "ensemble": {"members": 64},
+                                    "guidance": {"method": "mmps"}, "model": {"kind": "gaussian"}})
+    assert run_tags(cfg.model_dump(mode="json")) == {
+        "prior": "gaussian", "guidance": "mmps", "nside": "32", "members": "64", "observations": "synthetic"}

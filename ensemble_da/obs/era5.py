@@ -1,57 +1,69 @@
 """ERA5 gridded readers (DESIGN.md §3, §5): every common layout normalised to one internal form.
 
-Accepted layouts (NetCDF 3 or 4 through netCDF4, zarr through zarr; several files at once):
-- CDS NetCDF, old layout: dims `time`, `level`, `latitude`, `longitude`, often packed int16
-  with `scale_factor`/`add_offset` (unpacked by xarray's CF decoding), NETCDF3_64BIT_OFFSET;
-- CDS NetCDF, new layout: `valid_time`, `pressure_level`, with `number` (ensemble member, a
-  scalar or a size-1 dim) and `expver` (a coordinate, or a dim whose ERA5/ERA5T halves are
-  merged: the first finite value along it wins);
-- single-level fields (`t2m`, `u10`, `v10`, `msl`, `sp`, `sst`, `tcwv`) and pressure-level
-  fields (`t`, `u`, `v`, `z`, `q`, `r`, `w`), by ERA5 short name, ARCO long name
-  (`temperature`, `2m_temperature`, dim `level`) or an alias (see `variables.py`);
-- latitude descending or ascending, longitude 0..360 or −180..180, on a regular or any
-  rectilinear grid (1-D strictly monotonic coordinates).
+Files are opened by their content (`formats.py`: NetCDF 3/4, zarr, GRIB through cfgrib, zip
+archives of those), then each dataset goes through the same normalising steps, one per aspect
+of the layout, before anything downstream sees it:
+1. `_normalize_grid`: latitude/longitude found (`latitude`/`lat`, `longitude`/`lon`), latitude
+   ascending; longitude made one ascending, contiguous run starting in [0, 360): a global grid
+   starts at its first longitude ≥ 0 and is periodic; a regional grid (any grid that does not
+   close the circle, in either longitude convention, wherever its seam lies, e.g. a −20…40 box
+   across Greenwich or a 170…230 box across the date line) starts after its largest gap and
+   keeps its values above 360 where it wraps (340…400), so no value is ever interpolated across
+   the hole. Points outside it are counted as `qc/outside_domain` by the caller.
+2. `_normalize_time`: one dim `time` holding VALID times (DESIGN.md §3): new CDS `valid_time`;
+   analysis files' `time`; forecast files (cfgrib: reference `time`, `step`, `valid_time(time,
+   step)`; or `time` + `step` without `valid_time`) are flattened over (reference, step), and when
+   several pairs are valid at the same time the shortest step (the latest forecast) is kept.
+3. `_normalize_members`: `number` (ensemble member, scalar or size-1 dim) and `expver` (a
+   coordinate, or a dim whose ERA5/ERA5T halves are merged: the first finite value wins).
+4. `_normalize_levels`: pressure levels in hPa under `level` (`pressure_level`, `isobaricInhPa`,
+   `plev` in Pa, ...).
+5. `_variables`: single-level (`t2m`, `u10`, `v10`, `msl`, `sp`, `sst`, `tcwv`) and pressure-level
+   (`t`, `u`, `v`, `z`, `q`, `r`, `w`, and geopotential height `gh`) fields, by ERA5 short name,
+   ARCO long name, GRIB short name or alias (`variables.py`), each with the conversion from its
+   `units` attribute to the channel's units.
 
 Internal form: one `GriddedVariable` per (file, channel): a lazily indexed DataArray with dims
-(time, lat, lon), latitude ascending, longitude ascending in [0, 360), plus the affine unit
-conversion to the channel's physical units. Nothing downstream knows which layout a file had.
-A field is read one time slice at a time (`LatLonField`) and sampled bilinearly on the lat/lon
-grid (periodic in longitude when the grid is global), or regridded to HEALPix by the same
-bilinear interpolation at the cell centres.
+(time, lat, lon), as above, plus the affine unit conversion. Nothing downstream knows which
+layout a file had. A field is read one time slice at a time (`LatLonField`) and sampled
+bilinearly on the lat/lon grid, or regridded to HEALPix by the same interpolation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ensemble_da.channels import channel_info
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.obs.variables import era5_variable, lookup_file_variable, unit_conversion
+from ensemble_da.obs.formats import open_datasets
+from ensemble_da.obs.variables import era5_variable, implied_units, lookup_file_variable, unit_conversion
 
 __all__ = [
     "expand_paths",
-    "open_dataset",
     "normalize_dataset",
     "GriddedVariable",
     "LatLonField",
     "GriddedSource",
     "format_time",
+    "is_periodic",
+    "contiguous_longitudes",
 ]
 
-TIME_NAMES = ("valid_time", "time")
 LEVEL_NAMES = ("pressure_level", "level", "isobaricInhPa", "plev", "lev")
 LAT_NAMES = ("latitude", "lat")
 LON_NAMES = ("longitude", "lon")
-GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb2")
+_STEP_UNITS = {"days": "D", "day": "D", "d": "D", "hours": "h", "hour": "h", "h": "h",
+               "minutes": "min", "minute": "min", "min": "min", "seconds": "s", "second": "s", "s": "s"}
 
 
 def format_time(t: np.datetime64) -> str:
@@ -85,33 +97,6 @@ def expand_paths(spec: str | Sequence[str] | None, key: str = "observations.path
     return list(dict.fromkeys(out))
 
 
-def _is_zarr(path: str) -> bool:
-    p = path.rstrip("/")
-    if "://" in p:  # remote stores (e.g. gs://.../ARCO-ERA5 ...zarr-v3) are zarr unless named .nc
-        return not p.lower().endswith((".nc", ".nc4", ".netcdf"))
-    return p.endswith(".zarr") or (os.path.isdir(p) and any(
-        os.path.exists(os.path.join(p, m)) for m in ("zarr.json", ".zgroup", ".zmetadata", ".zattrs")
-    ))
-
-
-def open_dataset(path: str) -> xr.Dataset:
-    """Open a NetCDF (3 or 4) file or a zarr store lazily; InputError if it cannot be read."""
-    if path.lower().endswith(GRIB_SUFFIXES):
-        raise InputError(f"{path}: GRIB files are not read; download NetCDF from the CDS or convert (e.g. cdo -f nc4 copy)")
-    if os.path.isdir(path) and not _is_zarr(path):
-        raise InputError(f"{path}: a directory that is not a zarr store")
-    engine = "zarr" if _is_zarr(path) else "netcdf4"
-    try:
-        with warnings.catch_warnings():
-            # ARCO stores are consolidated, ours may not be: either way is fine here.
-            warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
-            return xr.open_dataset(path, engine=engine, decode_timedelta=False)
-    except Exception as exc:  # noqa: BLE001 - any backend failure is a bad input file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        kind = "a zarr store" if engine == "zarr" else "NetCDF"
-        raise InputError(f"{path}: cannot read as {kind}: {first}") from None
-
-
 def _find(ds: xr.Dataset, names: Sequence[str]) -> str | None:
     for n in names:
         if n in ds.variables or n in ds.dims:
@@ -121,6 +106,36 @@ def _find(ds: xr.Dataset, names: Sequence[str]) -> str | None:
 
 def _dims_text(ds: xr.Dataset) -> str:
     return ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+
+
+def is_periodic(lon: np.ndarray) -> bool:
+    """Whether ascending longitudes (degrees, span < 360) close the circle: the gap from the last
+    back to the first (+360) is at most 1.5 times the largest spacing inside the grid."""
+    lon = np.asarray(lon, np.float64)
+    gap = 360.0 - (lon[-1] - lon[0])
+    return bool(gap <= 1.5 * np.max(np.diff(lon)) + 1e-9)
+
+
+def contiguous_longitudes(lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order and values making longitudes (any convention and order) one ascending contiguous run.
+
+    Returns `order` (indices into `lon`, one per distinct longitude modulo 360) and `values`
+    (strictly ascending, `values[0]` in [0, 360), `values[-1] < values[0] + 360`): a periodic
+    grid starts at its smallest longitude in [0, 360); any other grid starts after its largest
+    gap, so a box across Greenwich (−20…40) becomes 340…400 and its hole stays outside it.
+    """
+    wrapped = np.mod(np.asarray(lon, np.float64), 360.0)
+    distinct, first = np.unique(wrapped, return_index=True)  # a grid with both −180 and 180 keeps one
+    start = 0
+    if distinct.size > 1:
+        gaps = np.diff(np.append(distinct, distinct[0] + 360.0))
+        seam = (int(np.argmax(gaps)) + 1) % distinct.size
+        run = distinct[seam] + np.mod(np.roll(distinct, -seam) - distinct[seam], 360.0)
+        if not is_periodic(run):
+            start = seam
+    order = np.roll(first, -start)
+    values = distinct[start] + np.mod(wrapped[order] - distinct[start], 360.0)
+    return order, values
 
 
 @dataclass(frozen=True)
@@ -136,8 +151,9 @@ class GriddedVariable:
     name : str
         The variable name in the file (`t`, `temperature`, `t2m`).
     data : xarray.DataArray
-        Lazily indexed, dims (time, lat, lon); lat ascending, lon ascending in [0, 360), in
-        the file's units (`scale`, `offset` convert to the channel's units).
+        Lazily indexed, dims (time, lat, lon); `time` the valid times, lat ascending, lon one
+        ascending run from [0, 360) (`contiguous_longitudes`), in the file's units (`scale`,
+        `offset` convert to the channel's units).
     scale, offset : float
         Physical value = file value · scale + offset.
     """
@@ -168,11 +184,20 @@ class GriddedVariable:
 
 
 def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable], list[str]]:
-    """Normalise one opened ERA5 dataset into `GriddedVariable`s.
+    """Normalise one opened ERA5 dataset (any layout in the module docstring) into `GriddedVariable`s.
 
     Returns the variables for every channel the file holds and the names of data variables that
-    do not map to a channel (for error messages). Raises InputError for grids it cannot read.
+    do not map to a channel (for error messages). Raises InputError for grids, times and units
+    it cannot read.
     """
+    ds = _normalize_grid(ds, path)
+    ds = _normalize_time(ds, path)
+    ds = _normalize_members(ds, path)
+    ds = _normalize_levels(ds)
+    return _variables(ds, path)
+
+
+def _normalize_grid(ds: xr.Dataset, path: str) -> xr.Dataset:
     lat_name, lon_name = _find(ds, LAT_NAMES), _find(ds, LON_NAMES)
     if lat_name is None or lon_name is None:
         raise InputError(
@@ -197,22 +222,66 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
     dlat = np.diff(lat)
     if not (np.all(dlat > 0) or np.all(dlat < 0)):
         raise InputError(f"{path}: cannot read the grid: latitude is not strictly monotonic")
+    order, values = contiguous_longitudes(lon)
+    if values.size < 2:
+        raise InputError(f"{path}: cannot read the grid: fewer than 2 distinct longitudes")
+    ds = ds.isel(lon=order).assign_coords(lon=("lon", values, ds["lon"].attrs))
+    return ds.isel(lat=slice(None, None, -1)) if dlat[0] < 0 else ds
 
-    # Time: new CDS `valid_time`, old CDS / ARCO `time`; a scalar time becomes a length-1 dim.
-    time_name = next((n for n in TIME_NAMES if n in ds.dims), None)
-    if time_name is None:
-        time_name = next((n for n in TIME_NAMES if n in ds.variables and ds[n].ndim == 0), None)
-        if time_name is None:
-            raise InputError(f"{path}: no time coordinate (looked for {', '.join(TIME_NAMES)}; dims: {_dims_text(ds)})")
-        ds = ds.expand_dims(time_name)
-    other = [n for n in TIME_NAMES if n != time_name and n in ds.variables]
-    ds = ds.drop_vars(other)
-    if time_name != "time":
-        ds = ds.rename({time_name: "time"})
-    if not np.issubdtype(ds["time"].dtype, np.datetime64):
-        raise InputError(f"{path}: time coordinate is not a CF-decodable date (dtype {ds['time'].dtype}, units {ds['time'].attrs.get('units')!r})")
 
-    # Ensemble member and ERA5/ERA5T experiment version.
+def _as_timedelta(var: xr.DataArray, path: str) -> np.ndarray:
+    if np.issubdtype(var.dtype, np.timedelta64):
+        return np.asarray(var.values, "timedelta64[ns]")
+    units = str(var.attrs.get("units", "")).strip().lower()
+    if units not in _STEP_UNITS:
+        raise InputError(f"{path}: forecast step {var.name!r} has units {units!r}; expected days, hours, minutes or seconds")
+    return pd.to_timedelta(np.asarray(var.values, np.float64).ravel(), unit=_STEP_UNITS[units]).to_numpy().reshape(var.shape)
+
+
+def _check_dates(values: np.ndarray, name: str, var: xr.DataArray, path: str) -> None:
+    if not np.issubdtype(values.dtype, np.datetime64):
+        raise InputError(f"{path}: {name} is not a CF-decodable date (dtype {values.dtype}, units {var.attrs.get('units')!r})")
+
+
+def _normalize_time(ds: xr.Dataset, path: str) -> xr.Dataset:
+    if "valid_time" in ds.dims:  # new CDS: the dim already holds valid times
+        if "step" in ds.dims or "time" in ds.dims:
+            raise InputError(f"{path}: both 'valid_time' and a 'time'/'step' dim ({_dims_text(ds)}); expected one time axis")
+        ds = ds.drop_vars([n for n in ("time", "step") if n in ds.variables]).rename({"valid_time": "time"})
+        _check_dates(ds["time"].values, "valid_time", ds["time"], path)
+        return ds
+    if "time" not in ds.variables:
+        if "valid_time" not in ds.variables:
+            raise InputError(f"{path}: no time coordinate (looked for valid_time, time; dims: {_dims_text(ds)})")
+        ds = ds.rename({"valid_time": "time"})  # a scalar valid time alone
+    # Reference times × forecast steps (each a dim or a scalar made a length-1 dim) → valid times.
+    for name in ("time", "step"):
+        if name in ds.variables and name not in ds.dims:
+            ds = ds.expand_dims(name)
+    lead = [d for d in ("time", "step") if d in ds.dims]
+    shape = [ds.sizes[d] for d in lead]
+    step = xr.DataArray(_as_timedelta(ds["step"], path), dims=("step",)) if "step" in ds.dims else xr.DataArray(
+        np.timedelta64(0, "ns"))
+    _check_dates(ds["time"].values, "time", ds["time"], path)
+    valid = ds["valid_time"] if "valid_time" in ds.variables else ds["time"] + step
+    _check_dates(valid.values, "valid_time", valid, path)
+    valid_all = np.broadcast_to(valid.transpose(*[d for d in lead if d in valid.dims]).values.astype("datetime64[ns]")
+                                .reshape([ds.sizes[d] if d in valid.dims else 1 for d in lead]), shape).ravel()
+    step_all = np.broadcast_to(step.values.reshape([-1 if d == "step" else 1 for d in lead]), shape).ravel()
+    if np.isnat(valid_all).any():
+        raise InputError(f"{path}: missing (NaT) valid times")
+    order = np.lexsort((step_all.astype(np.int64), valid_all.astype(np.int64)))  # by valid time, then shortest step
+    chosen = order[np.unique(valid_all[order], return_index=True)[1]]
+    index = np.unravel_index(chosen, shape)
+    ds = ds.drop_vars([n for n in ("valid_time", *lead) if n in ds.variables])
+    if lead == ["time"]:
+        ds = ds.isel(time=index[0])
+    else:
+        ds = ds.isel({d: xr.Variable("time", i) for d, i in zip(lead, index)})
+    return ds.assign_coords(time=("time", valid_all[chosen]))
+
+
+def _normalize_members(ds: xr.Dataset, path: str) -> xr.Dataset:
     if "number" in ds.dims:
         if ds.sizes["number"] != 1:
             raise InputError(f"{path}: has {ds.sizes['number']} ensemble members (dim 'number'); select one member first")
@@ -222,31 +291,29 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
         for k in range(1, ds.sizes["expver"]):
             merged = merged.fillna(ds.isel(expver=k))
         ds = merged
-    ds = ds.drop_vars([n for n in ("number", "expver") if n in ds.variables])
+    return ds.drop_vars([n for n in ("number", "expver") if n in ds.variables])
 
-    # Pressure levels in hPa under the name `level`.
+
+def _normalize_levels(ds: xr.Dataset) -> xr.Dataset:
     level_name = _find(ds, LEVEL_NAMES)
-    if level_name is not None:
-        if level_name != "level":
-            ds = ds.rename({level_name: "level"})
-        units = str(ds["level"].attrs.get("units", "")).strip().lower()
-        if units in ("pa", "pascal") or (units == "" and float(np.max(ds["level"].values)) > 2000.0):
-            ds = ds.assign_coords(level=ds["level"] / 100.0)
+    if level_name is None:
+        return ds
+    if level_name != "level":
+        ds = ds.rename({level_name: "level"})
+    units = str(ds["level"].attrs.get("units", "")).strip().lower()
+    if units in ("pa", "pascal") or (units == "" and float(np.max(ds["level"].values)) > 2000.0):
+        ds = ds.assign_coords(level=ds["level"] / 100.0)
+    return ds
 
-    # Longitude to [0, 360) ascending (a grid with both -180 and 180 keeps one copy); lat ascending.
-    ds = ds.assign_coords(lon=np.mod(lon, 360.0))
-    _, first = np.unique(ds["lon"].values, return_index=True)
-    ds = ds.isel(lon=np.sort(first)).sortby("lon")
-    if dlat[0] < 0:
-        ds = ds.isel(lat=slice(None, None, -1))
 
+def _variables(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable], list[str]]:
     out: list[GriddedVariable] = []
     unknown: list[str] = []
     for name, var in ds.data_vars.items():
-        row = lookup_file_variable(str(name))
+        row, file_name = lookup_file_variable(str(name)), str(name)
         for attr in ("GRIB_shortName", "short_name", "shortName"):
             if row is None and attr in var.attrs:
-                row = lookup_file_variable(str(var.attrs[attr]))
+                row, file_name = lookup_file_variable(str(var.attrs[attr])), str(var.attrs[attr])
         if row is None or "lat" not in var.dims or "lon" not in var.dims or "time" not in var.dims:
             unknown.append(str(name))
             continue
@@ -255,6 +322,7 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
             unknown.append(str(name))
             continue
         var = var.isel({d: 0 for d in extra})
+        units = var.attrs.get("units") or implied_units(file_name)
         if row.pressure_level:
             if "level" in var.dims:
                 levels = [float(v) for v in var["level"].values]
@@ -266,7 +334,7 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
                 continue
             for lev in levels:
                 channel = f"{row.key}{int(round(lev))}"
-                out.append(_make(channel, path, str(name), var.sel(level=lev).drop_vars("level")))
+                out.append(_make(channel, path, str(name), var.sel(level=lev).drop_vars("level"), units))
         else:
             if "level" in var.dims:
                 if var.sizes["level"] != 1:
@@ -274,13 +342,13 @@ def normalize_dataset(ds: xr.Dataset, path: str) -> tuple[list[GriddedVariable],
                     continue
                 var = var.isel(level=0)
             var = var.drop_vars("level", errors="ignore")
-            out.append(_make(row.key, path, str(name), var))
+            out.append(_make(row.key, path, str(name), var, units))
     return out, unknown
 
 
-def _make(channel: str, path: str, name: str, var: xr.DataArray) -> GriddedVariable:
+def _make(channel: str, path: str, name: str, var: xr.DataArray, units: str | None) -> GriddedVariable:
     expected = channel_info(channel).units
-    scale, offset = unit_conversion(var.attrs.get("units"), expected, f"{path}: variable {name!r}")
+    scale, offset = unit_conversion(units, expected, f"{path}: variable {name!r}")
     return GriddedVariable(channel, path, name, var.transpose("time", "lat", "lon"), scale, offset)
 
 
@@ -293,7 +361,8 @@ class LatLonField:
     lat : ndarray, shape (nlat,)
         Latitudes in degrees, strictly ascending.
     lon : ndarray, shape (nlon,)
-        Longitudes in degrees, strictly ascending in [0, 360).
+        Longitudes in degrees, strictly ascending, `lon[0]` in [0, 360), spanning less than 360
+        (a regional grid across Greenwich runs e.g. 340 … 400; see `contiguous_longitudes`).
     values : ndarray, shape (nlat, nlon)
         Physical values (NaN where undefined, e.g. SST over land).
     time : datetime64
@@ -309,24 +378,27 @@ class LatLonField:
 
     @property
     def periodic(self) -> bool:
-        """True when the longitudes cover the whole circle (last spacing closes the gap to 360)."""
-        gap = 360.0 - (self.lon[-1] - self.lon[0])
-        return bool(gap <= 1.5 * np.max(np.diff(self.lon)) + 1e-9)
+        """True when the longitudes cover the whole circle (`is_periodic`)."""
+        return is_periodic(self.lon)
+
+    def _grid_lon(self, lon: np.ndarray) -> np.ndarray:
+        """Point longitudes (any convention) on the grid's run [lon[0], lon[0] + 360)."""
+        lon0 = self.lon[0]
+        return lon0 + np.mod(np.asarray(lon, np.float64) - lon0 + 1e-9, 360.0) - 1e-9
 
     def _extended(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.periodic:
             return self.lon, self.values
-        lon = np.concatenate([[self.lon[-1] - 360.0], self.lon, [self.lon[0] + 360.0]])
-        values = np.concatenate([self.values[:, -1:], self.values, self.values[:, :1]], axis=1)
+        lon = np.concatenate([self.lon, [self.lon[0] + 360.0]])
+        values = np.concatenate([self.values, self.values[:, :1]], axis=1)
         return lon, values
 
     def contains(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Whether each point lies inside the grid (the bilinear stencil exists), (n,) bool."""
         lat = np.asarray(lat, np.float64)
-        lon = np.mod(np.asarray(lon, np.float64), 360.0)
         inside = (lat >= self.lat[0] - 1e-9) & (lat <= self.lat[-1] + 1e-9)
         if not self.periodic:
-            inside &= (lon >= self.lon[0] - 1e-9) & (lon <= self.lon[-1] + 1e-9)
+            inside &= self._grid_lon(lon) <= self.lon[-1] + 1e-9
         return inside
 
     def sample(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -335,15 +407,13 @@ class LatLonField:
         A NaN at any of the 4 surrounding grid points gives NaN (QC drops it).
         """
         lat = np.asarray(lat, np.float64)
-        lon = np.mod(np.asarray(lon, np.float64), 360.0)
         glon, values = self._extended()
         out = np.full(lat.shape, np.nan)
         inside = self.contains(lat, lon)
         if not inside.any():
             return out
-        la, lo = np.clip(lat[inside], self.lat[0], self.lat[-1]), lon[inside]
-        if not self.periodic:
-            lo = np.clip(lo, glon[0], glon[-1])
+        la = np.clip(lat[inside], self.lat[0], self.lat[-1])
+        lo = np.clip(self._grid_lon(np.asarray(lon, np.float64)[inside]), glon[0], glon[-1])
         i = np.clip(np.searchsorted(self.lat, la, side="right") - 1, 0, self.lat.size - 2)
         j = np.clip(np.searchsorted(glon, lo, side="right") - 1, 0, glon.size - 2)
         ty = (la - self.lat[i]) / (self.lat[i + 1] - self.lat[i])
@@ -369,29 +439,38 @@ class GriddedSource:
     given) wins. Use `GriddedSource.open(paths)`; close with `close()` or a `with` block.
     """
 
-    def __init__(self, variables: list[GriddedVariable], unknown: dict[str, list[str]], datasets: list[xr.Dataset]):
+    def __init__(
+        self, variables: list[GriddedVariable], unknown: dict[str, list[str]], paths: Sequence[str],
+        resources: contextlib.ExitStack | None = None,
+    ):
         self.variables = variables
         self.unknown = unknown
-        self._datasets = datasets
-        self.paths = list(unknown)
+        self.paths = list(paths)
+        self._resources = resources or contextlib.ExitStack()
 
     @classmethod
     def open(cls, paths: Sequence[str]) -> "GriddedSource":
-        """Open and normalise every file in `paths` (already expanded, see `expand_paths`)."""
+        """Open (by content, `formats.open_datasets`) and normalise every file in `paths`
+        (already expanded, see `expand_paths`)."""
+        with contextlib.ExitStack() as stack:
+            opened = [item for path in paths for item in open_datasets(path, stack)]
+            return cls.from_datasets(opened, paths, stack.pop_all())
+
+    @classmethod
+    def from_datasets(
+        cls, opened: Sequence[tuple[str, xr.Dataset]], paths: Sequence[str], resources: contextlib.ExitStack | None = None
+    ) -> "GriddedSource":
+        """Normalise opened (name, dataset) pairs; `resources` (closed by `close`) owns them."""
         variables: list[GriddedVariable] = []
         unknown: dict[str, list[str]] = {}
-        datasets = []
-        for path in paths:
-            ds = open_dataset(path)
-            datasets.append(ds)
-            found, skipped = normalize_dataset(ds, path)
+        for name, ds in opened:
+            found, skipped = normalize_dataset(ds, name)
             variables.extend(found)
-            unknown[path] = skipped
-        return cls(variables, unknown, datasets)
+            unknown.setdefault(name, []).extend(skipped)
+        return cls(variables, unknown, paths, resources)
 
     def close(self) -> None:
-        for ds in self._datasets:
-            ds.close()
+        self._resources.close()
 
     def __enter__(self) -> "GriddedSource":
         return self
@@ -480,16 +559,14 @@ def read_healpix_truth(
     by the OSSE generator) is read as is; any ERA5 gridded file is regridded (bilinear).
     """
     path = expand_paths(path, "observations.truth_path")[0]
-    ds = open_dataset(path)
-    try:
-        if "cell" in ds.dims:
-            return _read_healpix(ds, path, channels, times, grid, tolerance_hours)
-        variables, unknown = normalize_dataset(ds, path)
-        src = GriddedSource(variables, {path: unknown}, [])
+    with contextlib.ExitStack() as stack:
+        datasets = open_datasets(path, stack)
+        healpix = [(name, ds) for name, ds in datasets if "cell" in ds.dims]
+        if healpix:
+            return _read_healpix(healpix[0][1], healpix[0][0], channels, times, grid, tolerance_hours)
+        src = GriddedSource.from_datasets(datasets, [path])
         src.require(channels)
         return src.to_healpix(channels, times, grid, tolerance_hours)
-    finally:
-        ds.close()
 
 
 def _read_healpix(

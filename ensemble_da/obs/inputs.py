@@ -155,17 +155,17 @@ def _station_inputs(config: RunConfig, prior: Denoiser) -> RunInputs:
     cfg = config.observations
     channels = check_channels(config, prior)
     sigmas = channel_sigma_map(config, channels)
-    tables = open_stations(cfg.path)
-    frames = tables.for_times(config.analysis_times(), channels, cfg.time_tolerance_hours)
+    tables = open_stations(cfg.path, cfg.time_format, cfg.dayfirst)
+    frames, ignored = tables.for_times(config.analysis_times(), channels, cfg.time_tolerance_hours)
     sets, counts = [], []
-    for t, (time, df) in enumerate(zip(config.analysis_times(), frames)):
+    for t, (time, df, n_other) in enumerate(zip(config.analysis_times(), frames, ignored)):
         rng = obs_rng(config.seed, t)
         df = df.copy()
         fallback = df["channel"].map(sigmas).to_numpy(np.float64)
         df["sigma"] = np.where(np.isnan(df["sigma"].to_numpy(np.float64)), fallback, df["sigma"].to_numpy(np.float64))
         if cfg.add_noise:
             df["value"] = df["value"].to_numpy() + rng.standard_normal(len(df)) * df["sigma"].to_numpy()
-        clean, c = quality_control(df, cfg.duplicate_policy, QCCounts(read=len(df)))
+        clean, c = quality_control(df, cfg.duplicate_policy, QCCounts(read=len(df) + n_other, other_variable=n_other))
         keep = select_candidates(cfg.strategy, clean["lat"].to_numpy(), clean["lon"].to_numpy(), cfg.num_obs, rng)
         c.not_selected, c.kept = len(clean) - len(keep), len(keep)
         if len(keep) == 0:

@@ -11,7 +11,8 @@ sigma (physical units):
    - `first`: keep the first report in file order;
    - `reject`: drop every report of the group (conflicting reports are not trusted).
    The count `duplicate_dropped` is the number of rows removed.
-Points outside a regional file's grid are counted as `outside_domain` by the reader.
+Points outside a regional file's grid are counted as `outside_domain` by the reader, station
+reports of variables that were not asked for as `other_variable`.
 Hard errors (|lat| > 90, sigma ≤ 0) are raised by the readers, not counted here.
 """
 
@@ -34,12 +35,13 @@ DuplicatePolicy = Literal["merge", "first", "reject"]
 class QCCounts:
     """Observation counts through QC; add two with `+` to total over times or sources.
 
-    `read` rows came in; `outside_domain`, `nonfinite`, `out_of_bounds`, `duplicate_dropped`
-    were removed; `not_selected` were valid but left out by the strategy / `num_obs`; `kept`
+    `read` rows came in; `other_variable`, `outside_domain`, `nonfinite`, `out_of_bounds`,
+    `duplicate_dropped` were removed; `not_selected` were valid but left out by the strategy / `num_obs`; `kept`
     were passed on (assimilated + held out).
     """
 
     read: int = 0
+    other_variable: int = 0
     outside_domain: int = 0
     nonfinite: int = 0
     out_of_bounds: int = 0

@@ -8,6 +8,14 @@ files and station tables carry (GRIB short names such as `2t`, earth2studio name
 `u10m`, `t850`). `default_sigma` is the observation error used when neither the config
 (`observations.sigma`) nor the file gives one: a typical in-situ/reanalysis error, in units.
 
+Units: a file's `units` attribute is converted to the channel's units by the pint registry of
+cf_xarray (UDUNITS/CF spellings: `K`, `degC`, `°C`, `hPa`, `mbar`, `m s**-1`, `m/s`, `knots`,
+`kg kg-1`, `g/kg`, `%`, `1`, ...), plus the meteorological spellings pint reads otherwise (`mb`
+is millibar, not millibarn; `(0 - 1)` and `fraction` are 1). Two conversions change the quantity
+and are logged (logger `ensemble_da.obs`): geopotential height (`m`, `gpm`; variables `gh`, `zg`)
+to geopotential × g₀ = 9.80665 m s⁻² (WMO standard gravity), and water depth (`mm`) to kg m⁻²
+× 1000 kg m⁻³. Anything else raises InputError.
+
 | channel   | ERA5 | ARCO long name            | level | units     | default sigma |
 |-----------|------|---------------------------|-------|-----------|---------------|
 | T<hPa>    | t    | temperature               | hPa   | K         | 1.0           |
@@ -28,6 +36,8 @@ files and station tables carry (GRIB short names such as `2t`, earth2studio name
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import dataclass
 
@@ -43,7 +53,13 @@ __all__ = [
     "default_sigma",
     "mapping_table",
     "unit_conversion",
+    "implied_units",
+    "STANDARD_GRAVITY",
 ]
+
+STANDARD_GRAVITY = 9.80665  # m s-2, WMO/ECMWF g0: geopotential = g0 · geopotential height
+WATER_DENSITY = 1000.0  # kg m-3: a water depth of 1 mm is 1 kg m-2
+_LOG = logging.getLogger("ensemble_da.obs")
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ VARIABLES: tuple[Era5Variable, ...] = (
     Era5Variable("T", "t", "temperature", "K", True, 1.0, ("ta", "air_temperature")),
     Era5Variable("U", "u", "u_component_of_wind", "m s-1", True, 2.0, ("ua", "eastward_wind")),
     Era5Variable("V", "v", "v_component_of_wind", "m s-1", True, 2.0, ("va", "northward_wind")),
-    Era5Variable("Z", "z", "geopotential", "m2 s-2", True, 100.0, ()),
+    Era5Variable("Z", "z", "geopotential", "m2 s-2", True, 100.0, ("gh", "zg", "geopotential_height")),
     Era5Variable("Q", "q", "specific_humidity", "kg kg-1", True, 5e-4, ("hus",)),
     Era5Variable("R", "r", "relative_humidity", "%", True, 10.0, ("hur",)),
     Era5Variable("W", "w", "vertical_velocity", "Pa s-1", True, 0.1, ("wap",)),
@@ -132,50 +148,74 @@ def station_channel(name: str) -> str | None:
     return None
 
 
-# Unit spellings that mean the same thing, canonicalised by `_canon`.
-_SAME_UNITS = {
-    "K": {"k", "kelvin", "degk", "deg_k"},
-    "m s-1": {"ms-1", "m/s", "ms**-1", "meterspersecond"},
-    "m2 s-2": {"m2s-2", "m**2s**-2", "m^2s^-2", "m2/s2", "m^2/s^2"},
-    "kg kg-1": {"kgkg-1", "kg/kg", "kgkg**-1", "1", "", "dimensionless"},
-    "%": {"%", "percent", "pct"},
-    "Pa s-1": {"pas-1", "pa/s", "pas**-1"},
-    "Pa": {"pa", "pascal", "pascals"},
-    "kg m-2": {"kgm-2", "kg/m2", "kgm**-2", "kg/m^2", "mm"},
-}
-# (units found, expected units) → (multiply, then add)
-_CONVERT = {
-    ("degc", "K"): (1.0, 273.15),
-    ("c", "K"): (1.0, 273.15),
-    ("celsius", "K"): (1.0, 273.15),
-    ("degreesc", "K"): (1.0, 273.15),
-    ("degrees_celsius", "K"): (1.0, 273.15),
-    ("hpa", "Pa"): (100.0, 0.0),
-    ("mb", "Pa"): (100.0, 0.0),
-    ("mbar", "Pa"): (100.0, 0.0),
-    ("g/kg", "kg kg-1"): (1e-3, 0.0),
-    ("gkg-1", "kg kg-1"): (1e-3, 0.0),
-}
+# Names of geopotential height: their values are heights (m) even when a file omits `units`.
+_HEIGHT_NAMES = {"gh", "zg", "geopotential_height"}
+# Meteorological spellings the pint registry reads as something else or not at all.
+_SPELLINGS = {"mb": "mbar", "mbs": "mbar", "millibars": "mbar", "(0 - 1)": "1", "0-1": "1", "fraction": "1",
+              "gpm": "m", "kts": "knot", "degrees c": "degC", "deg c": "degC"}
 
 
-def _canon(units: str) -> str:
-    return units.strip().lower().replace(" ", "").replace("°", "deg")
+def implied_units(name: str) -> str | None:
+    """Units a variable's name implies when the file gives none (`gh` → `m`), else None."""
+    return "m" if name.strip().lower() in _HEIGHT_NAMES else None
+
+
+@functools.cache
+def _registry():
+    pint_log = logging.getLogger("pint.util")
+    level = pint_log.level
+    pint_log.setLevel(logging.ERROR)  # cf_xarray redefines some pint units on import, noisily
+    try:
+        from cf_xarray.units import units  # a pint UnitRegistry that reads UDUNITS / CF spellings
+    finally:
+        pint_log.setLevel(level)
+    return units
+
+
+def _parse(units: str, where: str):
+    import pint
+
+    text = _SPELLINGS.get(units.strip().lower(), units.strip())
+    try:
+        return _registry().Quantity(1.0, text).units
+    except (pint.errors.PintError, ValueError, TypeError, AttributeError, AssertionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{where}: units {units!r} are not units pint/UDUNITS can read ({reason})") from None
+
+
+def _affine(src, dst) -> tuple[float, float]:
+    q = _registry().Quantity
+    zero = float(q(0.0, src).to(dst).magnitude)
+    return float(q(1.0, src).to(dst).magnitude) - zero, zero
 
 
 def unit_conversion(units: str | None, expected: str, where: str) -> tuple[float, float]:
     """(scale, offset) taking values in `units` to `expected` (x·scale + offset).
 
-    Missing units are taken to be the expected ones. Units we cannot interpret raise an
-    InputError naming `where` (file and variable), so a wrong-unit file is never read silently.
+    Missing units are taken to be the expected ones. Units that are not a unit of the expected
+    quantity (nor geopotential height → geopotential, water depth → kg m-2) raise an InputError
+    naming `where` (file and variable), so a wrong-unit file is never read silently.
     """
-    if units is None:
+    if units is None or not str(units).strip():
         return 1.0, 0.0
-    c = _canon(str(units))
-    if c in _SAME_UNITS.get(expected, set()) or c == _canon(expected):
-        return 1.0, 0.0
-    if (c, expected) in _CONVERT:
-        return _CONVERT[(c, expected)]
-    raise InputError(f"{where}: units {units!r} cannot be converted to {expected!r}")
+    src, dst = _parse(str(units), where), _parse(expected, f"channel units {expected!r}")
+    reg = _registry()
+    if src.dimensionality == dst.dimensionality:
+        scale, offset = _affine(src, dst)
+        if (scale, offset) != (1.0, 0.0):
+            _LOG.info("%s: converted from %r to %r (x * %g + %g)", where, units, expected, scale, offset)
+        return scale, offset
+    length = reg.Unit("m").dimensionality
+    if src.dimensionality == length and dst.dimensionality == reg.Unit("m2 s-2").dimensionality:
+        scale = _affine(src, reg.Unit("m"))[0] * STANDARD_GRAVITY
+        _LOG.info("%s: geopotential height in %r converted to geopotential in %r (x * %g, g0 = %g m s-2)",
+                  where, units, expected, scale, STANDARD_GRAVITY)
+        return scale, 0.0
+    if src.dimensionality == length and dst.dimensionality == reg.Unit("kg m-2").dimensionality:
+        scale = _affine(src, reg.Unit("m"))[0] * WATER_DENSITY
+        _LOG.info("%s: water depth in %r converted to %r (x * %g)", where, units, expected, scale)
+        return scale, 0.0
+    raise InputError(f"{where}: units {units!r} cannot be converted to {expected!r} ({src.dimensionality} is not {dst.dimensionality})")
 
 
 def mapping_table() -> str:
