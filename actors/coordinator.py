@@ -249,6 +249,7 @@ class _Run:
             self.check_alive()
             if self.on_progress is not None:
                 self.on_progress(self.co)
+        self.check_nodes(force=True)  # the summary counts replicas lost even after their units were re-issued
 
     def feed(self) -> None:
         for r in range(len(self.co.replicas)):
@@ -289,10 +290,10 @@ class _Run:
         if self.co.ledger is not None:
             getattr(self.co.ledger, method).remote(*args)
 
-    def check_nodes(self) -> None:
+    def check_nodes(self, force: bool = False) -> None:
         """Replicas whose node is gone are lost: their units go to the others now."""
         now = time.perf_counter()
-        if now < self.next_node_check:
+        if now < self.next_node_check and not force:
             return
         self.next_node_check = now + NODE_CHECK_S
         alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}

@@ -2,9 +2,11 @@
 blocks in `cluster.store: writer` mode), the aggregator actors and their scoring tasks, placed
 so that every process that touches the store can reach it.
 
-- `shared` store: replicas write their blocks; aggregators and scoring tasks run anywhere.
-- `writer` store: the store is on the driver's disk, so the writer, the aggregators and the
-  scoring tasks run on the driver's node (node affinity); replicas send blocks to the writer.
+- The writer (claim ledger) and the aggregators hold the run's state, so they live on the
+  driver's node (node affinity): a lost worker node takes only replicas with it.
+- `shared` store: replicas write their blocks; scoring tasks run anywhere.
+- `writer` store: the store is on the driver's disk, so scoring tasks run on the driver's node
+  too; replicas send blocks to the writer.
 
 None of these actors reserves a CPU (they would otherwise compete with the replicas for the
 slots of a local Ray, and wait for them); they do little work per member.
@@ -110,7 +112,7 @@ def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable
 
     def start_aggregation(times: Sequence[TimeInputs], on_time) -> RayAggregation:
         n = min(cl.aggregators, len(times))
-        remote = ray.remote(Aggregator).options(num_cpus=0, **_placement(local))
+        remote = ray.remote(Aggregator).options(num_cpus=0, **_placement(driver_node))
         actors = [remote.remote(store_url, [ti for ti in times if ti.t_index % n == i], config.seed,
                                 RayScoreMap(local)) for i in range(n)]
         started.append(RayAggregation(actors, on_time))
