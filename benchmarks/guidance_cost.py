@@ -85,7 +85,7 @@ def main() -> None:
         for cfg in METHODS:
             guided = guided_denoiser(prior, op, cfg)
             t = median_seconds(lambda: guided(z, sigma), args.repeats)
-            name = cfg.method + (f" cg={cfg.cg_iters}" if cfg.method == "mmps" else "")
+            name = cfg.method + (f" {cfg.solver}={cfg.cg_iters}" if cfg.method == "mmps" else "")
             print(f"| {label} | {name} | {t / base:.2f} |", flush=True)
 
 

@@ -14,9 +14,13 @@ describes. For every analysis time:
   CRPS is the closed-form CRPS of that Gaussian, SSR = spread / RMSE (infinite ensemble).
 
 Scores per channel, in physical units, aggregated over times: RMSE of the ensemble (or exact)
-mean against the truth (root of the mean over times of the squared per-time RMSE), SSR
+mean against the truth (root of the mean over times of the squared per-time RMSE) with its
+standard error over the truths (delta method: SE(RMSE) = SE(mean MSE) / (2 RMSE)), SSR
 (sqrt((M+1)/M) · RMS spread / RMSE) and CRPS (mean over cells and times). The climatological
-mean (no observations) is listed for scale.
+mean (no observations) is listed for scale. Learned-prior methods are `regression`, `mmps`
+(the config's solver) or `mmps:cg` / `mmps:gmres`; a run that diverges is listed as such.
+Ensemble-Kalman baselines on a background ensemble of prior draws plug in through
+`extra_baselines` (same inputs, same per-time rows).
 
     .venv/bin/python benchmarks/speedy_osse.py --data .cache/speedy_nside16.zarr --out runs/speedy-osse
 """
@@ -46,6 +50,7 @@ from ensemble_da.obs.osse import PRESSURE_FILE, TRUTH_FILE, healpix_to_latlon, o
 from ensemble_da.priors.checkpoint import load_checkpoint, shipped_heldout_sample  # noqa: E402
 from ensemble_da.priors import time_condition  # noqa: E402
 from ensemble_da.priors.climatology import ClimatologyPrior  # noqa: E402
+from ensemble_da.sampling import DivergenceError  # noqa: E402
 from ensemble_da.stats import EnsembleMoments, fair_crps  # noqa: E402
 
 
@@ -74,14 +79,37 @@ def gaussian_crps(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> np.nd
     return std * (w * (2 * norm.cdf(w) - 1) + 2 * norm.pdf(w) - 1 / np.sqrt(np.pi))
 
 
+def ensemble_rows(x: np.ndarray, truth: np.ndarray, channels: list[str]) -> dict:
+    """Per-time scores of an ensemble x (member, channel, cell) against truth (channel, cell)."""
+    mom = EnsembleMoments.of(x)
+    crps = fair_crps(x, truth)
+    var = mom.variance()
+    return {
+        "mse": {c: float(np.mean((mom.mean[i] - truth[i]) ** 2)) for i, c in enumerate(channels)},
+        "var": {c: float(np.mean(var[i])) for i, c in enumerate(channels)},
+        "crps": {c: float(crps[i].mean()) for i, c in enumerate(channels)},
+    }
+
+
+def extra_baselines(cfg, inputs, channels: list[str], truth: np.ndarray, members: int) -> dict[str, tuple[list[dict], int | None]]:
+    """Further baselines on the same inputs: name → (per-time rows as `ensemble_rows` gives, members).
+
+    The place for the ensemble Kalman filters (stochastic EnKF, LETKF on a background ensemble
+    of prior draws); none are wired in yet.
+    """
+    return {}
+
+
 def aggregate(per_time: list[dict], channels: list[str], members: int | None) -> dict[str, float]:
     out = {}
     for c in channels:
-        mse = np.mean([m["mse"][c] for m in per_time])
+        mses = np.array([m["mse"][c] for m in per_time])
+        mse = mses.mean()
         var = np.mean([m["var"][c] for m in per_time])
         rmse = float(np.sqrt(mse))
         factor = 1.0 if members is None else np.sqrt((members + 1) / members)
         out[f"rmse/{c}"] = rmse
+        out[f"rmse_se/{c}"] = float(mses.std(ddof=1) / np.sqrt(len(mses)) / (2 * rmse)) if len(mses) > 1 else float("nan")
         out[f"ssr/{c}"] = float(factor * np.sqrt(var) / rmse)
         out[f"crps/{c}"] = float(np.mean([m["crps"][c] for m in per_time]))
     return out
@@ -94,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(REPO / ".cache" / "speedy_nside16.zarr"), help="training dataset (climatology fit)")
     ap.add_argument("--holdout-days", type=int, default=60)
     ap.add_argument("--truths", default=None, help=".npz or zarr of held-out states (default: the packaged sample)")
-    ap.add_argument("--times", type=int, default=6, help="analysis times (spread over the held-out states)")
+    ap.add_argument("--times", type=int, default=12, help="analysis times (spread over the held-out states)")
     ap.add_argument("--members", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--methods", default="regression,mmps")
+    ap.add_argument("--methods", default="regression,mmps:cg,mmps:gmres")
     ap.add_argument("--ranks", default="128,256,512", help="climatology ranks; the best (lowest mean normalised RMSE) is the baseline")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default=str(REPO / "runs" / "speedy-osse"))
@@ -133,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     timing: dict[str, float] = {}
+    diverged: dict[str, str] = {}
 
     # --- Gaussian baseline(s): exact posterior -------------------------------------------------
     best = None
@@ -168,27 +197,28 @@ def main(argv: list[str] | None = None) -> int:
     # --- learned prior ----------------------------------------------------------------------
     for method in [m for m in args.methods.split(",") if m]:
         run_cfg = cfg.model_copy(deep=True)
-        run_cfg.guidance.method = method
+        kind, _, solver = method.partition(":")
+        run_cfg.guidance.method = kind
+        if solver:
+            run_cfg.guidance.solver = solver
         run_cfg.sampler.autocast = "none"
         assim = Assimilator(run_cfg, prior=learned)
         rows = []
         t0 = time.time()
-        for t, obs in enumerate(inputs.observations):
-            block = assim.sample(obs, t, list(range(members)), condition=time_condition(times[t]))
-            x = block.analysis.astype(np.float64)
-            if not np.all(np.isfinite(x)):
-                raise RuntimeError(f"{method}: non-finite analysis at time {t}")
-            mom = EnsembleMoments.of(x)
-            crps = fair_crps(x, truth[t])
-            var = mom.variance()
-            rows.append({
-                "mse": {c: float(np.mean((mom.mean[i] - truth[t, i]) ** 2)) for i, c in enumerate(channels)},
-                "var": {c: float(np.mean(var[i])) for i, c in enumerate(channels)},
-                "crps": {c: float(crps[i].mean()) for i, c in enumerate(channels)},
-            })
-            print(f"  {method} t={t}: {time.time() - t0:.0f} s", flush=True)
+        try:
+            for t, obs in enumerate(inputs.observations):
+                block = assim.sample(obs, t, list(range(members)), condition=time_condition(times[t]))
+                rows.append(ensemble_rows(block.analysis.astype(np.float64), truth[t], channels))
+                print(f"  {method} t={t}: {time.time() - t0:.0f} s", flush=True)
+        except DivergenceError as exc:
+            print(f"  {method}: {exc}", flush=True)
+            diverged[f"learned + {method}"] = f"diverged at step {exc.step}/{exc.steps} (σ = {exc.sigma:.3g}), time {t}"
+            continue
         timing[f"learned {method}"] = time.time() - t0
         results[f"learned + {method}"] = aggregate(rows, channels, members)
+
+    for name, (rows, m) in extra_baselines(cfg, inputs, channels, truth, members).items():
+        results[name] = aggregate(rows, channels, m)
 
     # --- table --------------------------------------------------------------------------------
     lines = ["| prior | metric | " + " | ".join(channels) + " |", "|---|---|" + "---|" * len(channels)]
@@ -197,14 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             vals = []
             for c in channels:
                 v = agg[f"{metric}/{c}"]
-                vals.append(f"{v:.3g}" if metric != "ssr" else f"{v:.2f}")
+                se = agg.get(f"rmse_se/{c}") if metric == "rmse" else None
+                vals.append(f"{v:.2f}" if metric == "ssr" else f"{v:.3g}" + (f" ± {se:.2g}" if se is not None and np.isfinite(se) else ""))
             lines.append(f"| {name} | {metric.upper()} | " + " | ".join(vals) + " |")
     gain_lines = []
     for name in results:
         if name.startswith("learned"):
             gains = [1 - results[name][f"rmse/{c}"] / results[baseline][f"rmse/{c}"] for c in channels]
             gain_lines.append(f"| {name} vs {baseline} | RMSE reduction | " + " | ".join(f"{100 * g:+.1f}%" for g in gains) + " |")
-    table = "\n".join(lines + gain_lines)
+    div_lines = [f"| {name} | diverged | " + " | ".join([why] + [""] * (len(channels) - 1)) + " |" for name, why in diverged.items()]
+    table = "\n".join(lines + div_lines + gain_lines)
     print(table)
     summary = {
         "times": [np.datetime_as_string(t, unit="s") for t in times],
@@ -213,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampler_steps": cfg.sampler.steps,
         "baseline": baseline,
         "results": results,
+        "diverged": diverged,
         "seconds": timing,
         "checkpoint": learned.meta.get("training", {}).get("steps"),
     }

@@ -18,13 +18,12 @@ import torch
 from ensemble_da.config import RunConfig
 from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
 from ensemble_da.grid import HealpixGrid
-from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.priors.base import allows_autocast
-from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
+from ensemble_da.sampling import KarrasSchedule
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
@@ -98,32 +97,22 @@ class Assimilator:
         cfg = self.config
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
-        autocast = cfg.sampler.autocast == "bf16" and allows_autocast(self.prior)
-        denoiser: Denoiser = self.prior
-        if obs is not None and cfg.guidance.method != "none":
-            denoiser = guided_denoiser(self.prior, self.operator(obs), cfg.guidance, autocast=autocast)
-        out = []
-        bs = cfg.sampler.batch_size
-        for lo in range(0, len(members), bs):
-            block = list(members[lo : lo + bs])
-            gens = [member_generator(cfg.seed, t_index, m) for m in block]
-            z = edm_sample(
-                denoiser,
-                gens,
-                self.schedule,
-                solver=cfg.sampler.solver,
-                churn=cfg.sampler.churn,
-                condition=condition,
-                device=self.device,
-                autocast=autocast,
-            )
-            out.append(self.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
-            if progress is not None:
-                progress(len(block))
-        diagnostics = {"seconds": time.perf_counter() - start}
-        if isinstance(denoiser, MMPSGuidance):
-            diagnostics["cg_residual_max"] = denoiser.max_relative_residual
-        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), np.concatenate(out), diagnostics)
+        diagnostics: dict[str, float] = {}
+        x = sample_posterior(
+            self.prior,
+            None if obs is None else self.operator(obs),
+            members,
+            cfg.seed,
+            sampler=cfg.sampler,
+            guidance=cfg.guidance,
+            condition=condition,
+            t_index=t_index,
+            device=self.device,
+            progress=progress,
+            diagnostics=diagnostics,
+        )
+        diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
+        return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
 
 
 def exact_posteriors(

@@ -19,6 +19,7 @@ __all__ = [
     "RunConfig",
     "GridConfig",
     "ModelConfig",
+    "CBottleConfig",
     "SamplerConfig",
     "GuidanceConfig",
     "EnsembleConfig",
@@ -52,11 +53,45 @@ class GridConfig(_Strict):
         return v
 
 
+class CBottleConfig(_Strict):
+    """`model.kind: cbottle` (see `ensemble_da.priors.cbottle`).
+
+    checkpoints: one cBottle checkpoint (.checkpoint zip), or one per expert, highest σ first;
+    sigma_thresholds: expert i denoises σ ≥ sigma_thresholds[i], the last expert the rest
+    (cBottle's 3-expert model: [100, 10]); label: the dataset label (`era5` costs a second,
+    ICON-labelled network call per step for its masked radiation channels); sst: monthly SST
+    file (NetCDF/zarr, K, NaN or masked over land), or sst_constant (K) everywhere.
+    """
+
+    checkpoints: list[str]
+    sigma_thresholds: list[float] = Field(default_factory=list)
+    label: Literal["icon", "era5"] = "icon"
+    sst: str | None = None
+    sst_constant: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "CBottleConfig":
+        if not self.checkpoints:
+            raise ValueError("cbottle.checkpoints must name at least one checkpoint")
+        if len(self.checkpoints) != len(self.sigma_thresholds) + 1:
+            raise ValueError(
+                f"cbottle needs one checkpoint more than sigma_thresholds, got {len(self.checkpoints)} "
+                f"checkpoints and {len(self.sigma_thresholds)} thresholds"
+            )
+        if any(a <= b for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:])):
+            raise ValueError(f"cbottle.sigma_thresholds must decrease, got {self.sigma_thresholds}")
+        if self.sst is not None and self.sst_constant is not None:
+            raise ValueError("give cbottle.sst or cbottle.sst_constant, not both")
+        return self
+
+
 class ModelConfig(_Strict):
     """The prior. `gaussian` is DESIGN.md §4; `gaussian_climatology` is fitted from data;
-    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` an adapter."""
+    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` the cBottle
+    adapter (settings under `cbottle:`); `python` a user plug-in: `factory`
+    ("package.module:function") called with `options` as keywords returns a `Denoiser`."""
 
-    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle"] = "gaussian"
+    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
     channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
     mean: dict[str, float] | None = None
     std: dict[str, float] | None = None
@@ -71,6 +106,20 @@ class ModelConfig(_Strict):
     cache_dir: str | None = None
     # gaussian_climatology: states at the end of the dataset left out of the fit (held out).
     holdout_days: int = 0
+    cbottle: CBottleConfig | None = None
+    # python: "package.module:function" and the keyword arguments it is called with.
+    factory: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> "ModelConfig":
+        if self.kind == "python" and not self.factory:
+            raise ValueError('model.kind python needs model.factory ("package.module:function")')
+        if self.kind != "python" and (self.factory or self.options):
+            raise ValueError("model.factory and model.options belong to model.kind python")
+        if self.kind == "cbottle" and self.cbottle is None:
+            raise ValueError("model.kind cbottle needs a model.cbottle section (checkpoints, ...)")
+        return self
 
     @field_validator("nugget")
     @classmethod
@@ -110,11 +159,26 @@ class SamplerConfig(_Strict):
 
 
 class GuidanceConfig(_Strict):
-    method: Literal["none", "regression", "dps", "mmps"] = "regression"
+    """Likelihood guidance. Default MMPS with 3 GMRES iterations: the only method that converges
+    to the exact posterior on the Gaussian prior and stays calibrated on a learned one, where
+    CG's residual grows without bound at high σ and regression (γ = 1e-2) diverges at 16 steps
+    (README, "Guidance on a learned prior")."""
+
+    method: Literal["none", "regression", "dps", "mmps"] = "mmps"
     scale: float = 1.0
     gamma: float = 1e-2
     zeta: float = 1.0
+    # MMPS: linear solver of (diag(s²) + σ² H Jᵀ Hᵀ) v = y − H D and its iteration count.
+    # gmres is exact for a non-symmetric J (a learned network); cg assumes J symmetric.
+    solver: Literal["cg", "gmres"] = "gmres"
     cg_iters: int = 3
+
+    @field_validator("cg_iters")
+    @classmethod
+    def _iters(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"cg_iters must be >= 0, got {v}")
+        return v
 
 
 class EnsembleConfig(_Strict):
@@ -297,26 +361,40 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise InputError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+            reason = str(exc).splitlines()[0]
+            raise InputError(
+                f"--set {key}: value {text!r} is not valid YAML ({reason}); quote a string: {key}='\"...\"'"
+            ) from None
         _set_path(tree, key.strip(), value)
     return tree
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
+def _override_source(loc: str, overrides: list[str], source: str) -> str:
+    """`--set key` when the failing key came from an override, else the config file."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return f"--set {key}"
+    return source
+
+
+def _format_validation(exc: ValidationError, source: str, overrides: list[str] | None = None) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
+    source = _override_source(loc, overrides or [], source)
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
     value = err.get("input")
     return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
 
 
-def validate_tree(model: type[M], tree: dict, source: str = "config") -> M:
-    """Validate a raw tree into `model`; errors become one-line InputErrors naming key and value."""
+def validate_tree(model: type[M], tree: dict, source: str = "config", overrides: list[str] | None = None) -> M:
+    """Validate a raw tree into `model`; errors become one-line InputErrors naming key and value,
+    and the `--set` override the key came from (else `source`)."""
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise InputError(_format_validation(exc, source)) from None
+        raise InputError(_format_validation(exc, source, overrides)) from None
 
 
 def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
@@ -336,7 +414,7 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
     if not isinstance(tree, dict):
         raise InputError(f"{path}: top level must be a mapping of config keys")
     apply_overrides(tree, overrides or [])
-    return validate_tree(model, tree, str(path))
+    return validate_tree(model, tree, str(path), overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -4,6 +4,11 @@ The probability-flow ODE dz/dσ = (z − D(z, σ))/σ is integrated from σ_max 
 schedule σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, σ_N = 0, by Heun (2nd order,
 Euler on the last step) or Euler, with optional churn. Member m at analysis time t draws all its
 noise from `member_generator(seed, t, m)`, so its result never depends on batch companions.
+
+Divergence is an error, not a result: after every step a member whose state is non-finite or
+has |z| > DIVERGENCE_BOUND · √(1 + σ²) (normalised units; the noisy prior's scale at σ is
+√(σ_d² + σ²) with σ_d ≈ 1) is flagged on the device, and the flags are read back every
+`CHECK_EVERY` steps and at the end (one host synchronisation each), raising `DivergenceError`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,39 @@ import numpy as np
 import torch
 
 from ensemble_da.config import SamplerConfig
+from ensemble_da.errors import InputError
 from ensemble_da.priors.base import Condition, Denoiser
 
-__all__ = ["KarrasSchedule", "member_generator", "edm_sample", "member_noise"]
+__all__ = ["KarrasSchedule", "member_generator", "edm_sample", "member_noise", "DivergenceError", "DIVERGENCE_BOUND"]
+
+# |z| beyond this many prior standard deviations (at the step's noise level) is divergence:
+# a climate state never sits 20 climatological std from the mean, a noisy one at σ hardly 5 σ.
+DIVERGENCE_BOUND = 20.0
+CHECK_EVERY = 4
+
+
+class DivergenceError(InputError):
+    """A member left the sane range during sampling (non-finite, or |z| far beyond the prior's scale).
+
+    Attributes: `step` (1-based) of `steps`, its noise level `sigma`, the batch rows `rows`
+    that diverged first, and `detail` (what was seen). The message is one line.
+    """
+
+    def __init__(self, step: int, steps: int, sigma: float, rows: list[int], detail: str):
+        self.step, self.steps, self.sigma, self.rows, self.detail = step, steps, sigma, rows, detail
+        super().__init__(f"sampling diverged at step {step}/{steps} (σ = {sigma:.3g}): {detail}")
+
+
+def _divergence(first_bad: torch.Tensor, z: torch.Tensor, sigmas: np.ndarray, checked: int) -> DivergenceError:
+    """The error for the earliest flagged step; `checked` is the step (0-based) just finished."""
+    steps = len(sigmas) - 1
+    step = int(first_bad[first_bad >= 0].min())
+    rows = [int(r) for r in torch.nonzero(first_bad == step).flatten()]
+    bound = DIVERGENCE_BOUND * math.sqrt(1.0 + float(sigmas[step + 1]) ** 2)
+    now = z[rows]
+    state = "non-finite values" if not bool(torch.isfinite(now).all()) else f"max |z| = {float(now.abs().max()):.3g}"
+    detail = f"|z| > {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std), {state} by step {checked + 1}"
+    return DivergenceError(step + 1, steps, float(sigmas[step]), rows, detail)
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,11 @@ def edm_sample(
     autocast : bool
         Run an unguided denoiser's forward in bf16 on CUDA (guided denoisers autocast only
         their network call and keep the guidance math in float32/float64).
+
+    Raises
+    ------
+    DivergenceError
+        A member's state became non-finite or left |z| ≤ DIVERGENCE_BOUND · √(1 + σ²).
     """
     device = torch.device(device)
     shape = (len(denoiser.normalization.channels), denoiser.grid.npix)
@@ -98,6 +138,7 @@ def edm_sample(
     z = member_noise(generators, shape, device) * float(sigmas[0])
     n = schedule.steps
     gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
+    first_bad = torch.full((z.shape[0],), -1, dtype=torch.long, device=device)
     for i in range(n):
         s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
         s_hat = s_cur * (1.0 + gamma)
@@ -109,4 +150,9 @@ def edm_sample(
             d_next = (z_next - _call(denoiser, z_next, s_next, condition, autocast)) / s_next
             z_next = z + (s_next - s_hat) * 0.5 * (d_cur + d_next)
         z = z_next
+        limit = DIVERGENCE_BOUND * math.sqrt(1.0 + s_next**2)
+        bad = (~torch.isfinite(z) | (z.abs() > limit)).flatten(1).any(1)
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
+        if ((i + 1) % CHECK_EVERY == 0 or i == n - 1) and bool((first_bad >= 0).any()):
+            raise _divergence(first_bad, z, sigmas, i)
     return z

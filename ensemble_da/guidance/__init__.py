@@ -1,6 +1,6 @@
 """Likelihood guidance (DESIGN.md §6): guided denoisers that wrap a prior and are denoisers.
 
-`none` (the prior), `regression` (SDA form, default), `dps` (per-member DPS), `mmps`.
+`none` (the prior), `regression` (SDA form), `dps` (per-member DPS), `mmps` (the default, with GMRES).
 """
 
 from __future__ import annotations
@@ -26,4 +26,4 @@ def guided_denoiser(
         return RegressionGuidance(prior, operator, cfg.scale, cfg.gamma, autocast)
     if cfg.method == "dps":
         return DPSGuidance(prior, operator, cfg.zeta, autocast)
-    return MMPSGuidance(prior, operator, cfg.cg_iters, autocast)
+    return MMPSGuidance(prior, operator, cfg.cg_iters, autocast, solver=cfg.solver)

@@ -2,31 +2,46 @@
 
 With Tweedie's covariance Cov[z₀ | z] ≈ σ² J (J = ∂D/∂z, symmetric for an exact denoiser),
 
-    D_y = D + σ² Jᵀ Hᵀ v ,   (diag(s²) + σ² H J Hᵀ) v = y − H D ,
+    D_y = D + σ² Jᵀ Hᵀ v ,   (diag(s²) + σ² H Jᵀ Hᵀ) v = y − H D ,
 
-the system solved per member by `cg_iters` conjugate-gradient iterations in float64, each
-applying J by one VJP through the denoiser. Exact for a Gaussian prior and linear H once CG
-has converged. The largest relative CG residual of the last call is kept for reporting.
+the system solved per member in float64 by `iterations` steps of conjugate gradients (`cg`,
+which assumes the matrix symmetric positive definite, i.e. J symmetric) or GMRES (`gmres`, any
+J: a learned network's Jacobian is not symmetric), each applying Jᵀ by one VJP through the
+denoiser. Exact for a Gaussian prior and linear H once the solver has converged. The largest
+relative solver residual of the calls so far is kept for reporting.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
 from ensemble_da.guidance.base import GuidedDenoiser
 from ensemble_da.guidance.cg import conjugate_gradient
+from ensemble_da.guidance.gmres import gmres
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors.base import Condition, Denoiser
 
 __all__ = ["MMPSGuidance"]
 
+_SOLVERS = {"cg": conjugate_gradient, "gmres": gmres}
+
 
 class MMPSGuidance(GuidedDenoiser):
-    """MMPS with `cg_iters` CG iterations; `last_relative_residual` is (batch,) after a call."""
+    """MMPS with `cg_iters` iterations of `solver`; `last_relative_residual` is (batch,) after a call."""
 
-    def __init__(self, denoiser: Denoiser, operator: ObservationOperator, cg_iters: int = 3, autocast: bool = True):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        operator: ObservationOperator,
+        cg_iters: int = 3,
+        autocast: bool = True,
+        solver: Literal["cg", "gmres"] = "cg",
+    ):
         super().__init__(denoiser, operator, autocast)
         self.cg_iters = cg_iters
+        self.solve = _SOLVERS[solver]
         self.last_relative_residual: torch.Tensor | None = None
         self._residual_max: torch.Tensor | None = None  # on the device: no host sync per step
 
@@ -35,7 +50,12 @@ class MMPSGuidance(GuidedDenoiser):
         """Largest relative CG residual over every call so far (reading it syncs once: read it per block)."""
         return 0.0 if self._residual_max is None else float(self._residual_max)
 
-    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+    def linear_system(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None):
+        """The MMPS system at (z, σ): (d, matvec, rhs, correction).
+
+        d = D(z, σ) with its graph; matvec(v) = diag(s²) v + σ² H Jᵀ Hᵀ v and rhs = y − H d, both
+        (batch, obs) float64; correction(v) = Jᵀ Hᵀ v with the shape of z.
+        """
         z, d = self.denoise_with_graph(z, sigma, condition)
         y, s2 = self.observations(d.double())
         s2_sigma = sigma.double()[:, None] ** 2
@@ -47,14 +67,16 @@ class MMPSGuidance(GuidedDenoiser):
             return g
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            hjht = self.operator(vjp(self.operator.adjoint(v)).double())
-            return s2 * v + s2_sigma * hjht
+            return s2 * v + s2_sigma * self.operator(vjp(self.operator.adjoint(v)).double())
 
         rhs = y - self.operator(d.detach().double())
-        v, rel = conjugate_gradient(matvec, rhs, self.cg_iters)
-        correction = vjp(self.operator.adjoint(v))
+        return d, matvec, rhs, lambda v: vjp(self.operator.adjoint(v))
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+        d, matvec, rhs, correction = self.linear_system(z, sigma, condition)
+        v, rel = self.solve(matvec, rhs, self.cg_iters)
         self.last_relative_residual = rel.detach()
         if rel.numel():
             top = rel.detach().max()
             self._residual_max = top if self._residual_max is None else torch.maximum(self._residual_max, top)
-        return (d + sigma.to(d.dtype).reshape(-1, 1, 1) ** 2 * correction.to(d.dtype)).detach()
+        return (d + sigma.to(d.dtype).reshape(-1, 1, 1) ** 2 * correction(v).to(d.dtype)).detach()

@@ -1,4 +1,4 @@
-"""Regression guidance in the SDA form (Rozet & Louppe 2023), the default method (DESIGN.md §6).
+"""Regression guidance in the SDA form (Rozet & Louppe 2023), DESIGN.md §6.
 
     D_y = D + scale · σ² ∇_z log N(y ; H D(z, σ), diag(s² + γ σ²)) ,
 

@@ -1,15 +1,22 @@
 """Linear observation operators H (DESIGN.md §5): `nearest` and `bilinear` on HEALPix NEST.
 
-H maps a state with shape (batch, channel, cell) to (batch, obs). Each observation reads at
-most 4 cells of its own channel with weights that sum to 1, so H commutes with the per-channel
-affine normalisation: y_norm = (y - center_c) / scale_c is observed by the same weights, and
-sigma_norm = sigma / scale_c. The adjoint Hᵀ is explicit (scatter-add) and is what autograd
-uses as H's backward, so gradients never rely on anything but these two maps.
+H maps a state with shape (..., channel, cell) to (..., obs). Each observation reads at most 4
+cells of its own channel with weights that sum to 1, so H commutes with the per-channel affine
+normalisation: y_norm = (y - center_c) / scale_c is observed by the same weights, and
+sigma_norm = sigma / scale_c.
+
+H and its adjoint Hᵀ are both explicit and are each other's derivative (autograd.Function with
+`setup_context`, a `jvp` and a generated vmap rule), so `torch.autograd`, `torch.func.vjp`,
+`jvp` and `vmap` all see exactly these two linear maps. Hᵀ is deterministic on every device:
+it never accumulates with atomics (no `index_add_`/`scatter_add`). The entries of H are grouped
+by the state element they touch into a padded table (target, K) fixed when the operator is
+built; each target's contributions are summed in that fixed order and written once, so Hᵀ y is
+bit-identical across calls and does not depend on which other rows share the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -17,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from ensemble_da.channels import Normalization
+from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.observation_set import ObservationSet
 
@@ -25,31 +33,98 @@ __all__ = ["ObservationOperator", "OperatorKind"]
 OperatorKind = Literal["nearest", "bilinear"]
 
 
-class _Gather(torch.autograd.Function):
-    """y[b, i] = Σ_k w[i, k] · x[b, flat[i, k]] with the explicit adjoint as backward."""
+@dataclass(frozen=True)
+class _Plan:
+    """H's index tables on one device.
+
+    flat, w : (obs, k) state index and weight of each entry.
+    targets : (u,) the distinct state indices H touches, ascending.
+    entries : (u, K) for each target the positions (into the flattened (obs·k) entries) that
+        touch it, in ascending order, padded with obs·k (a zero slot).
+    """
+
+    flat: torch.Tensor
+    w: torch.Tensor
+    targets: torch.Tensor
+    entries: torch.Tensor
+    size: int
+
+    @classmethod
+    def build(cls, flat: np.ndarray, weights: np.ndarray, size: int, device: torch.device) -> "_Plan":
+        f = flat.reshape(-1)
+        order = np.argsort(f, kind="stable")
+        targets, first, counts = np.unique(f[order], return_index=True, return_counts=True)
+        width = int(counts.max()) if len(counts) else 1
+        entries = np.full((len(targets), width), f.size, dtype=np.int64)
+        slot = np.arange(f.size) - np.repeat(first, counts)
+        entries[np.repeat(np.arange(len(targets)), counts), slot] = order
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        return cls(as_t(flat), as_t(weights), as_t(targets), as_t(entries), int(size))
+
+
+def _apply(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    xf = x.reshape(*x.shape[:-2], -1)
+    w = plan.w.to(x.dtype)
+    y = xf[..., plan.flat[:, 0]] * w[:, 0]
+    for k in range(1, plan.flat.shape[1]):
+        y = y + xf[..., plan.flat[:, k]] * w[:, k]
+    return y
+
+
+def _apply_adjoint(y: torch.Tensor, plan: _Plan, state_shape: tuple[int, int]) -> torch.Tensor:
+    contrib = (y[..., :, None] * plan.w.to(y.dtype)).reshape(*y.shape[:-1], -1)
+    contrib = torch.cat([contrib, contrib.new_zeros(*y.shape[:-1], 1)], dim=-1)
+    gathered = contrib[..., plan.entries]
+    acc = gathered[..., 0]
+    for k in range(1, plan.entries.shape[1]):
+        acc = acc + gathered[..., k]
+    out = y.new_zeros(*y.shape[:-1], plan.size)
+    out[..., plan.targets] = acc
+    return out.reshape(*y.shape[:-1], *state_shape)
+
+
+class _H(torch.autograd.Function):
+    """x ↦ H x; its derivative is Hᵀ (backward) and H itself (jvp)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(flat, w)
-        ctx.size = size
-        ctx.shape = x.shape
-        return _forward(x, flat, w)
+    def forward(x: torch.Tensor, plan: _Plan, state_shape: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        return _apply(x, plan)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ctx.plan, ctx.state_shape = inputs
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        flat, w = ctx.saved_tensors
-        return _adjoint(grad, flat, w, ctx.size).reshape(ctx.shape), None, None, None
+        return _HT.apply(grad, ctx.plan, ctx.state_shape), None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot: torch.Tensor, *_):  # type: ignore[override]
+        return _H.apply(x_dot, ctx.plan, ctx.state_shape)
 
 
-def _forward(x: torch.Tensor, flat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    xf = x.reshape(x.shape[0], -1)
-    return (xf[:, flat] * w.to(x.dtype)).sum(-1)
+class _HT(torch.autograd.Function):
+    """y ↦ Hᵀ y; its derivative is H (backward) and Hᵀ itself (jvp)."""
 
+    generate_vmap_rule = True
 
-def _adjoint(y: torch.Tensor, flat: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:
-    contrib = (y[:, :, None] * w.to(y.dtype)).reshape(y.shape[0], -1)
-    out = torch.zeros(y.shape[0], size, dtype=y.dtype, device=y.device)
-    return out.index_add_(1, flat.reshape(-1), contrib)
+    @staticmethod
+    def forward(y: torch.Tensor, plan: _Plan, state_shape: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        return _apply_adjoint(y, plan, state_shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, ctx.plan, ctx.state_shape = inputs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return _H.apply(grad, ctx.plan, ctx.state_shape), None, None
+
+    @staticmethod
+    def jvp(ctx, y_dot: torch.Tensor, *_):  # type: ignore[override]
+        return _HT.apply(y_dot, ctx.plan, ctx.state_shape)
 
 
 @dataclass(frozen=True)
@@ -74,6 +149,7 @@ class ObservationOperator:
     sigma: np.ndarray
     n_channels: int
     npix: int
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -102,6 +178,43 @@ class ObservationOperator:
             npix=grid.npix,
         )
 
+    @classmethod
+    def at_cells(
+        cls,
+        cells: np.ndarray,
+        channels: np.ndarray,
+        values: np.ndarray,
+        sigma: np.ndarray | float,
+        grid: HealpixGrid,
+        normalization: Normalization,
+    ) -> "ObservationOperator":
+        """H that reads whole cells: observation i is `values[i]` ± `sigma[i]` (physical units)
+        of channel `channels[i]` at NEST cell `cells[i]`; all arrays with shape (obs,).
+
+        InputError for a cell outside the grid or a channel the prior does not have.
+        """
+        cells = np.asarray(cells, dtype=np.int64).reshape(-1)
+        if cells.size == 0:
+            raise InputError("no observations given")
+        bad = (cells < 0) | (cells >= grid.npix)
+        if bad.any():
+            raise InputError(f"observation cell {int(cells[bad][0])} is outside the grid (0..{grid.npix - 1})")
+        ch = normalization.index(np.broadcast_to(np.asarray(channels, dtype=str), cells.shape).tolist())
+        values = np.broadcast_to(np.asarray(values, dtype=np.float64), cells.shape)
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), cells.shape)
+        if not np.all(np.isfinite(values)):
+            raise InputError("observation values must be finite")
+        if not np.all(sigma > 0):
+            raise InputError(f"observation sigma must be > 0, got {float(sigma.min())}")
+        return cls(
+            flat=(ch * grid.npix + cells)[:, None],
+            weights=np.ones((cells.size, 1)),
+            y=(values - normalization.center[ch]) / normalization.scale[ch],
+            sigma=sigma / normalization.scale[ch],
+            n_channels=len(normalization.channels),
+            npix=grid.npix,
+        )
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -109,23 +222,20 @@ class ObservationOperator:
     def state_size(self) -> int:
         return self.n_channels * self.npix
 
-    def _torch(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            torch.as_tensor(self.flat, device=like.device),
-            torch.as_tensor(self.weights, device=like.device),
-        )
+    def _plan(self, device: torch.device) -> _Plan:
+        if device not in self._plans:
+            self._plans[device] = _Plan.build(self.flat, self.weights, self.state_size, device)
+        return self._plans[device]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """H x: (batch, channel, cell) → (batch, obs); differentiable through the adjoint."""
-        flat, w = self._torch(x)
-        return _Gather.apply(x, flat, w, self.state_size)
+        """H x: (..., channel, cell) → (..., obs); differentiable (autograd and torch.func)."""
+        return _H.apply(x, self._plan(x.device), (self.n_channels, self.npix))
 
     __call__ = forward
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Hᵀ y: (batch, obs) → (batch, channel, cell)."""
-        flat, w = self._torch(y)
-        return _adjoint(y, flat, w, self.state_size).reshape(y.shape[0], self.n_channels, self.npix)
+        """Hᵀ y: (..., obs) → (..., channel, cell); deterministic, differentiable."""
+        return _HT.apply(y, self._plan(y.device), (self.n_channels, self.npix))
 
     def matrix(self) -> sp.csr_matrix:
         """H as a sparse (obs, channel·cell) matrix, for exact posteriors and diagnostics."""

@@ -31,7 +31,6 @@ from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.era5 import write_healpix_truth
-from ensemble_da.obs.synthetic import truth_rng
 from ensemble_da.obs.variables import era5_variable
 from ensemble_da.priors.base import Denoiser
 
@@ -120,12 +119,11 @@ def write_era5_netcdf(
 
 
 def draw_truths(config: RunConfig, prior: Denoiser) -> np.ndarray:
-    """One truth per analysis time from the prior: float32 (time, channel, cell), physical."""
-    if not hasattr(prior, "sample_truth"):
-        raise InputError(f"an OSSE needs a prior that draws truths; model.kind {config.model.kind!r} does not")
-    return np.stack(
-        [prior.sample_truth(truth_rng(config.seed, t))[0] for t in range(len(config.times))]
-    ).astype(np.float32)
+    """One truth per analysis time from the prior: float32 (time, channel, cell), physical
+    (`ensemble_da.truth.draw_truths`: exact draws, or unguided sampling for a learned prior)."""
+    from ensemble_da.truth import draw_truths as draw
+
+    return draw(prior, config)
 
 
 def generate_osse(config: RunConfig, prior: Denoiser, out_dir: str | Path, final_dir: str | Path | None = None) -> OsseFiles:

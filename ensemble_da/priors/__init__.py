@@ -25,4 +25,12 @@ def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device 
         from ensemble_da.priors.checkpoint import load_for_config
 
         return load_for_config(model, grid, device)
+    if model.kind == "python":
+        from ensemble_da.priors.plugin import load_plugin
+
+        return load_plugin(model.factory or "", model.options, grid.nside, device)
+    if model.kind == "cbottle":
+        from ensemble_da.priors.cbottle import load_for_config as load_cbottle
+
+        return load_cbottle(model, grid, device)
     raise InputError(f"model.kind {model.kind!r} is not available in this build")

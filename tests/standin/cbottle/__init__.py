@@ -1,0 +1,1 @@
+"""Test stand-in for NVlabs/cBottle (see tests/standin/README.md)."""
