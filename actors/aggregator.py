@@ -1,16 +1,22 @@
-"""Aggregator: streaming per-time statistics of the ensemble (issue 3, item 4).
+"""Aggregators: per-time streaming statistics of the ensemble, from what replicas return.
 
-Member blocks are merged into `EnsembleMoments` (Chan et al. parallel update) in the fixed order
-of the work units of each time, whatever the order they finished in: a block that arrives early
-is already on disk, and is read back when its turn comes. The merge order — hence every
-float — is therefore the same for in-process and Ray runs, with or without failures or
-`--resume`, and no process holds more than one block of fields. Observation-space values
-(H applied to each member, (member, obs)) are small and kept whole.
+A replica writes its member block into the store and returns the block's `BlockStats`
+(partial moments and H x per member). The aggregator of a time merges them (Chan et al.
+parallel update) in the fixed order of the time's member blocks, whatever order they arrive
+in — an early block waits in memory (two fields) until its turn — so every float is the same
+for in-process and Ray runs, with or without failures, stragglers or `--resume`. Blocks already
+on disk when a run resumes are read back once and give the same `BlockStats`.
 
-When a time's last block is merged, the time is finished: ensemble mean and spread go to the
-store, fair CRPS and the truth's rank histogram are computed over cell slices read from the
-store (all members, a slice of cells at a time), and `stats.time_metrics` gives the DESIGN.md §7
-scalars, which are handed to `on_time` (the driver logs them to MLflow).
+When a time's last block is merged the time is finished: ensemble mean and spread go to the
+store; fair CRPS and the truth's rank histogram run over cell chunks that read all members of a
+chunk from the store (`score_cells`: in this process, or as Ray tasks), and
+`stats.time_metrics` gives the DESIGN.md §7 scalars, returned as a `TimeResult` for the driver
+(which alone logs to MLflow).
+
+One aggregator per analysis time (on Ray: actor `t mod cluster.aggregators` holds time t):
+a time's observation-space fit needs every member's H x over all of that time's observations,
+so a time is the natural unit of reduction (a cell shard would need a second reduction for the
+fit); different times reduce in parallel on different actors.
 """
 
 from __future__ import annotations
@@ -20,15 +26,31 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ensemble_da.assimilation import WorkUnit
 from ensemble_da.io import RunStore
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, rank_counts, time_metrics
+from ensemble_da.stats import BlockStats, EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, rank_counts, \
+    time_metrics
 
-__all__ = ["Aggregator", "TimeResult", "CELL_SLICE_BYTES"]
+__all__ = ["Aggregator", "TimeInputs", "TimeResult", "score_cells", "CELL_SLICE_BYTES"]
 
-# Largest (member, channel, cells) slice read at once for CRPS and ranks.
+# Largest (member, channel, cells) slice one scoring task reads.
 CELL_SLICE_BYTES = 256 * 2**20
+
+
+@dataclass
+class TimeInputs:
+    """What the aggregator of one analysis time needs besides the blocks.
+
+    observations: all of the time's observations; operator: H over them (for blocks read back
+    on resume); truth: (channel, cell) or None; exact: (mean, spread) each (channel, cell) or None.
+    """
+
+    t_index: int
+    observations: ObservationSet
+    operator: object
+    truth: np.ndarray | None = None
+    exact: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -43,139 +65,140 @@ class TimeResult:
     rank_counts: np.ndarray | None
 
 
+def score_cells(store_url: str, t_index: int, cells: slice, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fair CRPS (channel, cells) and rank counts (channel, member + 1) of time `t_index` at a
+    slice of cells, reading all members there from the store; `truth` (channel, cells)."""
+    ens = RunStore(store_url).read_cells(t_index, cells).astype(np.float64)
+    ranks = np.stack([rank_counts(ens[:, c], truth[c]) for c in range(ens.shape[1])])
+    return fair_crps(ens, truth), ranks
+
+
+def _nanmax(a: float, b: float) -> float:
+    return b if np.isnan(a) else a if np.isnan(b) else max(a, b)
+
+
+def _local_map(calls: list[tuple]) -> list:
+    return [score_cells(*args) for args in calls]
+
+
 @dataclass
 class _TimeState:
-    blocks: list[tuple[int, int]]
+    inputs: TimeInputs
     next_block: int = 0
+    pending: dict[int, BlockStats] = field(default_factory=dict)
     moments: EnsembleMoments = field(default_factory=EnsembleMoments)
     hx: list[np.ndarray] = field(default_factory=list)
+    residual: float = float("nan")
 
 
 class Aggregator:
-    """Per-time streaming reduction of member blocks written to `store`.
+    """Streaming reduction of the member blocks of some analysis times.
 
     Parameters
     ----------
-    store : RunStore
-        Where blocks are (or will be) written; finished statistics are written back to it.
-    observations : list of ObservationSet
-        One per time (all observations: assimilated and held out).
-    operators : list of ObservationOperator
-        H of each time over all of its observations (applied to physical fields).
-    truth : float (time, channel, cell), optional
-    exact : (mean, spread) each float (time, channel, cell), optional
+    store_url : str
+        Path or URL of the run store (blocks are there; mean and spread are written there).
+    times : list of TimeInputs
+        The analysis times this aggregator owns.
     seed : int
         Run seed (held-out CRPS noise stream, `stats.heldout_noise_rng`).
-    on_time : callable(TimeResult), optional
-        Called when a time is finished.
+    map_scores : callable(list of score_cells argument tuples) -> list of results, optional
+        Runs the scoring calls (default: one after another here; on Ray: as tasks).
     """
 
-    def __init__(
-        self,
-        store: RunStore,
-        observations: Sequence[ObservationSet],
-        operators: Sequence[ObservationOperator],
-        *,
-        truth: np.ndarray | None = None,
-        exact: tuple[np.ndarray, np.ndarray] | None = None,
-        seed: int = 0,
-        on_time: Callable[[TimeResult], None] | None = None,
-    ):
-        self.store = store
-        self.layout = store.layout
-        self.observations = list(observations)
-        self.operators = list(operators)
-        self.truth = truth
-        self.exact = exact
+    def __init__(self, store_url: str, times: Sequence[TimeInputs], seed: int = 0,
+                 map_scores: Callable[[list[tuple]], list] | None = None):
+        self.store_url = store_url
+        self.store = RunStore(store_url)
+        self.layout = self.store.layout
+        self.blocks = self.layout.blocks()
         self.seed = seed
-        self.on_time = on_time
-        blocks = self.layout.blocks()
-        self.states = [_TimeState(blocks) for _ in range(len(self.layout.times))]
+        self.map_scores = map_scores or _local_map
+        self.states = {ti.t_index: _TimeState(ti) for ti in times}
         self.results: dict[int, TimeResult] = {}
-        self._done = store.done()
 
-    def add(self, t_index: int, members: Sequence[int], analysis: np.ndarray | None = None) -> None:
-        """A block of time `t_index` is on disk (`analysis` (member, channel, cell) float32 if at
-        hand); merge every block of that time that is now next in order."""
-        lo, hi = int(members[0]), int(members[-1]) + 1
-        self._done[t_index, lo:hi] = True
-        st = self.states[t_index]
-        while st.next_block < len(st.blocks):
-            b_lo, b_hi = st.blocks[st.next_block]
-            if not self._done[t_index, b_lo:b_hi].all():
-                break
-            block = analysis if (b_lo, b_hi) == (lo, hi) and analysis is not None else None
-            if block is None:
-                block = self.store.read_block(t_index, b_lo, b_hi)
-            self._merge(t_index, block)
+    def add(self, unit: WorkUnit, stats: BlockStats) -> list[TimeResult]:
+        """Merge the block of `unit` (and every waiting block now next in order); returns the
+        times this finished (a list of zero or one TimeResult)."""
+        st = self.states[unit.t_index]
+        index = self.blocks.index((unit.members[0], unit.members[-1] + 1))
+        if index < st.next_block or index in st.pending:
+            return []  # a duplicate (a re-run unit): already counted
+        st.pending[index] = stats
+        while st.next_block in st.pending:
+            s = st.pending.pop(st.next_block)
+            st.moments = st.moments.merge(s.moments)
+            st.hx.append(s.hx)
+            st.residual = _nanmax(st.residual, s.cg_residual_max)
             st.next_block += 1
-        if st.next_block == len(st.blocks) and t_index not in self.results:
-            self._finish(t_index)
+        if st.next_block == len(self.blocks) and unit.t_index not in self.results:
+            return [self._finish(unit.t_index)]
+        return []
 
-    def catch_up(self) -> None:
-        """Merge blocks already on disk (a resumed run) and finish the times that are complete."""
-        for t in range(len(self.states)):
-            lo, hi = self.states[t].blocks[0]
-            if self._done[t, lo:hi].all():
-                self.add(t, range(lo, hi))
+    def catch_up(self) -> list[TimeResult]:
+        """Merge the blocks already on disk (a resumed run); returns the times that finished."""
+        done = self.store.done()
+        out = []
+        for t, st in self.states.items():
+            for lo, hi in self.blocks:
+                if done[t, lo:hi].all():
+                    stats = BlockStats.of(self.store.read_block(t, lo, hi), st.inputs.operator)
+                    out += self.add(WorkUnit(t, tuple(range(lo, hi))), stats)
+        return out
 
-    def _merge(self, t: int, block: np.ndarray) -> None:
+    def _finish(self, t: int) -> TimeResult:
         st = self.states[t]
-        st.moments = st.moments.update(block)
-        st.hx.append(self.operators[t].apply_numpy(block.astype(np.float64)))
-
-    def _finish(self, t: int) -> None:
-        st = self.states[t]
-        mean, spread = st.moments.mean, st.moments.std(ddof=1) if st.moments.count > 1 else np.zeros_like(st.moments.mean)
-        self.store.write_time_stats(t, mean, spread)
-        fit = ObsFit(self.observations[t], np.concatenate(st.hx))
-        truth = None if self.truth is None else np.asarray(self.truth[t], dtype=np.float64)
+        ti = st.inputs
+        m = st.moments
+        spread = m.std(ddof=1) if m.count > 1 else np.zeros_like(m.mean)
+        self.store.write_time_stats(t, m.mean, spread)
+        fit = ObsFit(ti.observations, np.concatenate(st.hx))
+        truth = None if ti.truth is None else np.asarray(ti.truth, dtype=np.float64)
         crps = ranks = None
-        if truth is not None:
+        if truth is not None and m.count > 1:
             crps, ranks = self._scores_vs_truth(t, truth)
-        exact = None if self.exact is None else (self.exact[0][t], self.exact[1][t])
-        rng = heldout_noise_rng(self.seed, t)
-        if st.moments.count > 1:
-            metrics = time_metrics(
-                list(self.layout.channels), st.moments, fit=fit, truth=truth, crps=crps, exact=exact,
-                heldout_noise_rng=rng,
-            )
-        else:
-            metrics = {}
+        metrics = {}
+        if m.count > 1:
+            metrics = time_metrics(list(self.layout.channels), m, fit=fit, truth=truth, crps=crps, exact=ti.exact,
+                                   heldout_noise_rng=heldout_noise_rng(self.seed, t))
+        if np.isfinite(st.residual):
+            metrics["mmps_residual/max"] = float(st.residual)
         result = TimeResult(t, metrics, fit.hx_mean, fit.hx_spread, ranks)
         self.results[t] = result
         st.hx = []
-        if self.on_time is not None:
-            self.on_time(result)
+        return result
+
+    def _cell_slices(self) -> list[slice]:
+        """Whole chunk columns grouped up to CELL_SLICE_BYTES of (member, channel, cells) float32."""
+        per_cell = 4 * self.layout.members * len(self.layout.channels)
+        out: list[slice] = []
+        for c in self.layout.cell_chunks():
+            if out and (c.stop - out[-1].start) * per_cell <= CELL_SLICE_BYTES:
+                out[-1] = slice(out[-1].start, c.stop)
+            else:
+                out.append(c)
+        return out
 
     def _scores_vs_truth(self, t: int, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fair CRPS (channel, cell) and rank counts (channel, member + 1), read in cell slices."""
-        m, nc, npix = self.layout.members, len(self.layout.channels), self.layout.npix
-        step = max(1, min(npix, CELL_SLICE_BYTES // (4 * m * nc)))
-        crps = np.empty((nc, npix))
-        ranks = np.zeros((nc, m + 1), dtype=np.int64)
-        for lo in range(0, npix, step):
-            cells = slice(lo, min(lo + step, npix))
-            ens = self.store.read_cells(t, cells).astype(np.float64)
-            crps[:, cells] = fair_crps(ens, truth[:, cells])
-            for c in range(nc):
-                ranks[c] += rank_counts(ens[:, c], truth[c, cells])
-        return crps, ranks
+        """Fair CRPS (channel, cell) and rank counts (channel, member + 1) over cell slices."""
+        slices = self._cell_slices()
+        parts = self.map_scores([(self.store_url, t, s, truth[:, s]) for s in slices])
+        crps = np.empty(truth.shape)
+        for s, (c, _) in zip(slices, parts):
+            crps[:, s] = c
+        return crps, np.sum([r for _, r in parts], axis=0)
 
-    @property
-    def finished(self) -> bool:
-        return len(self.results) == len(self.states)
 
-    def observations_dataset(self):
-        """The `observations` group of DESIGN.md §7 with hx_mean / hx_spread of every time."""
-        sets = []
-        for t, obs in enumerate(self.observations):
-            ds = obs.to_dataset()
-            res = self.results.get(t)
-            n = len(obs)
-            ds["hx_mean"] = ("obs", res.hx_mean if res else np.full(n, np.nan))
-            ds["hx_spread"] = ("obs", res.hx_spread if res else np.full(n, np.nan))
-            sets.append(ds)
-        import xarray as xr
+def observations_dataset(observations: Sequence[ObservationSet], results: dict[int, TimeResult]):
+    """The `observations` group of DESIGN.md §7 with hx_mean / hx_spread of every time."""
+    import xarray as xr
 
-        return xr.concat(sets, dim="obs")
+    sets = []
+    for t, obs in enumerate(observations):
+        ds = obs.to_dataset()
+        res = results.get(t)
+        n = len(obs)
+        ds["hx_mean"] = ("obs", res.hx_mean if res else np.full(n, np.nan))
+        ds["hx_spread"] = ("obs", res.hx_spread if res else np.full(n, np.nan))
+        sets.append(ds)
+    return xr.concat(sets, dim="obs")

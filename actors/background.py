@@ -1,10 +1,10 @@
 """The background ensemble of a run (DESIGN.md §7 "Diagnostics", `diagnostics.background: true`).
 
 Before any analysis member is sampled, the same replicas draw the unguided prior ensemble with
-the analysis' seeds (member m of time t from SeedSequence([seed, t, m]), observations None), for
-every time. Its blocks are reduced as they arrive — moments (Chan merges, in member order, so
-in-process and Ray runs agree) and the members' values at the observations — so the driver never
-holds a field per member. Then each time's observations are screened against it
+the analysis' seeds (member m of time t from SeedSequence([seed, t, m]), unguided), for every
+time, and return each block's moments and values at the observations (`BlockStats`, nothing
+written). The driver reduces them as they arrive (Chan merges, in member order, so in-process
+and Ray runs agree), so it never holds a field per member. Then each time's observations are screened against it
 (`diagnostics.screen_observations`), and the analysis assimilates only those that pass.
 
 The background is not stored member by member: `--resume` draws it again (same seeds, same values).
@@ -17,12 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ensemble_da.assimilation import BlockResult, WorkUnit
+from ensemble_da.assimilation import WorkUnit
 from ensemble_da.config import RunConfig
 from ensemble_da.diagnostics import BackgroundQC, background_metrics, screen_observations
 from ensemble_da.io import unit_blocks
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.stats import EnsembleMoments, ObsFit
 
 __all__ = ["Background", "draw_background"]
@@ -85,24 +84,20 @@ class _TimeReduction:
             self.next_block += 1
 
 
-def draw_background(executor, config: RunConfig, observations: Sequence[ObservationSet], grid,
-                    normalization) -> Background:
+def draw_background(executor, config: RunConfig, observations: Sequence[ObservationSet]) -> Background:
     """Sample the background of every time on `executor` and screen `observations` against it.
 
     Raises InputError (from `screen_observations`) when QC leaves a time without assimilated
     observations.
     """
-    kind = config.observations.operator
-    operators = [ObservationOperator.build(o, grid, normalization, kind) for o in observations]
     blocks = unit_blocks(config.ensemble.members, config.cluster.members_per_unit)
     reductions = [_TimeReduction(blocks) for _ in observations]
     units = [WorkUnit(t, tuple(range(lo, hi))) for t in range(len(observations)) for lo, hi in blocks]
 
-    def on_result(res: BlockResult) -> None:
-        t, x = res.unit.t_index, res.analysis
-        reductions[t].add(res.unit.members[0], EnsembleMoments.of(x), operators[t].apply_numpy(x.astype(np.float64)))
+    def on_result(report, stats) -> None:
+        reductions[report.unit.t_index].add(report.unit.members[0], stats.moments, stats.hx)
 
-    executor.run(units, [None] * len(observations), on_result)
+    executor.run(units, observations, on_result, background=True)
     fits, qcs = [], []
     for obs, red in zip(observations, reductions):
         _, fit, qc = screen_observations(obs, ObsFit(obs, np.concatenate(red.hx)), config.diagnostics.qc_sigma_k)

@@ -19,8 +19,9 @@ __all__ = ["RESUME_FREE_KEYS", "check_cluster", "check_out_dir", "check_resume_c
 
 # Config keys that may change between a run and its `--resume`: where it runs and where it is
 # tracked. Everything else decides the members (and the store's chunking) and must match.
-RESUME_FREE_KEYS = ("cluster.address", "cluster.replicas", "cluster.gpus_per_replica",
-                    "cluster.cpus_per_replica", "cluster.placement", "tracking.")
+RESUME_FREE_KEYS = tuple(f"cluster.{k}" for k in (
+    "address", "replicas", "gpus_per_replica", "cpus_per_replica", "placement", "device", "store", "units_in_flight",
+    "straggler_factor", "aggregators", "placement_timeout_s")) + ("tracking.",)
 
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 
@@ -33,11 +34,22 @@ def check_cluster(config: RunConfig) -> None:
             f"cluster.address {cl.address!r} is not one of local, inprocess, auto, host:port, ray://host:port"
         )
     for key, value, low in (("replicas", cl.replicas, 1), ("cpus_per_replica", cl.cpus_per_replica, 1),
-                            ("members_per_unit", cl.members_per_unit, 1)):
+                            ("members_per_unit", cl.members_per_unit, 1), ("units_in_flight", cl.units_in_flight, 1),
+                            ("aggregators", cl.aggregators, 1), ("gpus_per_replica", cl.gpus_per_replica, 0),
+                            ("straggler_factor", cl.straggler_factor, 0), ("placement_timeout_s", cl.placement_timeout_s, 0)):
         if value < low:
             raise InputError(f"cluster.{key} must be >= {low}, got {value}")
-    if cl.gpus_per_replica < 0:
-        raise InputError(f"cluster.gpus_per_replica must be >= 0, got {cl.gpus_per_replica}")
+    if 0 < cl.straggler_factor < 1.5:
+        raise InputError(f"cluster.straggler_factor must be 0 (off) or >= 1.5, got {cl.straggler_factor}")
+    if cl.device == "cuda" and cl.gpus_per_replica <= 0:
+        raise InputError("cluster.device=cuda needs cluster.gpus_per_replica > 0")
+    if cl.address == "inprocess" and cl.gpus_per_replica > 0:
+        # The in-process replica would fail the same way, but only after the run directory exists.
+        import torch
+
+        from actors.replica import select_device
+
+        select_device(cl.device, cl.gpus_per_replica, torch.cuda.is_available())
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:

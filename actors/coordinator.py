@@ -1,33 +1,56 @@
 """Coordinator: the Ray executor (`actors.executor.Executor`). It places model replicas on the
-Ray cluster and hands them work units pull-style (issue 3, item 2).
+Ray cluster and keeps each busy with a small queue of work units.
 
 - Placement: one placement-group bundle per replica ({CPU: cpus_per_replica, GPU:
-  gpus_per_replica}), strategy SPREAD/PACK/STRICT_* from `cluster.placement`; each replica is an
-  actor scheduled into its own bundle, so with `gpus_per_replica: 1` replicas get distinct GPUs.
-- Pull-style: every replica holds exactly one unit; the one that finishes gets the next, so fast
-  and slow replicas both stay busy.
-- Faults: replicas are actors with `max_restarts=-1, max_task_retries=-1`: a replica that dies
-  (process killed, node lost) is restarted — on another node when its node is gone, Ray
-  re-schedules the bundle — and its unit is re-run there. Should an error still reach us
-  (`RayActorError`), the unit goes back to the queue. Seeds depend only on (run seed, time,
-  member) (DESIGN.md §3) and units keep their member blocks, so a re-run unit is bit-for-bit
-  the lost one; results of a unit already delivered are dropped, so each (time, member) is
-  delivered exactly once.
+  gpus_per_replica}), strategy from `cluster.placement`; each replica is an actor scheduled
+  into its own bundle, so with `gpus_per_replica: 1` replicas get distinct GPUs. A cluster that
+  cannot place them within `cluster.placement_timeout_s` is a one-line error naming the
+  resources asked for and those the cluster has.
+- Queues: every replica holds up to `cluster.units_in_flight` units (default 2), so it starts the
+  next unit as soon as it finishes one; the driver only receives `UnitReport`s (a few hundred
+  bytes) and passes each unit's statistics on to the aggregators by reference, never fetching
+  them, so no member field and no field-sized statistic reaches the driver.
+- Faults: replicas are actors with `max_restarts=-1, max_task_retries=-1`: a replica process
+  that dies is restarted and Ray re-runs its unit (same attempt, same claim). A replica whose
+  node is gone is lost: its units are given to the other replicas at once (their attempts are
+  abandoned in the claim ledger), and if Ray can place it again elsewhere it rejoins; with no
+  spare capacity the run finishes on the survivors.
+- Stragglers: when a unit has run longer than `cluster.straggler_factor` × the median unit time
+  and a replica is idle, the unit is issued again there; whichever attempt claims the block
+  first writes it and is delivered, the other writes nothing (`actors.writer`); zarr writes
+  every chunk atomically (temporary file, then rename), so no chunk is ever torn.
+Seeds depend only on (run seed, time, member) (DESIGN.md §3), so a unit sampled again is bit for
+bit the first; each (time, member) is delivered exactly once.
 """
 
 from __future__ import annotations
 
+import pickle
+import statistics
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from actors.executor import ReplicaStats
-from actors.replica import ModelReplica
-from ensemble_da.assimilation import BlockResult, WorkUnit
+from actors.replica import ModelReplica, UnitReport
+from ensemble_da.assimilation import WorkUnit
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 
 __all__ = ["Coordinator"]
+
+NODE_CHECK_S = 1.0
+
+
+@dataclass
+class _Attempt:
+    id: int
+    replica: int
+    unit: WorkUnit
+    report: Any  # ObjectRef of the UnitReport
+    stats: Any  # ObjectRef of the BlockStats (handed to the aggregators, never fetched here)
+    started: float | None = None  # when the replica began it (its queue ahead was empty)
 
 
 class Coordinator:
@@ -36,20 +59,23 @@ class Coordinator:
     Parameters
     ----------
     config : RunConfig
-    ready_timeout_s : float
-        How long to wait for the placement group (cluster resources) before giving up.
+    sink : DirectSink or WriterSink
+        How replicas write their blocks (`actors.writer`).
+    ledger : actor handle of StoreWriter, optional
+        The claim ledger (abandoned attempts are reported to it).
+    prior_factory : callable(device) -> Denoiser, optional
+        Passed to the replicas (benchmarks).
     """
 
-    def __init__(self, config: RunConfig, ready_timeout_s: float = 300.0):
+    def __init__(self, config: RunConfig, sink, ledger, prior_factory: Callable | None = None):
         import ray
         from ray.util import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
         self.config = config
+        self.ledger = ledger
         cl = config.cluster
-        if cl.replicas < 1:
-            raise InputError(f"cluster.replicas must be >= 1, got {cl.replicas}")
         bundle = {"CPU": float(cl.cpus_per_replica)}
         if cl.gpus_per_replica > 0:
             bundle["GPU"] = float(cl.gpus_per_replica)
@@ -62,12 +88,13 @@ class Coordinator:
                 )
         self.placement_group = placement_group([dict(bundle) for _ in range(cl.replicas)], strategy=cl.placement)
         try:
-            ray.get(self.placement_group.ready(), timeout=ready_timeout_s)
+            ray.get(self.placement_group.ready(), timeout=cl.placement_timeout_s)
         except ray.exceptions.GetTimeoutError:
             ray.util.remove_placement_group(self.placement_group)
+            have = {k: v for k, v in total.items() if k in ("CPU", "GPU")}
             raise InputError(
-                f"the Ray cluster could not place {cl.replicas} replicas x {bundle} with strategy "
-                f"{cl.placement} within {ready_timeout_s:g} s (resources: {total})"
+                f"the Ray cluster could not place {cl.replicas} replicas x {bundle} ({cl.placement}) within "
+                f"cluster.placement_timeout_s={cl.placement_timeout_s:g} s; the cluster has {have}"
             ) from None
         remote = ray.remote(ModelReplica)
         tree = config.model_dump(mode="json")
@@ -80,11 +107,16 @@ class Coordinator:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=i
                 ),
-            ).remote(tree, i)
+            ).remote(tree, i, sink, prior_factory)
             for i in range(cl.replicas)
         ]
         self.stats = [ReplicaStats(i) for i in range(cl.replicas)]
         self.retries = 0
+        self.reissued = 0
+        self.lost: set[int] = set()
+        self.bytes_received = 0
+        self.run_seconds = 0.0  # in run(), replicas loaded: from the first unit issued to the last delivered
+        self.store_checked = False
         self.max_consecutive_failures = 5
 
     def _get(self, refs):
@@ -107,62 +139,33 @@ class Coordinator:
         self,
         units: Sequence[WorkUnit],
         observations: Sequence[Any],
-        on_result: Callable[[BlockResult], None],
+        on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Coordinator"], None] | None = None,
+        background: bool = False,
     ) -> None:
-        """Run `units`; `observations[t]` is the ObservationSet of time t (None: the prior).
-
-        `on_result` is called once per unit, in completion order, in this thread.
-        """
-        ray = self._ray
+        """Run `units`; `observations[t]` is the ObservationSet of time t. `on_result(report,
+        stats_ref)` is called once per unit, in completion order, in this thread.
+        `background`: unguided prior draws, nothing written; `on_result` gets the BlockStats
+        themselves (per-block moments and H x: the driver reduces the background)."""
         if not all(s.info for s in self.stats):
             self.replica_info()
-        obs_refs = {t: ray.put(observations[t]) for t in sorted({u.t_index for u in units})}
-        queue = deque(units)
-        delivered: set[WorkUnit] = set()
-        idle = deque(range(len(self.replicas)))
-        failures = [0] * len(self.replicas)
-        inflight: dict[Any, tuple[int, WorkUnit, float]] = {}
-        while queue or inflight:
-            while idle and queue:
-                r, unit = idle.popleft(), queue.popleft()
-                ref = self.replicas[r].sample.remote(obs_refs[unit.t_index], unit.t_index, unit.members)
-                inflight[ref] = (r, unit, time.perf_counter())
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                r, unit, started = inflight.pop(ref)
-                try:
-                    result: BlockResult = self._get(ref)
-                except ray.exceptions.RayActorError:
-                    # The replica is gone for good or unreachable: another one re-runs the unit.
-                    self.retries += 1
-                    queue.appendleft(unit)
-                    failures[r] += 1
-                    if failures[r] < self.max_consecutive_failures:
-                        idle.append(r)
-                    elif not idle and not inflight:
-                        raise RuntimeError("every model replica has failed repeatedly; giving up") from None
-                    time.sleep(min(0.5 * failures[r], 5.0))
-                    continue
-                failures[r] = 0
-                idle.append(r)
-                self._account(r, result, time.perf_counter() - started)
-                if result.unit in delivered:
-                    continue
-                delivered.add(result.unit)
-                on_result(result)
-            if on_progress is not None:
-                on_progress(self)
+        if not background and not self.store_checked:
+            # The store exists now: every replica must reach it (shared mode) before writing.
+            self._get([r.check_store.remote() for r in self.replicas])
+            self.store_checked = True
+        start = time.perf_counter()
+        _Run(self, units, observations, on_result, on_progress, background).loop()
+        self.run_seconds += time.perf_counter() - start
 
-    def _account(self, r: int, result: BlockResult, seconds: float) -> None:
+    def _account(self, r: int, report: UnitReport, seconds: float) -> None:
         s = self.stats[r]
-        pid = int(result.diagnostics.get("pid", 0))
+        pid = int(report.diagnostics.get("pid", 0))
         if s.info and pid and pid != s.info.get("pid"):
             # The actor restarted while this unit was in flight and Ray re-ran it.
             s.restarts += 1
             self.retries += 1
             s.info = {**s.info, "pid": pid}
-        s.members += len(result.unit.members)
+        s.members += len(report.unit.members)
         s.busy_seconds += seconds
 
     def shutdown(self) -> None:
@@ -177,3 +180,173 @@ class Coordinator:
             ray.util.remove_placement_group(self.placement_group)
         except Exception:  # noqa: BLE001
             pass
+
+
+class _Run:
+    """The state of one `Coordinator.run`: queue, attempts in flight per replica, deliveries."""
+
+    def __init__(self, co: Coordinator, units, observations, on_result, on_progress, background: bool):
+        ray = co._ray
+        self.co, self.ray = co, ray
+        self.background = background
+        self.on_result, self.on_progress = on_result, on_progress
+        self.obs_refs = {t: ray.put(observations[t]) for t in sorted({u.t_index for u in units})}
+        self.queue: deque[WorkUnit] = deque(units)
+        self.missing: set[WorkUnit] = set(units)
+        self.inflight: dict[Any, _Attempt] = {}
+        self.per_replica: list[deque[_Attempt]] = [deque() for _ in co.replicas]
+        self.revive: dict[Any, int] = {}  # info() call on a lost replica → its index
+        self.failures = [0] * len(co.replicas)
+        self.durations: list[float] = []
+        self.next_id = 0
+        self.next_node_check = 0.0
+        self.no_replica_since: float | None = None
+        cl = co.config.cluster
+        self.depth, self.factor, self.timeout = cl.units_in_flight, cl.straggler_factor, cl.placement_timeout_s
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def usable(self, r: int) -> bool:
+        return r not in self.co.lost and self.failures[r] < self.co.max_consecutive_failures
+
+    def live_attempts(self, unit: WorkUnit) -> list[_Attempt]:
+        return [a for a in self.inflight.values() if a.unit == unit]
+
+    def submit(self, r: int, unit: WorkUnit) -> None:
+        report, stats = self.co.replicas[r].sample.options(num_returns=2).remote(
+            self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id, self.background)
+        a = _Attempt(self.next_id, r, unit, report, stats)
+        self.next_id += 1
+        if not self.per_replica[r]:
+            a.started = time.perf_counter()
+        self.per_replica[r].append(a)
+        self.inflight[report] = a
+
+    def drop(self, a: _Attempt) -> None:
+        self.inflight.pop(a.report, None)
+        q = self.per_replica[a.replica]
+        if a in q:
+            was_head = q[0] is a
+            q.remove(a)
+            if was_head and q:
+                q[0].started = time.perf_counter()
+
+    def requeue(self, unit: WorkUnit) -> None:
+        if unit in self.missing and not self.live_attempts(unit) and unit not in self.queue:
+            self.queue.appendleft(unit)
+
+    # --- the loop --------------------------------------------------------------------------
+    def loop(self) -> None:
+        while self.missing:
+            self.feed()
+            ready, _ = self.ray.wait(list(self.inflight) + list(self.revive), num_returns=1, timeout=0.2)
+            for ref in ready:
+                if ref in self.revive:
+                    self.revived(ref)
+                elif ref in self.inflight:
+                    self.finished(self.inflight[ref])
+            self.check_nodes()
+            self.reissue_stragglers()
+            self.check_alive()
+            if self.on_progress is not None:
+                self.on_progress(self.co)
+        self.check_nodes(force=True)  # the summary counts replicas lost even after their units were re-issued
+
+    def feed(self) -> None:
+        for r in range(len(self.co.replicas)):
+            while self.usable(r) and self.queue and len(self.per_replica[r]) < self.depth:
+                unit = self.queue.popleft()
+                if unit in self.missing:
+                    self.submit(r, unit)
+
+    def finished(self, a: _Attempt) -> None:
+        co = self.co
+        self.drop(a)
+        try:
+            report: UnitReport = co._get(a.report)
+        except self.ray.exceptions.RayActorError:
+            # The replica is gone for good or unreachable: another one re-runs the unit.
+            co.retries += 1
+            self.failures[a.replica] += 1
+            self.call_ledger("abandon", [a.id])
+            self.requeue(a.unit)
+            return
+        self.failures[a.replica] = 0
+        co.bytes_received += len(pickle.dumps(report))
+        seconds = float(report.diagnostics.get("seconds", 0.0))
+        self.durations.append(seconds)
+        co._account(a.replica, report, seconds)
+        if report.written and a.unit in self.missing:
+            self.missing.discard(a.unit)
+            self.on_result(report, self.ray.get(a.stats) if self.background else a.stats)
+        elif not report.written and a.unit in self.missing:
+            # Another attempt holds the claim but has not delivered: a straggler (maybe frozen
+            # between claiming and writing). Abandon it so the next attempt may write; should
+            # it still write, its chunks are the same bytes (zarr writes each chunk atomically).
+            holders = self.live_attempts(a.unit)
+            self.call_ledger("abandon", [h.id for h in holders])
+            self.queue.appendleft(a.unit)
+
+    def call_ledger(self, method: str, *args) -> None:
+        if self.co.ledger is not None:
+            getattr(self.co.ledger, method).remote(*args)
+
+    def check_nodes(self, force: bool = False) -> None:
+        """Replicas whose node is gone are lost: their units go to the others now."""
+        now = time.perf_counter()
+        if now < self.next_node_check and not force:
+            return
+        self.next_node_check = now + NODE_CHECK_S
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        for r, s in enumerate(self.co.stats):
+            if r in self.co.lost or s.info.get("node_id") in alive or "node_id" not in s.info:
+                continue
+            self.co.lost.add(r)
+            attempts = list(self.per_replica[r])
+            for a in attempts:
+                self.drop(a)
+            self.call_ledger("abandon", [a.id for a in attempts])
+            for a in attempts:
+                self.co.retries += 1
+                self.requeue(a.unit)
+            # Should Ray place the replica again (spare capacity), it rejoins.
+            self.revive[self.co.replicas[r].info.remote()] = r
+
+    def revived(self, ref) -> None:
+        r = self.revive.pop(ref)
+        try:
+            info = self.co._get(ref)
+        except self.ray.exceptions.RayActorError:
+            return
+        self.co.stats[r].info = info
+        self.co.stats[r].restarts += 1
+        self.co.lost.discard(r)
+
+    def reissue_stragglers(self) -> None:
+        """Issue again, on an idle replica, the units of a replica whose current unit has run
+        longer than straggler_factor × the median unit time."""
+        if not self.factor or not self.durations or self.queue:
+            return
+        idle = [r for r in range(len(self.co.replicas)) if self.usable(r) and not self.per_replica[r]]
+        if not idle:
+            return
+        limit = self.factor * statistics.median(self.durations)
+        now = time.perf_counter()
+        for q in self.per_replica:
+            if not q or q[0].started is None or now - q[0].started <= limit:
+                continue
+            for a in list(q):
+                if idle and a.unit in self.missing and len(self.live_attempts(a.unit)) == 1:
+                    self.submit(idle.pop(0), a.unit)
+                    self.co.reissued += 1
+                    self.co.retries += 1
+
+    def check_alive(self) -> None:
+        """Give up when no replica has been usable for placement_timeout_s."""
+        if any(self.usable(r) for r in range(len(self.co.replicas))):
+            self.no_replica_since = None
+            return
+        now = time.perf_counter()
+        if self.no_replica_since is None:
+            self.no_replica_since = now
+        elif now - self.no_replica_since > self.timeout:
+            raise RuntimeError("every model replica has failed or was lost; giving up")

@@ -1,25 +1,30 @@
-"""The executor protocol: how a run's work units get sampled, in this process or on Ray.
+"""The executor protocol: how a run's work units get sampled and reduced, in this process or on Ray.
 
-`open_executor(config)` picks one from `cluster.address`: `inprocess` runs one `ModelReplica` in
-this process (no Ray is imported); anything else runs the `Coordinator`'s Ray replicas. Both
-deliver the same results for the same units, so a run's store does not depend on the executor.
+`open_runtime(config)` picks from `cluster.address`: `inprocess` runs one `ModelReplica` and one
+`Aggregator` in this process (no Ray is imported); anything else runs the `Coordinator`'s Ray
+replicas with aggregator actors (`actors.ray_services`). Both give the same store and metrics
+for the same units: replicas write the same blocks, aggregators merge them in the same order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import numpy as np
 
-from ensemble_da.assimilation import BlockResult, WorkUnit
+from ensemble_da.assimilation import WorkUnit
 from ensemble_da.config import RunConfig
 
-from actors.replica import ModelReplica
+from actors.aggregator import Aggregator, TimeInputs, TimeResult
+from actors.replica import ModelReplica, UnitReport
+from actors.writer import DirectSink, StoreWriter
 
-__all__ = ["Executor", "ReplicaStats", "InProcessExecutor", "open_executor"]
+__all__ = ["Executor", "Aggregation", "ReplicaStats", "InProcessExecutor", "LocalAggregation", "Runtime",
+           "open_runtime"]
 
 
 @dataclass
@@ -45,21 +50,27 @@ class Executor(Protocol):
     stats : list of ReplicaStats
         One per replica.
     retries : int
-        Units re-run after a replica failed.
+        Units run again (a replica failed or was lost, or a straggler was re-issued).
+    bytes_received : int
+        Pickled size of everything the driver received from replicas (UnitReports).
     """
 
     stats: list[ReplicaStats]
     retries: int
+    bytes_received: int
 
     def run(
         self,
         units: Sequence[WorkUnit],
         observations: Sequence[Any],
-        on_result: Callable[[BlockResult], None],
+        on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Executor"], None] | None = None,
+        background: bool = False,
     ) -> None:
-        """Sample every unit; `observations[t]` is the ObservationSet of time t (None: the prior).
-        `on_result` is called once per unit, in this thread, in completion order."""
+        """Sample and write every unit; `observations[t]` is the ObservationSet of time t.
+        `on_result(report, stats)` is called once per unit (the attempt that wrote it), in this
+        thread; `stats` is the unit's BlockStats or a reference to it for the aggregators.
+        `background`: sample the unguided prior, write nothing, and hand `stats` as BlockStats."""
         ...
 
     def shutdown(self) -> None:
@@ -67,21 +78,51 @@ class Executor(Protocol):
         ...
 
 
+class Aggregation(Protocol):
+    """The driver's handle on the aggregators: feed blocks, collect finished times."""
+
+    results: dict[int, TimeResult]
+    bytes_received: int
+
+    def catch_up(self) -> None: ...
+
+    def add(self, unit: WorkUnit, stats: Any) -> None: ...
+
+    def poll(self) -> None:
+        """Hand finished times to `on_time` without waiting."""
+        ...
+
+    def drain(self) -> None:
+        """Wait for every block handed over so far to be merged."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
 class InProcessExecutor:
     """One `ModelReplica` in this process: the `inprocess` executor."""
 
-    def __init__(self, config: RunConfig):
-        self.replica = ModelReplica(config.model_dump(mode="json"), 0)
+    def __init__(self, config: RunConfig, sink, prior_factory: Callable | None = None):
+        self.replica = ModelReplica(config.model_dump(mode="json"), 0, sink, prior_factory)
         self.stats = [ReplicaStats(0, info=self.replica.info())]
         self.retries = 0
+        self.bytes_received = 0
+        self.run_seconds = 0.0
 
-    def run(self, units, observations, on_result, on_progress=None) -> None:
-        for unit in units:
+    def run(self, units, observations, on_result, on_progress=None, background: bool = False) -> None:
+        t0 = time.perf_counter()
+        self._run(units, observations, on_result, on_progress, background)
+        self.run_seconds += time.perf_counter() - t0
+
+    def _run(self, units, observations, on_result, on_progress, background) -> None:
+        for attempt, unit in enumerate(units):
             start = time.perf_counter()
-            result = self.replica.sample(observations[unit.t_index], unit.t_index, unit.members)
+            report, stats = self.replica.sample(observations[unit.t_index], unit.t_index, unit.members, attempt,
+                                                background)
             self.stats[0].members += len(unit.members)
             self.stats[0].busy_seconds += time.perf_counter() - start
-            on_result(result)
+            self.bytes_received += len(pickle.dumps(report))
+            on_result(report, stats)
             if on_progress is not None:
                 on_progress(self)
 
@@ -89,14 +130,58 @@ class InProcessExecutor:
         pass
 
 
-def open_executor(config: RunConfig) -> tuple[Callable[[], Executor], ContextManager]:
-    """(factory, session) for the executor `cluster.address` asks for: enter the session (Ray up,
-    or nothing in-process) first, then call the factory to start the replicas."""
+class LocalAggregation:
+    """One `Aggregator` for every time, in this process."""
+
+    def __init__(self, aggregator: Aggregator, on_time: Callable[[TimeResult], None]):
+        self.aggregator = aggregator
+        self.on_time = on_time
+        self.results = aggregator.results
+        self.bytes_received = 0
+
+    def catch_up(self) -> None:
+        for res in self.aggregator.catch_up():
+            self.on_time(res)
+
+    def add(self, unit: WorkUnit, stats) -> None:
+        for res in self.aggregator.add(unit, stats):
+            self.on_time(res)
+
+    def poll(self) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+@dataclass
+class Runtime:
+    """A started runtime. The run store need not exist yet (a background pass runs before it is
+    created): the executor is started on demand, the aggregation once the store exists."""
+
+    start_executor: Callable[[], Executor]
+    start_aggregation: Callable[[Sequence[TimeInputs], Callable[[TimeResult], None]], Aggregation]
+    close: Callable[[], None] = lambda: None
+
+
+def open_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None
+                 ) -> tuple[Callable[[], Runtime], ContextManager]:
+    """(start, session) for `cluster.address`: enter the session (Ray up, or nothing in-process)
+    first, then `start()` for the run store at `store_url` (path or URL)."""
     if config.cluster.address == "inprocess":
-        return (lambda: InProcessExecutor(config)), contextlib.nullcontext()
-    from actors.coordinator import Coordinator
+
+        def start() -> Runtime:
+            sink = DirectSink(store_url, StoreWriter(store_url))
+            return Runtime(lambda: InProcessExecutor(config, sink, prior_factory),
+                           lambda times, on_time: LocalAggregation(Aggregator(store_url, times, config.seed), on_time))
+
+        return start, contextlib.nullcontext()
+    from actors.ray_services import start_ray_runtime
     from actors.runtime import ray_session
 
     cl = config.cluster
     session = ray_session(cl.address, num_cpus=int(np.ceil(cl.replicas * cl.cpus_per_replica)))
-    return (lambda: Coordinator(config)), session
+    return (lambda: start_ray_runtime(config, store_url, prior_factory)), session

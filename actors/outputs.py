@@ -14,7 +14,7 @@ import numpy as np
 from ensemble_da.config import RunConfig
 from ensemble_da.io import RunStore
 
-from actors.aggregator import Aggregator
+from actors.aggregator import observations_dataset
 from actors.run_state import write_json
 
 __all__ = ["RunResult", "finish_run", "TABLE_KEYS"]
@@ -32,7 +32,7 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _figures(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Aggregator, times: Sequence,
+def _figures(config: RunConfig, out_dir: Path, store: RunStore, results: dict, times: Sequence,
              channels: Sequence[str]) -> list[Path]:
     """Maps of mean and spread per time and the rank histogram over all times (PNG)."""
     from ensemble_da.figures import plot_mean_spread, plot_rank_histogram
@@ -46,7 +46,7 @@ def _figures(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Aggr
             fig_dir / f"mean_spread_t{t}.png", store.group["ensemble_mean"][t], store.group["ensemble_spread"][t],
             channels, title=f"{config.run_name} {stamp}",
         ))
-    ranks = [r.rank_counts for r in aggregator.results.values() if r.rank_counts is not None]
+    ranks = [r.rank_counts for r in results.values() if r.rank_counts is not None]
     if ranks:
         figures.append(plot_rank_histogram(fig_dir / "rank_histogram.png", np.sum(ranks, axis=0), channels,
                                            title="rank of truth among members (all times)"))
@@ -68,7 +68,7 @@ def _report(out_dir: Path, tracker, summary: dict[str, Any]) -> None:
     tracker.log_artifacts([page])
 
 
-def finish_run(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Aggregator, tracker, times,
+def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, aggregation, tracker, times,
                channels: Sequence[str], prior_spread: np.ndarray | None, counts: dict[str, int],
                timings: dict[str, float], executor, t_start: float, qc: dict[str, float],
                observation_columns: dict[str, np.ndarray] | None = None) -> RunResult:
@@ -77,12 +77,13 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Ag
 
     `qc` holds the quality-control counts summed over analysis times (`qc/<name>`);
     `observation_columns` more per-observation variables (obs,) for the observations group."""
-    observations = aggregator.observations_dataset()
+    results = aggregation.results
+    dataset = observations_dataset(observations, results)
     for name, values in (observation_columns or {}).items():
-        observations[name] = ("obs", values)
-    store.write_observations(observations)
-    figures = _figures(config, out_dir, store, aggregator, times, channels)
-    by_time = {np.datetime_as_string(times[t], unit="s"): aggregator.results[t].metrics for t in range(len(times))}
+        dataset[name] = ("obs", values)
+    store.write_observations(dataset)
+    figures = _figures(config, out_dir, store, results, times, channels)
+    by_time = {np.datetime_as_string(times[t], unit="s"): results[t].metrics for t in range(len(times))}
     keys = list(dict.fromkeys(k for m in by_time.values() for k in m))
     mean_metrics = {k: float(np.nanmean([m.get(k, np.nan) for m in by_time.values()])) for k in keys}
     store.finalize({"members_done": counts["done"]})
@@ -97,7 +98,10 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, aggregator: Ag
         "members_done": counts["done"],
         "members_sampled": counts["sampled"],
         "retries": getattr(executor, "retries", 0),
-        "timings_s": timings,
+        "reissued": getattr(executor, "reissued", 0),
+        "replicas_lost": len(getattr(executor, "lost", ())),
+        "driver_bytes_received": getattr(executor, "bytes_received", 0) + aggregation.bytes_received,
+        "timings_s": {**timings, "units_wall_s": getattr(executor, "run_seconds", 0.0)},
         "replicas": [{**s.info, "members": s.members, "busy_s": s.busy_seconds, "restarts": s.restarts}
                      for s in getattr(executor, "stats", [])],
         "by_time": by_time,

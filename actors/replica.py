@@ -1,10 +1,12 @@
-"""ModelReplica: one copy of the prior that samples work units (issue 3, item 1).
+"""ModelReplica: one copy of the prior that samples work units and writes them (DESIGN.md §2).
 
 A plain class: the coordinator wraps it with `ray.remote` (one actor per placement-group
 bundle, pinned to a GPU when the config asks for one), and the in-process executor uses it as
-is. Work goes in as (analysis time index, ObservationSet, member ids); members come back as a
-`BlockResult` holding float32 numpy (member, channel, cell) in physical units — torch tensors
-never leave the replica.
+is. A unit goes in as (ObservationSet, analysis time index, member ids, attempt number); the
+replica samples the block, writes it into the run store through its sink (`actors.writer`),
+and returns two things: a small `UnitReport` for the coordinator (the unit, whether this
+attempt wrote it, timings) and the block's `BlockStats` for the aggregator (partial moments,
+H x per member). Torch tensors and member fields never leave the replica.
 """
 
 from __future__ import annotations
@@ -13,9 +15,28 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-__all__ = ["ModelReplica"]
+from ensemble_da.assimilation import WorkUnit
+from ensemble_da.errors import InputError
+from ensemble_da.stats import BlockStats
+
+__all__ = ["ModelReplica", "UnitReport"]
+
+
+@dataclass
+class UnitReport:
+    """What the coordinator (the driver) receives for a unit: never a field.
+
+    written: False when another attempt of the unit holds the claim (nothing was written).
+    diagnostics: seconds (sampling), write_s, pid, replica, cg_residual_max.
+    """
+
+    unit: WorkUnit
+    attempt: int
+    written: bool
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 def _ray_context() -> dict[str, Any]:
@@ -30,8 +51,22 @@ def _ray_context() -> dict[str, Any]:
     return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
+def select_device(device: str, gpus_per_replica: float, cuda_available: bool) -> str:
+    """The torch device of a replica (`cluster.device`); InputError for a GPU replica without CUDA."""
+    if device == "cpu" or (device == "auto" and gpus_per_replica <= 0):
+        return "cpu"
+    if not cuda_available:
+        raise InputError(
+            f"replica was given {gpus_per_replica:g} GPU(s) but sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA build of torch on "
+            "the GPU nodes, or set cluster.device=cpu to use GPUs only as scheduling slots"
+        )
+    # Inside a Ray actor with num_gpus > 0, CUDA_VISIBLE_DEVICES holds only our GPU(s).
+    return "cuda:0"
+
+
 class ModelReplica:
-    """Loads the prior once and samples member blocks.
+    """Loads the prior once, samples member blocks and writes them.
 
     Parameters
     ----------
@@ -39,40 +74,45 @@ class ModelReplica:
         The resolved run config (`RunConfig.model_dump(mode="json")`), so the actor gets plain data.
     index : int
         The replica's number (for progress and diagnostics).
+    sink : DirectSink or WriterSink
+        Where blocks go (`actors.writer`).
+    prior_factory : callable(device) -> Denoiser, optional
+        Builds the prior instead of `config.model` (benchmarks use a stand-in denoiser).
 
     A failure while loading is kept and raised by `info()`/`sample()` instead of killing the
     actor, so a replica with `max_restarts=-1` does not restart forever on a bad config.
     """
 
-    def __init__(self, config: dict, index: int = 0):
+    def __init__(self, config: dict, index: int, sink, prior_factory: Callable | None = None):
         self.index = index
         self.pid = os.getpid()
         self.started = time.time()
+        self.sink = sink
+        self._operators: dict[int, Any] = {}
         self._error: BaseException | None = None
         try:
-            self._load(config)
+            self._load(config, prior_factory)
         except BaseException as exc:  # noqa: BLE001 - reported through info()/sample()
             self._error = exc
 
-    def _load(self, config: dict) -> None:
+    def _load(self, config: dict, prior_factory: Callable | None) -> None:
         import torch
+        from threadpoolctl import threadpool_limits
 
         from ensemble_da.assimilation import Assimilator
         from ensemble_da.config import RunConfig
 
-        from threadpoolctl import threadpool_limits
-
         cfg = RunConfig.model_validate(config)
+        self.config = cfg
         # Every thread pool (torch's OpenMP, numpy's BLAS) gets cpus_per_replica threads, in Ray
         # workers and in-process alike: reductions split over a different number of threads
         # round differently, and members must not depend on where they ran.
         threads = max(1, int(cfg.cluster.cpus_per_replica))
         threadpool_limits(limits=threads)
         torch.set_num_threads(threads)
-        # Inside a Ray actor with num_gpus > 0, CUDA_VISIBLE_DEVICES holds only our GPU(s).
-        use_gpu = cfg.cluster.gpus_per_replica > 0 and torch.cuda.is_available()
-        self.device = "cuda:0" if use_gpu else "cpu"
-        self.assimilator = Assimilator(cfg, device=self.device)
+        self.device = select_device(cfg.cluster.device, cfg.cluster.gpus_per_replica, torch.cuda.is_available())
+        prior = prior_factory(self.device) if prior_factory is not None else None
+        self.assimilator = Assimilator(cfg, prior=prior, device=self.device)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -93,13 +133,32 @@ class ModelReplica:
             **_ray_context(),
         }
 
-    def sample(self, obs, t_index: int, members: Sequence[int]):
-        """Sample `members` for analysis time `t_index` given `obs` (ObservationSet or None).
+    def _operator(self, obs, t_index: int):
+        """H over all observations of time `t_index` (assimilated and held out), physical fields."""
+        if t_index not in self._operators:
+            from ensemble_da.obs.operators import ObservationOperator
 
-        Returns the assimilator's BlockResult (analysis float32 (member, channel, cell),
-        physical units) with `pid` and `replica` added to its diagnostics.
-        """
+            a = self.assimilator
+            self._operators[t_index] = ObservationOperator.build(
+                obs, a.grid, a.normalization, self.config.observations.operator)
+        return self._operators[t_index]
+
+    def check_store(self) -> None:
+        """Fail (InputError) when this replica cannot reach the run store it is to write into."""
         self._check()
-        result = self.assimilator.sample(obs, t_index, list(members))
-        result.diagnostics.update(pid=float(self.pid), replica=float(self.index))
-        return result
+        self.sink.check()
+
+    def sample(self, obs, t_index: int, members: Sequence[int], attempt: int = 0,
+               background: bool = False) -> tuple[UnitReport, BlockStats]:
+        """Sample `members` for analysis time `t_index` given `obs` (the time's ObservationSet;
+        the config's guidance decides whether it is assimilated), write the block, and return
+        (UnitReport, BlockStats). `background`: draw the unguided prior and write nothing."""
+        self._check()
+        block = self.assimilator.sample(None if background else obs, t_index, list(members))
+        t0 = time.perf_counter()
+        written = True if background else self.sink.write(block.unit, attempt, block.analysis)
+        diagnostics = {**block.diagnostics, "write_s": time.perf_counter() - t0, "pid": float(self.pid),
+                       "replica": float(self.index)}
+        stats = BlockStats.of(block.analysis, self._operator(obs, t_index),
+                              block.diagnostics.get("cg_residual_max", float("nan")))
+        return UnitReport(block.unit, attempt, bool(written), diagnostics), stats

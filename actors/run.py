@@ -7,8 +7,9 @@
    is a bad input too; with `diagnostics.background`, draw the background ensemble of every
    time and screen the observations against it (`actors.background`);
 4. create the store (or open it to resume) and the MLflow run;
-5. list the work units still missing and run them on the replicas; each result is written and
-   merged by the aggregator, and each finished time is logged to MLflow once;
+5. list the work units still missing and run them on the replicas, which write their member
+   blocks; the aggregators merge what the replicas return, and each finished time is logged to
+   MLflow once (by the driver, the only process that talks to MLflow);
 6. finish: observations group, figures, summary.json, store marked complete, report.html.
 
 One run, two executors (`actors.executor`): in-process and Ray give the same store.
@@ -24,17 +25,18 @@ from typing import Any, Callable
 import numpy as np
 
 import ensemble_da
-from ensemble_da.assimilation import BlockResult, WorkUnit, exact_posteriors
+from ensemble_da.assimilation import WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
 from ensemble_da.obs.operators import ObservationOperator
 
-from actors.aggregator import Aggregator, TimeResult
+from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
 from actors.checks import check_cluster, check_out_dir, check_resume_config
-from actors.executor import open_executor
+from actors.executor import open_runtime
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
+from actors.replica import UnitReport
 from actors.run_state import RunState
 
 __all__ = ["run_pipeline"]
@@ -46,7 +48,8 @@ def run_pipeline(
     *,
     resume: bool = False,
     progress: bool = True,
-    on_unit: Callable[[BlockResult, Any], None] | None = None,
+    on_unit: Callable[[UnitReport, Any], None] | None = None,
+    prior_factory: Callable | None = None,
 ) -> RunResult:
     """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
 
@@ -59,9 +62,13 @@ def run_pipeline(
         Sample only the (time, member) pairs missing from `out_dir`.
     progress : bool
         Show the rich progress bar (on stderr).
-    on_unit : callable(BlockResult, executor), optional
-        Called after each unit is written and aggregated; tests use it to interrupt a run or to
-        break a replica part-way (the executor's `stats[i].info` says where replica i runs).
+    on_unit : callable(UnitReport, executor), optional
+        Called after each unit is written and handed to the aggregators; tests use it to
+        interrupt a run or to break a replica part-way (the executor's `stats[i].info` says
+        where replica i runs).
+    prior_factory : callable(device) -> Denoiser, optional
+        The prior of the driver (inputs) and of every replica instead of the one `config.model`
+        describes (benchmarks use a stand-in denoiser); must be picklable for Ray.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -75,28 +82,29 @@ def run_pipeline(
     from ensemble_da.priors import load_prior
     from ensemble_da.truth import osse_truths
 
-    prior = load_prior(config.model, config.grid)
+    prior = prior_factory("cpu") if prior_factory is not None else load_prior(config.model, config.grid)
     inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     kind = config.observations.operator
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
-    guided = config.guidance.method != "none"
     # 3. executor session
-    start_executor, session = open_executor(config)
+    start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
     with session:
+        runtime = start_runtime()
         executor = background = None
-        if config.diagnostics.background:
-            # The background of every time first, then its QC; the analysis assimilates what passed.
-            executor = start_executor()
-            try:
-                background = draw_background(executor, config, inputs.observations, prior.grid, prior.normalization)
-            except BaseException:
+        try:
+            if config.diagnostics.background:
+                # The background of every time first, then its QC; the analysis assimilates what passed.
+                executor = runtime.start_executor()
+                background = draw_background(executor, config, inputs.observations)
+                inputs = dataclasses.replace(inputs, observations=background.observations)
+        except BaseException:
+            if executor is not None:
                 executor.shutdown()
-                raise
-            inputs = dataclasses.replace(inputs, observations=background.observations)
+            runtime.close()
+            raise
         operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
         exact = exact_posteriors(prior, inputs.observations, kind)
-        sample_obs = [o if guided else None for o in inputs.observations]
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact)
@@ -110,55 +118,64 @@ def run_pipeline(
                 res.metrics.update(background.time_metrics(res.t_index, channels, res.hx_mean))
             state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
 
-        aggregator = Aggregator(store, inputs.observations, operators, truth=inputs.truth, exact=exact,
-                                seed=config.seed, on_time=on_time)
-        t0 = time.perf_counter()
-        aggregator.catch_up()
-        timings["aggregating_s"] += time.perf_counter() - t0
-
-        # 5. the units still missing, sampled, written and merged
-        done = store.done()
-        units = [
-            WorkUnit(t, tuple(range(lo, hi)))
-            for t in range(len(inputs.times))
-            for lo, hi in store.layout.blocks()
-            if not done[t, lo:hi].all()
+        times = [
+            TimeInputs(t, obs, operators[t], None if inputs.truth is None else inputs.truth[t],
+                       None if exact is None else (exact[0][t], exact[1][t]))
+            for t, obs in enumerate(inputs.observations)
         ]
-        counts = {"done": int(done.sum()), "sampled": 0}
-
-        def on_result(res: BlockResult) -> None:
-            t0 = time.perf_counter()
-            store.write_block(res.unit.t_index, res.unit.members, res.analysis)
-            t1 = time.perf_counter()
-            aggregator.add(res.unit.t_index, res.unit.members, res.analysis)
-            t2 = time.perf_counter()
-            timings["writing_s"] += t1 - t0
-            timings["aggregating_s"] += t2 - t1
-            timings["sampling_s"] += float(res.diagnostics.get("seconds", 0.0))
-            counts["done"] += len(res.unit.members)
-            counts["sampled"] += len(res.unit.members)
-            if on_unit is not None:
-                on_unit(res, executor)
-
         status = "FAILED"
         try:
+            aggregation = runtime.start_aggregation(times, on_time)
+            t0 = time.perf_counter()
+            aggregation.catch_up()
+            timings["aggregating_s"] += time.perf_counter() - t0
+
+            # 5. the units still missing: sampled and written by the replicas, merged by the aggregators
+            done = store.done()
+            units = [
+                WorkUnit(t, tuple(range(lo, hi)))
+                for t in range(len(inputs.times))
+                for lo, hi in store.layout.blocks()
+                if not done[t, lo:hi].all()
+            ]
+            counts = {"done": int(done.sum()), "sampled": 0}
+
+            def on_result(report: UnitReport, stats) -> None:
+                t0 = time.perf_counter()
+                aggregation.add(report.unit, stats)
+                timings["aggregating_s"] += time.perf_counter() - t0
+                timings["writing_s"] += float(report.diagnostics.get("write_s", 0.0))
+                timings["sampling_s"] += float(report.diagnostics.get("seconds", 0.0))
+                counts["done"] += len(report.unit.members)
+                counts["sampled"] += len(report.unit.members)
+                if on_unit is not None:
+                    on_unit(report, executor)
+
             with progress_bar(progress, int(done.size), counts["done"]) as show:
                 if units or executor is not None:
-                    executor = executor or start_executor()
+                    executor = executor or runtime.start_executor()
                     try:
                         show(executor, counts["done"])
-                        executor.run(units, sample_obs, on_result, lambda ex: show(ex, counts["done"]))
+
+                        def on_progress(ex) -> None:
+                            aggregation.poll()
+                            show(ex, counts["done"])
+
+                        executor.run(units, inputs.observations, on_result, on_progress)
                     finally:
                         executor.shutdown()
-            if not aggregator.finished:
+            t0 = time.perf_counter()
+            aggregation.drain()
+            timings["aggregating_s"] += time.perf_counter() - t0
+            if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
             qc = inputs.qc.metrics()
             if background is not None:
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
                 qc.update(background.qc_totals())
-            result = finish_run(config, out_dir, store, aggregator, tracker, inputs.times, channels, prior_spread,
-                                counts, timings, executor, t_start, qc,
+            result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
+                                channels, prior_spread, counts, timings, executor, t_start, qc,
                                 None if background is None else background.observation_columns())
             status = "FINISHED"
             return result
@@ -166,6 +183,7 @@ def run_pipeline(
             status = "KILLED"
             raise
         finally:
+            runtime.close()
             if status != "FINISHED":
                 tracker.end(status)
 

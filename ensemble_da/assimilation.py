@@ -203,6 +203,8 @@ def assimilate(
         ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
         if bfits:
             m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
+        if "cg_residual_max" in block.diagnostics:
+            m["mmps_residual/max"] = float(block.diagnostics["cg_residual_max"])
         metrics.append(m)
         out.append(x)
         fits.append(fit)

@@ -263,6 +263,21 @@ class ClusterConfig(_Strict):
     cpus_per_replica: int = 1
     placement: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
     members_per_unit: int = 8
+    # Where replicas run the prior: auto = cuda when gpus_per_replica > 0 (an error if the
+    # replica sees no CUDA), else cpu; cpu = GPUs only reserve scheduling slots.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # shared: replicas write their member blocks into the store themselves (a path every node
+    # sees, or an fsspec URL); writer: one writer actor on the driver's node writes them.
+    store: Literal["shared", "writer"] = "shared"
+    # Units queued on each replica, so it never waits for the driver between units.
+    units_in_flight: int = 2
+    # A unit running longer than this multiple of the median unit time is re-issued to an idle
+    # replica (first result wins); 0 turns re-issue off.
+    straggler_factor: float = 4.0
+    # Aggregator actors (Ray only); analysis time t goes to actor t mod aggregators.
+    aggregators: int = 2
+    # How long to wait for the cluster to place every replica before failing.
+    placement_timeout_s: float = 300.0
 
 
 class TrackingConfig(_Strict):

@@ -4,20 +4,25 @@ by whole-chunk region writes, one member block (work unit) at a time, by a singl
 Layout (dims `time`, `member`, `channel`, `cell`):
 
 - `analysis(time, member, channel, cell)` float32, physical units, chunks
-  (1, members_per_unit, channel, cell): one work unit is exactly one chunk, so two writers
-  never share a chunk. `write_block` refuses a block that is not a whole chunk (xarray does not
-  check this for numpy data, so we do).
+  (1, members_per_unit, channel, cells_per_chunk): one work unit is exactly one row of chunks,
+  so two writers never share a chunk; the cell axis is split (in whole NEST sub-trees) so that a
+  chunk stays about `CHUNK_BYTES` (8.8 MB per member at nside 64 × 45 channels would otherwise
+  make 70 MB chunks). `write_block` refuses a block that is not a whole chunk row (xarray does
+  not check this for numpy data, so we do).
 - `member_done(time, member)` bool, chunks (1, members_per_unit): set after a unit's analysis is
   on disk; `--resume` re-runs exactly the pairs that are still False.
 - `ensemble_mean`, `ensemble_spread` (std, ddof=1), and when known `truth`, `exact_mean`,
-  `exact_spread` (time, channel, cell), chunks (1, channel, cell); with a background ensemble
-  also `background_mean`, `background_spread` and `increment` (analysis − background mean).
+  `exact_spread` (time, channel, cell), chunks (1, channel, cells_per_chunk); with a background
+  ensemble also `background_mean`, `background_spread` and `increment` (analysis − background mean).
 - group `observations` (dim `obs`): time, lat, lon, channel, value, sigma, assimilated, hx_mean,
   hx_spread (and hb_mean, hb_spread: the background at the obs, with a background ensemble).
 - root attrs `nside`, `guidance`, `seed`, `ensemble_da_version`, `config` (YAML), `complete`.
 
 `complete` is False until `finalize`, which sets it and only then consolidates the metadata, so
 an interrupted run never looks complete (`open_run` refuses it unless asked not to).
+
+The store is opened by path or by URL (`file://…`, `s3://…`: zarr through fsspec), so model
+replicas on other nodes can write their own blocks into a shared store.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import zarr
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 
-__all__ = ["STORE_NAME", "StoreLayout", "RunStore", "unit_blocks", "open_run", "is_complete"]
+__all__ = ["STORE_NAME", "CHUNK_BYTES", "StoreLayout", "RunStore", "unit_blocks", "cells_per_chunk", "open_run",
+           "is_complete"]
 
 STORE_NAME = "analysis.zarr"
+CHUNK_BYTES = 8 * 2**20
 FIELD_DIMS = ("time", "channel", "cell")
 _STAT_VARS = ("ensemble_mean", "ensemble_spread")
 
@@ -50,6 +57,16 @@ def unit_blocks(members: int, members_per_unit: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + members_per_unit, members)) for lo in range(0, members, members_per_unit)]
 
 
+def cells_per_chunk(npix: int, members_per_unit: int, channels: int, target_bytes: int = CHUNK_BYTES) -> int:
+    """Cells per chunk of `analysis`: npix / (12 · 4^k) for the smallest k ≥ 0 whose float32 chunk
+    (members_per_unit, channels, cells) fits `target_bytes` (whole NEST base pixels below that:
+    npix itself when the whole field fits)."""
+    cells = npix
+    while cells > 1 and members_per_unit * channels * cells * 4 > target_bytes:
+        cells = cells // 12 if cells == npix else cells // 4
+    return max(1, cells)
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Shape of a run store: analysis times (datetime64[ns]), member count, channels, grid, chunking."""
@@ -59,10 +76,21 @@ class StoreLayout:
     channels: tuple[str, ...]
     nside: int
     members_per_unit: int
+    cells_per_chunk: int = 0  # 0: chosen by `cells_per_chunk()`
+
+    def __post_init__(self):
+        if not self.cells_per_chunk:
+            object.__setattr__(self, "cells_per_chunk",
+                               cells_per_chunk(self.npix, self.members_per_unit, len(self.channels)))
 
     @property
     def npix(self) -> int:
         return HealpixGrid(self.nside).npix
+
+    def cell_chunks(self) -> list[slice]:
+        """The cell slices of the chunk grid."""
+        step = self.cells_per_chunk
+        return [slice(lo, min(lo + step, self.npix)) for lo in range(0, self.npix, step)]
 
     @property
     def field_shape(self) -> tuple[int, int, int]:
@@ -85,22 +113,30 @@ class RunStore:
 
     Parameters
     ----------
-    path : path-like
-        The store directory (`DIR/analysis.zarr`).
+    path : path-like or str
+        The store directory (`DIR/analysis.zarr`) or its URL (`file:///…/analysis.zarr`,
+        `s3://…`: opened with zarr through fsspec).
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.url = str(path)
+        self.path = Path(path) if "://" not in self.url else None
+        if self.path is not None and not (self.path / "zarr.json").is_file():
             raise InputError(f"{self.path}: not a run store (no zarr.json)")
-        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        # fsspec's local filesystem does not create a chunk's directories unless asked to.
+        options = {"storage_options": {"auto_mkdir": True}} if self.url.startswith("file://") else {}
+        try:
+            self.group = zarr.open_group(self.url, mode="r+", zarr_format=3, **options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise InputError(f"{self.url}: not a run store (no zarr.json)") from None
         a = self.group["analysis"]
         self.layout = StoreLayout(
-            times=xr.open_zarr(str(self.path), consolidated=False)["time"].values,
+            times=xr.open_zarr(self.url, consolidated=False)["time"].values,
             members=int(a.shape[1]),
             channels=tuple(str(c) for c in self.group["channel"][:]),
             nside=int(self.group.attrs["nside"]),
             members_per_unit=int(a.chunks[1]),
+            cells_per_chunk=int(a.chunks[3]),
         )
 
     # --- creation -----------------------------------------------------------------------
@@ -135,11 +171,12 @@ class RunStore:
                 {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"},
             ),
         }
-        field_chunks = (1, nc, npix)
+        cpc = layout.cells_per_chunk
+        field_chunks = (1, nc, cpc)
         data = {
             "analysis": (
                 ("time", "member", "channel", "cell"),
-                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, npix)),
+                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, cpc)),
                 {"units": "physical (see channel)", "long_name": "posterior ensemble members"},
             ),
             "member_done": (
@@ -195,6 +232,10 @@ class RunStore:
         self.group["analysis"][t_index, lo:hi] = np.asarray(analysis, dtype=np.float32)
         self.group["member_done"][t_index, lo:hi] = True
 
+    def is_done(self, t_index: int, lo: int, hi: int) -> bool:
+        """True when members [lo, hi) of time `t_index` are all written."""
+        return bool(np.all(self.group["member_done"][t_index, lo:hi]))
+
     def read_block(self, t_index: int, lo: int, hi: int) -> np.ndarray:
         """Members [lo, hi) of time `t_index`, float32 (member, channel, cell)."""
         return np.asarray(self.group["analysis"][t_index, lo:hi])
@@ -216,7 +257,7 @@ class RunStore:
 
     def write_fields(self, fields: dict[str, np.ndarray], attrs: dict[str, dict] | None = None) -> None:
         """Add (or replace) float32 variables (time, channel, cell), e.g. the background mean and
-        the increment of a run with a background ensemble; chunks (1, channel, cell)."""
+        the increment of a run with a background ensemble; chunks (1, channel, cells_per_chunk)."""
         shape = self.layout.field_shape
         data = {}
         for name, arr in fields.items():
@@ -224,26 +265,26 @@ class RunStore:
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
             data[name] = (FIELD_DIMS, arr, (attrs or {}).get(name, {}))
-        encoding = {name: {"chunks": (1, shape[1], shape[2])} for name in data}
-        xr.Dataset(data).to_zarr(str(self.path), mode="a", zarr_format=3, consolidated=False, encoding=encoding)
+        encoding = {name: {"chunks": (1, shape[1], self.layout.cells_per_chunk)} for name in data}
+        xr.Dataset(data).to_zarr(self.url, mode="a", zarr_format=3, consolidated=False, encoding=encoding)
 
     def write_observations(self, observations: xr.Dataset) -> None:
         """(Re)write the `observations` group (dim `obs`)."""
         _observations_dataset(observations).to_zarr(
-            str(self.path), group="observations", mode="w", zarr_format=3, consolidated=False
+            self.url, group="observations", mode="w", zarr_format=3, consolidated=False
         )
 
     def finalize(self, attrs: dict[str, Any] | None = None) -> None:
         """Mark the store complete and consolidate its metadata; refuses if members are missing."""
         missing = int((~self.done()).sum())
         if missing:
-            raise RuntimeError(f"{self.path}: {missing} (time, member) pairs are missing; not finalizing")
+            raise RuntimeError(f"{self.url}: {missing} (time, member) pairs are missing; not finalizing")
         self.group.attrs.update({**(attrs or {}), "complete": True})
         with warnings.catch_warnings():
             # Consolidated metadata is how xarray opens a finished store quickly; zarr warns that
             # it is not (yet) in the v3 spec, which says nothing to our users.
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+            zarr.consolidate_metadata(self.url, zarr_format=3)
 
 
 def is_complete(path: str | Path) -> bool:

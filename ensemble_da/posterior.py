@@ -21,7 +21,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
-from ensemble_da.priors.base import Condition, Denoiser, time_condition
+from ensemble_da.priors.base import Condition, Denoiser, allows_autocast, time_condition
 from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, member_generator
 
 __all__ = ["sample_posterior", "divergence_message"]
@@ -134,7 +134,7 @@ def sample_posterior(
     device = torch.device(device if device is not None else getattr(denoiser, "device", "cpu"))
     if condition is None and time is not None:
         condition = time_condition(np.datetime64(time, "s"))
-    autocast = sampler.autocast == "bf16"
+    autocast = sampler.autocast == "bf16" and allows_autocast(denoiser)
     if isinstance(observations, ObservationSet):
         observations = ObservationOperator.build(
             observations.assimilated_only(), denoiser.grid, denoiser.normalization, operator

@@ -2,7 +2,7 @@
 
 `EnsembleMoments` accumulates mean and variance over member blocks by the parallel merge of
 Chan et al. (1979), so no process needs the whole ensemble. Scores are named as forecasters name
-them and say what they reduce: `fair_crps` (scoringrules, over members), `rank_counts` (truth's
+them and say what they reduce: `fair_crps` (sort based, over members), `rank_counts` (truth's
 rank among members, random tie-breaking), `spread_skill_ratio`, `heldout_spread_skill` (at
 held-out observations, observation error included); `time_metrics` turns one analysis time's reductions
 into the per-channel scalars logged to MLflow and summary.json.
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import scoringrules as sr
 
 from ensemble_da.obs.observation_set import ObservationSet
 
@@ -27,6 +26,7 @@ __all__ = [
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
+    "BlockStats",
     "rms",
 ]
 
@@ -75,8 +75,41 @@ class EnsembleMoments:
 
 
 def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Fair CRPS of an ensemble (member, ...) against `truth` (...), reduced over members only."""
-    return np.asarray(sr.crps_ensemble(truth, ensemble, m_axis=0, estimator="fair"))
+    """Fair CRPS of an ensemble (member, ...) against `truth` (...), reduced over members only.
+
+    CRPS_fair = mean_i |x_i - y| - Σ_ij |x_i - x_j| / (2 M (M - 1)) (Ferro 2014), with the pair
+    sum taken from the sorted members, Σ_ij |x_i - x_j| = 2 Σ_k (2k - M - 1) x_(k) (k = 1..M):
+    O(M log M) time and O(M) memory per point, never an (M, M) array. float64 (...).
+    """
+    x = np.asarray(ensemble, dtype=np.float64)
+    m = x.shape[0]
+    if m < 2:
+        raise ValueError(f"fair CRPS needs at least 2 members, got {m}")
+    skill = np.abs(x - np.asarray(truth, dtype=np.float64)[None]).mean(0)
+    weights = (2.0 * np.arange(1, m + 1) - m - 1).reshape((m,) + (1,) * (x.ndim - 1))
+    pairs = 2.0 * (weights * np.sort(x, axis=0)).sum(0)
+    return skill - pairs / (2.0 * m * (m - 1))
+
+
+@dataclass
+class BlockStats:
+    """What a replica returns for a member block instead of the block (DESIGN.md §2 data path).
+
+    moments : EnsembleMoments of the block, arrays (channel, cell) float64, physical units
+    hx : float64 (member, obs): H applied to each member over all of the time's observations
+    cg_residual_max : largest MMPS relative CG residual met while sampling the block (NaN: none)
+    """
+
+    moments: EnsembleMoments
+    hx: np.ndarray
+    cg_residual_max: float = float("nan")
+
+    @classmethod
+    def of(cls, analysis: np.ndarray, operator, cg_residual_max: float = float("nan")) -> "BlockStats":
+        """Statistics of `analysis` float32 (member, channel, cell) with `operator` (an
+        ObservationOperator over all observations of the time)."""
+        block = np.asarray(analysis, dtype=np.float64)
+        return cls(EnsembleMoments.of(block), operator.apply_numpy(block), float(cg_residual_max))
 
 
 def rank_counts(ensemble: np.ndarray, truth: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

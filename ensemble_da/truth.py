@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
+from ensemble_da.errors import InputError
 from ensemble_da.obs.synthetic import TRUTH_STREAM, truth_rng
 from ensemble_da.priors.base import Denoiser, time_condition
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator
@@ -24,7 +25,11 @@ __all__ = ["draw_truths", "draw_truth", "osse_truths"]
 def draw_truth(prior: Denoiser, config: RunConfig, t_index: int) -> np.ndarray:
     """The truth of analysis time `t_index`: float64 (channel, cell) in physical units."""
     if hasattr(prior, "sample_truth"):
-        return np.asarray(prior.sample_truth(truth_rng(config.seed, t_index))[0], np.float64)
+        draws = np.asarray(prior.sample_truth(truth_rng(config.seed, t_index), 1), np.float64)
+        expected = (1, len(prior.normalization.channels), prior.grid.npix)
+        if draws.shape != expected:
+            raise InputError(f"model sample_truth(rng, 1) returned shape {draws.shape}, expected {expected} (n, channel, cell)")
+        return draws[0]
     device = getattr(prior, "device", torch.device("cpu"))
     z = edm_sample(
         prior,

@@ -24,7 +24,8 @@ TREE = dict(
     guidance=dict(method="mmps", cg_iters=2),
     ensemble=dict(members=6),
     observations=dict(num_obs=30, heldout_fraction=0.2, sigma=dict(T850=0.5, T500=0.5, T300=0.5)),
-    cluster=dict(address="inprocess", replicas=1, members_per_unit=2),
+    # Logical GPUs of a test Cluster have no CUDA: they only reserve scheduling slots.
+    cluster=dict(address="inprocess", replicas=1, members_per_unit=2, device="cpu"),
 )
 UNITS = 6  # 2 times x 3 blocks of 2 members
 
@@ -42,7 +43,12 @@ def assert_same_store(ref, out):
         np.testing.assert_array_equal(oa[var].values, ob[var].values, err_msg=var)
     sa = json.loads((ref / "summary.json").read_text())
     sb = json.loads((out / "summary.json").read_text())
-    assert {k: v for k, v in sa.items() if "/" in k} == {k: v for k, v in sb.items() if "/" in k}
+    # mmps_residual/max describes the sampling done in that run (a resumed time has only its new
+    # blocks' residuals), not the analysis: every other metric must match exactly.
+    def metrics(summary):
+        return {k: v for k, v in summary.items() if "/" in k and not k.startswith("mmps_residual/")}
+
+    assert metrics(sa) == metrics(sb)
 
 
 def is_loopback(ip: str) -> bool:

@@ -2,13 +2,17 @@
 worker nodes with one logical GPU each), all on 127.0.0.1 (RAY-LOOPBACK.md).
 
 Shown: replicas land on distinct GPUs of distinct nodes and the store equals the in-process run
-for the same seeds; a replica process killed mid-unit and a worker node removed mid-run both
-leave a complete store, every unit delivered once, identical to the fault-free run.
+for the same seeds, while the driver receives only small reports (never a member field); a
+replica process killed mid-unit, a frozen replica (a straggler), a run resumed on Ray with the
+writer-actor store, and a worker node lost with no spare capacity all leave a complete store,
+every unit delivered once, identical to the fault-free run; a cluster that cannot place the
+replicas is one clear error.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -18,8 +22,12 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import pytest  # noqa: E402
 
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
 from actors.run import run_pipeline  # noqa: E402
 from actors.runtime import import_ray_loopback  # noqa: E402
+from ensemble_da.errors import InputError  # noqa: E402
 from ray_helpers import UNITS, assert_same_store, config, is_loopback, listening_addresses  # noqa: E402
 
 ray = import_ray_loopback()
@@ -70,11 +78,14 @@ def baseline(tmp_path_factory):
 
 def test_replicas_on_distinct_gpus_and_nodes_equal_inprocess(cluster, baseline, tmp_path):
     seen = {}
+    reports = []
 
     def watch(result, executor):
         seen.setdefault("listen", listening_addresses())
+        reports.append(result)
 
-    cfg = config(address=cluster.address, replicas=2, gpus_per_replica=1, placement="SPREAD")
+    # No re-issue of slow units: on a busy CI machine a slow unit is not a fault to count here.
+    cfg = config(address=cluster.address, replicas=2, gpus_per_replica=1, placement="SPREAD", straggler_factor=0)
     result = run_pipeline(cfg, tmp_path / "run", progress=False, on_unit=watch)
     infos = result.summary["replicas"]
     assert len(infos) == 2
@@ -82,10 +93,19 @@ def test_replicas_on_distinct_gpus_and_nodes_equal_inprocess(cluster, baseline, 
     assert all(len(i["gpu_ids"]) == 1 for i in infos)
     assert len({i["node_id"] for i in infos}) == 2 and {i["node_id"] for i in infos} <= worker_nodes
     assert len({(i["node_id"], i["gpu_ids"][0]) for i in infos}) == 2
-    assert all(i["device"] == "cpu" for i in infos)  # logical GPUs only: the replica falls back to CPU
+    assert all(i["device"] == "cpu" for i in infos)  # cluster.device=cpu: logical GPUs as scheduling slots
     assert seen["listen"] and all(is_loopback(ip) for ip in seen["listen"]), seen["listen"]
     assert result.summary["retries"] == 0
     assert_same_store(baseline, tmp_path / "run")
+    # What crosses to the driver: a report per unit with scalars only, smaller than one member
+    # field (3 channels x 192 cells float32 = 2304 bytes); statistics go to the aggregators.
+    member_bytes = 3 * 192 * 4
+    assert len(reports) == UNITS
+    for rep in reports:
+        assert all(isinstance(v, float) for v in rep.diagnostics.values())
+        assert not any(isinstance(v, np.ndarray) for v in vars(rep).values())
+        assert len(pickle.dumps(rep)) < member_bytes / 2
+    assert result.summary["driver_bytes_received"] / 12 < member_bytes
 
 
 def _other_replica(result, executor):
@@ -109,20 +129,76 @@ def test_replica_killed_mid_unit(cluster, baseline, tmp_path):
     assert_same_store(baseline, tmp_path / "run")
 
 
-def test_worker_node_removed_mid_run(cluster, baseline, tmp_path):
-    """Last in this module: it leaves the cluster one node short."""
+def test_a_frozen_replica_is_a_straggler_whose_units_are_reissued(cluster, baseline, tmp_path):
+    delivered, frozen, stopped = [], [], []
+
+    def freeze_other(result, executor):
+        delivered.append(result.unit)
+        if len(delivered) == 1:
+            # The other replica holds units (2 in flight): stop its process, as a hung GPU would.
+            pid = int(_other_replica(result, executor).info["pid"])
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(psutil.Process(pid))
+        else:  # a later delivery: the frozen process must still be stopped
+            stopped.append(frozen[0].status() == psutil.STATUS_STOPPED)
+
+    cfg = config(address=cluster.address, replicas=2, gpus_per_replica=1, straggler_factor=2.0)
+    try:
+        result = run_pipeline(cfg, tmp_path / "run", progress=False, on_unit=freeze_other)
+    finally:
+        if frozen and frozen[0].is_running():
+            frozen[0].send_signal(signal.SIGCONT)
+    # Every unit after the first was delivered while the frozen replica was stopped: the ones it
+    # held were re-issued and finished elsewhere.
+    assert len(stopped) == UNITS - 1 and all(stopped)
+    assert result.summary["reissued"] >= 1
+    assert len(delivered) == len(set(delivered)) == UNITS
+    assert_same_store(baseline, tmp_path / "run")
+
+
+def test_resume_on_ray_with_the_writer_store(cluster, baseline, tmp_path):
+    out = tmp_path / "run"
     delivered = []
+
+    def interrupt(result, executor):
+        delivered.append(result.unit)
+        if len(delivered) == 3:  # half of the units written in-process
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config(), out, progress=False, on_unit=interrupt)
+    cfg = config(address=cluster.address, replicas=2, gpus_per_replica=1, store="writer")
+    result = run_pipeline(cfg, out, resume=True, progress=False)
+    assert result.summary["members_sampled"] == 6 and result.summary["members_done"] == 12
+    assert_same_store(baseline, out)
+
+
+def test_replicas_that_cannot_be_placed_are_one_clear_error(cluster, tmp_path):
+    cfg = config(address=cluster.address, replicas=4, gpus_per_replica=1, placement_timeout_s=2)
+    with pytest.raises(InputError) as err:
+        run_pipeline(cfg, tmp_path / "run", progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "4 replicas" in msg and "'GPU': 1.0" in msg and "placement_timeout_s" in msg
+
+
+def test_node_lost_without_spare_capacity_finishes_on_the_survivors(cluster, baseline, tmp_path):
+    """Last in this module: it leaves the cluster one node short. Three replicas fill the three
+    GPU nodes; one node is removed while its replica holds units, and no node can take it."""
+    delivered, victim = [], {}
 
     def remove_node(result, executor):
         delivered.append(result.unit)
         if len(delivered) == 2:
-            node_id = _other_replica(result, executor).info["node_id"]
-            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            idle = min(executor.stats, key=lambda s: s.members)  # has delivered least: holds units
+            victim.update(index=idle.index, members=idle.members)
+            node = next(n for n in cluster.worker_nodes if n.node_id == idle.info["node_id"])
             cluster.remove_node(node, allow_graceful=False)
 
-    cfg = config(address=cluster.address, replicas=2, gpus_per_replica=1)
+    cfg = config(address=cluster.address, replicas=3, gpus_per_replica=1)
     result = run_pipeline(cfg, tmp_path / "run", progress=False, on_unit=remove_node)
     assert len(cluster.worker_nodes) == 2
+    # The units the lost replica held were run again by the survivors; it delivered nothing more.
     assert result.summary["retries"] >= 1
+    assert result.summary["replicas"][victim["index"]]["members"] == victim["members"]
     assert len(delivered) == len(set(delivered)) == UNITS
     assert_same_store(baseline, tmp_path / "run")

@@ -183,6 +183,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
         (["run", "{cfg}", "--set", "cluster.members_per_unit=0"], "members_per_unit"),
         (["run", "{cfg}", "--set", "cluster.address=no address"], "cluster.address"),
         (["run", "{cfg}", "--set", "cluster.address=127.0.0.1:9"], "nothing accepts connections"),
+        (["run", "{cfg}", "--set", "cluster.gpus_per_replica=1"], "sees no CUDA"),
+        (["run", "{cfg}", "--set", "cluster.straggler_factor=1.1"], "straggler_factor"),
         (["run", "{cfg}", "--set", "times=[yesterday]"], "yesterday"),
         (["run", "{cfg}", "--set", "seed"], "key=value"),
         (["run", "{cfg}", "--resume"], "--resume needs --out"),

@@ -137,3 +137,21 @@ def test_finalize_consolidates_and_marks_complete(tmp_path):
     assert np.isfinite(ds.analysis.values).all()
     np.testing.assert_array_equal(ds.ensemble_spread.values, 1.0)
     assert open_run(tmp_path).sizes["member"] == 5
+
+
+def test_the_cell_axis_is_chunked_so_a_chunk_stays_a_few_megabytes(tmp_path):
+    from ensemble_da.io import CHUNK_BYTES, RunStore, StoreLayout, cells_per_chunk
+
+    # nside 64 x 45 channels, 8 members per unit: 70 MB per unit, split into whole NEST sub-trees.
+    cells = cells_per_chunk(12 * 64**2, 8, 45)
+    assert 8 * 45 * cells * 4 <= CHUNK_BYTES and (12 * 64**2) % cells == 0 and cells >= 1024
+    assert cells_per_chunk(192, 2, 3) == 192  # small fields stay one chunk
+    layout = StoreLayout(np.array(["2020-01-01"], dtype="datetime64[ns]"), 4, ("T850", "T500"), 4, 2,
+                         cells_per_chunk=48)
+    store = RunStore.create(tmp_path / "a.zarr", layout, {})
+    block = np.random.default_rng(0).normal(size=(2, 2, 192)).astype(np.float32)
+    store.write_block(0, [2, 3], block)
+    reopened = RunStore(tmp_path / "a.zarr")
+    assert reopened.group["analysis"].chunks == (1, 2, 2, 48) and reopened.layout.cells_per_chunk == 48
+    np.testing.assert_array_equal(reopened.read_block(0, 2, 4), block)
+    np.testing.assert_array_equal(reopened.read_cells(0, slice(40, 100))[2:], block[:, :, 40:100])

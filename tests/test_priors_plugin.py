@@ -109,3 +109,31 @@ def test_plugin_runs_through_the_cli_on_ray_like_in_process(tmp_path, monkeypatc
     assert yaml.safe_load((tmp_path / "ray" / "config.yaml").read_text())["model"]["factory"] == "plugin_denoiser:white_noise"
     replicas = json.loads((tmp_path / "ray" / "summary.json").read_text())["replicas"]
     assert replicas and all(r["pid"] != os.getpid() and r["members"] > 0 for r in replicas)  # loaded in a Ray worker
+
+
+def test_osse_truth_calls_sample_truth_as_documented():
+    """README: a plug-in's optional `sample_truth(rng, n)` returns (n, channel, cell) physical draws;
+    the OSSE passes n = 1 (a plug-in without a default for n used to crash), and the truth is the
+    prior's draw from the truth stream SeedSequence([seed, t, TRUTH_STREAM])."""
+    import numpy as np
+    from ensemble_da.config import load_config
+    from ensemble_da.obs.synthetic import TRUTH_STREAM
+    from ensemble_da.truth import draw_truth
+    from plugin_denoiser import WhiteNoisePrior
+
+    class NoDefault(WhiteNoisePrior):
+        def sample_truth(self, rng, n):
+            return super().sample_truth(rng, n)
+
+    prior = NoDefault(2, ["T850", "T500"], [275.0, 255.0], [6.0, 5.0])
+    config = load_config(None, ["seed=7"])
+    truth = draw_truth(prior, config, 1)
+    z = np.random.default_rng(np.random.SeedSequence([7, 1, TRUTH_STREAM])).standard_normal((2, 48))
+    np.testing.assert_allclose(truth, np.array([[275.0], [255.0]]) + np.array([[6.0], [5.0]]) * z)
+
+    class WrongShape(WhiteNoisePrior):
+        def sample_truth(self, rng, n):
+            return np.zeros((n, 48))
+
+    with pytest.raises(InputError, match=r"sample_truth\(rng, 1\) returned shape \(1, 48\)"):
+        draw_truth(WrongShape(2, ["T850", "T500"], [275.0, 255.0], [6.0, 5.0]), config, 0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scoringrules as sr
 from scipy import stats as sps
 
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, rank_counts, spread_skill_ratio, time_metrics
+from ensemble_da.stats import BlockStats, EnsembleMoments, ObsFit, fair_crps, rank_counts, spread_skill_ratio, \
+    time_metrics
 
 
 def _crps_fair_direct(members: list[float], y: float) -> float:
@@ -124,3 +126,44 @@ def test_time_metrics_every_score_against_direct_formulas(rng):
         noisy = x[:, c, cells[h_idx]] + noise_stream.standard_normal((m, len(h_idx))) * obs.sigma[h_idx]
         assert out[f"heldout_crps/{name}"] == pytest.approx(
             np.mean([_crps_fair_direct(list(noisy[:, j]), obs.value[i]) for j, i in enumerate(h_idx)]))
+
+
+# The sort-based fair CRPS (O(M log M)) against scoringrules' pairwise estimator; BlockStats.
+def test_fair_crps_equals_the_pairwise_estimator(rng):
+    for m in (2, 3, 16, 51):
+        ens = rng.normal(size=(m, 4, 37))
+        ens[:, 0, :5] = ens[0, 0, :5]  # ties among members
+        truth = rng.normal(size=(4, 37))
+        ref = sr.crps_ensemble(truth, ens, m_axis=0, estimator="fair")
+        np.testing.assert_allclose(fair_crps(ens, truth), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_fair_crps_never_builds_a_member_by_member_array(rng):
+    # 4096 members at 64 points: an (M, M, points) float64 array would need 8 GiB.
+    import tracemalloc
+
+    ens, truth = rng.normal(size=(4096, 64)), rng.normal(size=64)
+    tracemalloc.start()
+    fair_crps(ens, truth)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * ens.nbytes
+
+
+class _Pick:
+    """H that reads fixed (channel, cell) points: an independent stand-in for the operator."""
+
+    def __init__(self, idx):
+        self.idx = idx
+
+    def apply_numpy(self, x):
+        return x.reshape(x.shape[0], -1)[:, self.idx]
+
+
+def test_block_stats_are_moments_and_values_at_the_observations(rng):
+    block = rng.normal(size=(4, 2, 12)).astype(np.float32)
+    stats = BlockStats.of(block, _Pick(np.array([0, 5, 13])), 0.25)
+    x = block.astype(np.float64)
+    np.testing.assert_array_equal(stats.hx, np.stack([x[:, 0, 0], x[:, 0, 5], x[:, 1, 1]], axis=1))
+    np.testing.assert_allclose(stats.moments.mean, x.mean(0), rtol=1e-14)
+    assert stats.moments.count == 4 and stats.cg_residual_max == 0.25

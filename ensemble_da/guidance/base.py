@@ -40,12 +40,16 @@ class GuidedDenoiser:
         self.normalization = denoiser.normalization
         self.sigma_min = denoiser.sigma_min
         self.sigma_max = denoiser.sigma_max
+        self._constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def observations(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """y and s² as (1, obs) tensors in the dtype/device of `like`."""
-        y = torch.as_tensor(self.operator.y, dtype=like.dtype, device=like.device)[None]
-        s2 = torch.as_tensor(self.operator.sigma**2, dtype=like.dtype, device=like.device)[None]
-        return y, s2
+        """y and s² as (1, obs) tensors in the dtype/device of `like` (copied there once)."""
+        key = (like.dtype, like.device)
+        if key not in self._constants:
+            y = torch.as_tensor(self.operator.y, dtype=like.dtype, device=like.device)[None]
+            s2 = torch.as_tensor(self.operator.sigma**2, dtype=like.dtype, device=like.device)[None]
+            self._constants[key] = (y, s2)
+        return self._constants[key]
 
     def denoise_with_graph(
         self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None

@@ -43,7 +43,12 @@ class MMPSGuidance(GuidedDenoiser):
         self.cg_iters = cg_iters
         self.solve = _SOLVERS[solver]
         self.last_relative_residual: torch.Tensor | None = None
-        self.max_relative_residual = 0.0
+        self._residual_max: torch.Tensor | None = None  # on the device: no host sync per step
+
+    @property
+    def max_relative_residual(self) -> float:
+        """Largest relative CG residual over every call so far (reading it syncs once: read it per block)."""
+        return 0.0 if self._residual_max is None else float(self._residual_max)
 
     def linear_system(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None):
         """The MMPS system at (z, σ): (d, matvec, rhs, correction).
@@ -72,5 +77,6 @@ class MMPSGuidance(GuidedDenoiser):
         v, rel = self.solve(matvec, rhs, self.cg_iters)
         self.last_relative_residual = rel.detach()
         if rel.numel():
-            self.max_relative_residual = max(self.max_relative_residual, float(rel.max()))
+            top = rel.detach().max()
+            self._residual_max = top if self._residual_max is None else torch.maximum(self._residual_max, top)
         return (d + sigma.to(d.dtype).reshape(-1, 1, 1) ** 2 * correction(v).to(d.dtype)).detach()

@@ -14,7 +14,7 @@ import torch
 from ensemble_da.channels import Normalization
 from ensemble_da.grid import HealpixGrid
 
-__all__ = ["Denoiser", "Condition", "time_condition"]
+__all__ = ["Denoiser", "Condition", "time_condition", "allows_autocast"]
 
 # Optional per-batch conditioning, e.g. {"day_of_year": (batch,), "second_of_day": (batch,)}.
 Condition = Mapping[str, Any]
@@ -39,6 +39,10 @@ class Denoiser(Protocol):
         Channel names and per-channel center/scale (physical ↔ normalised).
     sigma_min, sigma_max : float
         The noise range the denoiser was built or trained for.
+    allows_autocast : bool, optional (default True when absent)
+        Whether the forward may run under bf16 autocast on CUDA. An exact prior (Gaussian) says
+        False: its closed form is the reference the sampler is checked against, and bf16
+        (8 bits of mantissa) would bias it. Read it with `allows_autocast(prior)`.
     """
 
     grid: HealpixGrid
@@ -49,3 +53,8 @@ class Denoiser(Protocol):
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
         """Denoised estimate with the shape of `z` (batch, channel, cell); σ has shape (batch,)."""
         ...
+
+
+def allows_autocast(prior: object) -> bool:
+    """The prior's `allows_autocast` flag (True for priors that do not say)."""
+    return bool(getattr(prior, "allows_autocast", True))

@@ -251,6 +251,7 @@ class GaussianPrior:
     grid: HealpixGrid
     normalization: Normalization
     basis: SpectralBasis
+    allows_autocast = False  # exact reference: never under bf16 (priors.base.Denoiser)
     sigma_min: float = 0.002
     sigma_max: float = 80.0
 
