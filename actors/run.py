@@ -18,6 +18,7 @@ One run, two executors (`actors.executor`): in-process and Ray give the same sto
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,7 @@ import numpy as np
 import ensemble_da
 from ensemble_da.assimilation import WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig
+from ensemble_da.exact import ExactPosteriorTooLarge
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
 from ensemble_da.obs.operators import ObservationOperator
 
@@ -104,7 +106,12 @@ def run_pipeline(
             runtime.close()
             raise
         operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
-        exact = exact_posteriors(prior, inputs.observations, kind)
+        try:
+            exact = exact_posteriors(prior, inputs.observations, kind)
+        except ExactPosteriorTooLarge as exc:
+            exact = None  # a reference for the analysis, not part of it: the run goes on without it
+            print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
+                  file=sys.stderr)
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact)

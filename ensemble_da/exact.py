@@ -35,7 +35,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
 
-__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior"]
+__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge"]
 
 _DROP = 1e-12
 _COLUMN_CHUNK = 256
@@ -85,11 +85,20 @@ class _BlockInverse:
         return out
 
 
+def _available_bytes() -> int:
+    """Memory this process may still allocate (bytes)."""
+    return int(psutil.virtual_memory().available)
+
+
+class ExactPosteriorTooLarge(InputError):
+    """The closed-form posterior would not fit in this machine's memory (raised before allocating)."""
+
+
 def _check_memory(observed: int, modes: int, largest_block: int, state: int) -> None:
     need = 8 * (3 * modes * modes + 3 * observed * modes + largest_block**2 * 2 + _COLUMN_CHUNK * state * 2)
-    have = psutil.virtual_memory().available
+    have = _available_bytes()
     if need > 0.8 * have:
-        raise InputError(
+        raise ExactPosteriorTooLarge(
             f"the exact posterior with {observed} observed state elements (largest linked group {largest_block}) "
             f"and {modes} prior modes needs ~{need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available"
         )
@@ -184,9 +193,9 @@ def _observation_form(
     """The textbook update for few observations: G = Σ Hᵀ (state × obs, through the basis),
     S = H G + R = L Lᵀ, mean = G S⁻¹ y, var = diag(Σ) − colsum((L⁻¹ Gᵀ)²)."""
     n_obs = h.shape[0]
-    need, have = 8 * (2 * n_obs * state + 2 * n_obs * n_obs), psutil.virtual_memory().available
+    need, have = 8 * (2 * n_obs * state + 2 * n_obs * n_obs), _available_bytes()
     if need > 0.8 * have:
-        raise InputError(f"the exact posterior with {n_obs} observations needs ~{need / 2**30:.1f} GiB; "
+        raise ExactPosteriorTooLarge(f"the exact posterior with {n_obs} observations needs ~{need / 2**30:.1f} GiB; "
                          f"this machine has {have / 2**30:.1f} GiB available")
     nu2, prior_var = basis.nugget, basis.diag_covariance()
     excess = torch.as_tensor(np.asarray(basis.eigenvalues, np.float64) - nu2)

@@ -255,3 +255,20 @@ def test_streaming_metrics_equal_the_in_memory_reference(finished_run, tiny_conf
         assert metrics.keys() == ref.metrics[t].keys()
         for name, value in metrics.items():
             assert value == pytest.approx(ref.metrics[t][name], rel=1e-6, abs=1e-9), name
+
+
+def test_exact_posterior_too_big_for_memory_is_skipped_with_a_warning(tmp_path, tiny_config, monkeypatch):
+    """The exact posterior is a reference, not the analysis: when it would not fit in memory the run
+    still finishes, says so in one warning line, and writes no exact fields. Memory is made to
+    look scarce by shrinking what psutil reports as available."""
+    import ensemble_da.exact
+
+    monkeypatch.setattr(ensemble_da.exact, "_available_bytes", lambda: 1024)
+    result = invoke("run", tiny_config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "exact posterior" in warnings[0] and "GiB" in warnings[0]
+    ds = xr.open_zarr(tmp_path / "run" / "analysis.zarr")
+    assert "exact_mean" not in ds and "analysis" in ds
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert not any(k.startswith("exact_") for k in summary)
