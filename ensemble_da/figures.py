@@ -25,6 +25,16 @@ _FIELD, _SPREAD, _DIFF = "RdYlBu_r", "viridis", "RdBu_r"
 _DIFFERENCES = ("increment", "error")
 
 
+def _save(fig, path: Path, title: str = "", tight: bool = False) -> Path:
+    """Write `fig` as a PNG at `path` (80 dpi) with an optional overall title, and free it."""
+    if title:
+        fig.suptitle(title)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
 def _projector(xsize: int = 480) -> hp.projector.MollweideProj:
     return hp.projector.MollweideProj(xsize=xsize, flipconv="geo")
 
@@ -71,11 +81,7 @@ def plot_maps(path: Path, fields: Mapping[str, np.ndarray], channels: Sequence[s
             img = _show(axes[c, k], field, proj, **kw)
             axes[c, k].set_title(f"{name} {label}")
             fig.colorbar(img, ax=axes[c, k], orientation="horizontal", fraction=0.06, pad=0.04)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title)
 
 
 def plot_mean_spread(
@@ -118,11 +124,7 @@ def plot_obs_residuals(
                             edgecolors="k", linewidths=0.3)
         ax.set_title(f"{name} O−A (○ assimilated, △ held out)")
         fig.colorbar(sc, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title)
 
 
 def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str], title: str = "",
@@ -141,12 +143,7 @@ def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str],
         ax.set_title(f"{name} (n={int(counts[c].sum())})")
         ax.set_xlabel(xlabel)
     axes[0, 0].set_ylabel("frequency")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, tight=True)
 
 
 def plot_spread_skill(
@@ -171,9 +168,4 @@ def plot_spread_skill(
         ax.set_title(f"{name}: SSR {ratios.get(name, float('nan')):.2f}")
         ax.set_xlabel("rms spread")
     axes[0, 0].set_ylabel("rms error")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, tight=True)
