@@ -27,8 +27,7 @@ from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, me
 __all__ = ["sample_posterior", "divergence_message"]
 
 _FIXES = {
-    "none": "the unguided prior diverges: check model.path and sampler.sigma_max",
-    "regression": "raise guidance.gamma (e.g. 0.1) or sampler.steps, or use guidance.method mmps",
+    "none": "the unguided prior diverges: raise sampler.steps; for a learned prior check model.path and sampler.sigma_max",
     "dps": "lower guidance.zeta or raise sampler.steps",
     "mmps": "use guidance.solver gmres, raise guidance.cg_iters or sampler.steps",
 }
@@ -43,7 +42,10 @@ def divergence_message(
               "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
     where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, member(s) {members[:4]}"
     out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
-    fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES[g.method]
+    fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES.get(g.method, "")
+    if g.method == "regression":
+        fix = (f"raise guidance.gamma (e.g. to {10 * g.gamma:g}) or sampler.steps, or use guidance.method mmps"
+               if g.gamma > 0 else "set guidance.gamma > 0 (e.g. 0.1), raise sampler.steps, or use guidance.method mmps")
     if "non-finite" in exc.detail:
         fix = f"check that the prior's denoiser returns finite values at every σ (run with guidance.method=none); else {fix}"
     out.args = (f"{exc} [{where}]; sampling stopped. Fix: {fix}",)

@@ -53,7 +53,8 @@ def _divergence(first_bad: torch.Tensor, z: torch.Tensor, sigmas: np.ndarray, ch
     bound = DIVERGENCE_BOUND * math.sqrt(1.0 + float(sigmas[step + 1]) ** 2)
     now = z[rows]
     state = "non-finite values" if not bool(torch.isfinite(now).all()) else f"max |z| = {float(now.abs().max()):.3g}"
-    detail = f"|z| > {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std), {state} by step {checked + 1}"
+    detail = (f"|z| passed {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std at that σ); "
+              f"{state} at step {checked + 1}")
     return DivergenceError(step + 1, steps, float(sigmas[step]), rows, detail)
 
 

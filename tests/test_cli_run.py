@@ -266,9 +266,32 @@ def test_exact_posterior_too_big_for_memory_is_skipped_with_a_warning(tmp_path, 
     monkeypatch.setattr(ensemble_da.exact, "_available_bytes", lambda: 1024)
     result = invoke("run", tiny_config, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "exact posterior" in warnings[0] and "GiB" in warnings[0]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "exact posterior with" in line]
+    assert len(warnings) == 1 and "GiB" in warnings[0]
     ds = xr.open_zarr(tmp_path / "run" / "analysis.zarr")
     assert "exact_mean" not in ds and "analysis" in ds
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert not any(k.startswith("exact_") for k in summary)
+
+
+def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, tiny_config):
+    """An analysis that finishes but is not a posterior sample says so: 4 steps is flagged as
+    under-resolved, and the exact-variance check is applied to the summary's own ratios (computed
+    here from the store, independently of the run's metrics)."""
+    from actors.command import sanity_warnings
+
+    result = invoke("run", tiny_config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("warning: sampler.steps=4 is below 16") for line in result.stderr.splitlines())
+    ds = xr.open_zarr(tmp_path / "run" / "analysis.zarr")
+    var = ds["analysis"].var("member", ddof=1).mean("cell") / (ds["exact_spread"] ** 2).mean("cell")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for c in ds.channel.values:
+        ratio = float(var.sel(channel=c).mean("time"))
+        assert summary[f"exact_var_ratio/{c}"] == pytest.approx(ratio, rel=1e-3)
+        flagged = any(line.startswith(f"warning: exact_var_ratio/{c} = ") for line in result.stderr.splitlines())
+        assert flagged == (not 0.5 <= ratio <= 2.0), (c, ratio)
+    lines = sanity_warnings(32, {"exact_var_ratio/T850": 7.2, "exact_var_ratio/T500": 1.0})
+    assert len(lines) == 1 and "exact_var_ratio/T850 = 7.2" in lines[0] and "\n" not in lines[0]
+    assert sanity_warnings(32, {"exact_var_ratio/T850": 0.9}) == []
+    assert len(sanity_warnings(32, {"exact_var_ratio/T850": 0.3})) == 1

@@ -58,7 +58,7 @@ def test_cli_run_with_divergent_guidance_exits_2_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output
     line = errors[0]
-    for part in ("sampling diverged at step", "σ = ", "guidance.method=regression", "gamma=0", "Fix: raise guidance.gamma"):
+    for part in ("sampling diverged at step", "σ = ", "guidance.method=regression", "gamma=0", "Fix: set guidance.gamma > 0"):
         assert part in line, line
     assert np.isfinite(float(line.split("σ = ")[1].split(")")[0]))
 
@@ -76,3 +76,18 @@ def test_mmps_gmres_reports_a_denoiser_that_returns_nan_instead_of_crashing():
         sample_posterior(den, op, 3, 0, sampler={"steps": 8}, guidance={"method": "mmps", "solver": "gmres"})
     msg = str(info.value)
     assert "\n" not in msg and "non-finite" in msg and "denoiser returns finite values" in msg
+
+
+@pytest.mark.parametrize("method, settings, fix", [
+    ("regression", {"gamma": 0.1}, "raise guidance.gamma (e.g. to 1)"),
+    ("regression", {"gamma": 0.0}, "set guidance.gamma > 0"),
+    ("none", {}, "raise sampler.steps"),
+])
+def test_divergence_fix_suggests_a_change_from_the_current_settings(method, settings, fix):
+    """The suggested fix never names a value already in use (γ = 0.1 must not be told 'e.g. 0.1')."""
+    from ensemble_da.config import GuidanceConfig, SamplerConfig
+    from ensemble_da.posterior import divergence_message
+
+    err = DivergenceError(3, 4, 1.5, [0], "|z| passed 30 normalised units")
+    msg = str(divergence_message(err, GuidanceConfig(method=method, **settings), SamplerConfig(steps=4), 0, [0]))
+    assert f"Fix: {fix}" in msg and "\n" not in msg
