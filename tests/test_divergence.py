@@ -81,7 +81,7 @@ def test_mmps_gmres_reports_a_denoiser_that_returns_nan_instead_of_crashing():
 @pytest.mark.parametrize("method, settings, fix", [
     ("regression", {"gamma": 0.1}, "raise guidance.gamma (e.g. to 1)"),
     ("regression", {"gamma": 0.0}, "set guidance.gamma > 0"),
-    ("none", {}, "raise sampler.steps"),
+    ("none", {}, "the unguided prior diverges: raise sampler.steps"),
 ])
 def test_divergence_fix_suggests_a_change_from_the_current_settings(method, settings, fix):
     """The suggested fix never names a value already in use (γ = 0.1 must not be told 'e.g. 0.1')."""
