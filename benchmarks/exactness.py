@@ -49,6 +49,24 @@ def config(steps: int, members: int, guidance: dict) -> RunConfig:
     return load_config(None, overrides + [f"guidance.{k}={v}" for k, v in guidance.items()])
 
 
+def gaussian_problem(seed: int = 0):
+    """The posterior problem every Gaussian benchmark shares: the demo prior at nside 8, a truth
+    and 100 random bilinear observations of it (demo errors, none held out), all from
+    `default_rng(seed)`. Returns (GaussianPrior, ObservationSet, ObservationOperator)."""
+    from ensemble_da.obs.operators import ObservationOperator
+    from ensemble_da.obs.synthetic import observe_truth, random_locations
+    from ensemble_da.priors.gaussian import GaussianPrior
+
+    cfg = config(32, 1, {})
+    prior = GaussianPrior.from_config(cfg.model, cfg.grid)
+    rng = np.random.default_rng(seed)
+    truth = prior.sample_truth(rng)[0]
+    lat, lon = random_locations(100, rng)
+    obs = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, prior.grid, prior.normalization,
+                        cfg.observations.model_copy(update={"heldout_fraction": 0.0}), rng)
+    return prior, obs, ObservationOperator.build(obs, prior.grid, prior.normalization, cfg.observations.operator)
+
+
 def learned_gaussian():
     """The shipped learned-Gaussian checkpoint (`LearnedDenoiser`, nside 8, unconditional)."""
     from importlib import resources
@@ -73,24 +91,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from ensemble_da.obs.observation_set import ObservationSet
-    from ensemble_da.obs.synthetic import observe_truth, random_locations
-
-    base = config(32, args.members, {})
-    assim = Assimilator(base)
-    rng = np.random.default_rng(0)
-    truth = assim.prior.sample_truth(rng)[0]
-    lat, lon = random_locations(100, rng)
-    obs: ObservationSet = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, assim.grid,
-                                        assim.normalization, base.observations.model_copy(update={"heldout_fraction": 0.0}), rng)
-    exact_mean, exact_spread = exact_posterior_physical(assim.prior, assim.operator(obs))
-    priors = {"exact": assim.prior}
+    exact, obs, op = gaussian_problem()
+    exact_mean, exact_spread = exact_posterior_physical(exact, op)
+    priors = {"exact": exact}
     if "learned" in args.priors:
         priors["learned"] = learned_gaussian()
         # the network alone: unguided draws against the exact prior (mean 0 ⇒ err in prior std units)
         cfg = config(32, args.members, {})
         x = Assimilator(cfg, prior=priors["learned"]).sample(None, 0, list(range(args.members))).analysis.astype(np.float64)
-        err, ratio = scores(x, assim.normalization.denormalize(np.zeros_like(exact_mean)), assim.prior.prior_spread())
+        err, ratio = scores(x, exact.normalization.denormalize(np.zeros_like(exact_mean)), exact.prior_spread())
         print(f"learned prior alone (32 steps, no obs) vs exact prior: mean_err {err:.3f}, var_ratio {ratio:.3f}")
     priors = {k: v for k, v in priors.items() if k in args.priors}
     methods = [m for m in METHODS if args.methods is None or m[0] in args.methods]

@@ -149,17 +149,9 @@ GAUSS_ROWS = [
 
 
 def section_gauss(members: int, rows: list[int] | None = None) -> None:
-    from exactness import learned_gaussian
+    from exactness import gaussian_problem, learned_gaussian
 
-    from ensemble_da.priors.gaussian import GaussianPrior
-
-    cfg = load_config(None, ["grid.nside=8", "observations.heldout_fraction=0"])
-    exact = GaussianPrior.from_config(cfg.model, cfg.grid)
-    rng = np.random.default_rng(0)
-    truth = exact.sample_truth(rng)[0]
-    lat, lon = random_locations(100, rng)
-    obs = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, exact.grid, exact.normalization, cfg.observations, rng)
-    op = ObservationOperator.build(obs, exact.grid, exact.normalization, "bilinear")
+    exact, _, op = gaussian_problem()
     mean, var = exact_posterior(exact, op)
     print(f"{members} members; MC error of exact_mean_err ≈ {1 / np.sqrt(members):.3f} (floor)\n")
     print("| prior | guidance | steps | exact_mean_err | exact_var_ratio | s/member |")

@@ -27,12 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ensemble_da.config import GuidanceConfig, load_config  # noqa: E402
+from ensemble_da.config import GuidanceConfig  # noqa: E402
 from ensemble_da.exact import exact_posterior  # noqa: E402
 from ensemble_da.guidance import guided_denoiser  # noqa: E402
 from ensemble_da.obs.operators import ObservationOperator  # noqa: E402
-from ensemble_da.obs.synthetic import observe_truth, random_locations  # noqa: E402
-from ensemble_da.priors.gaussian import GaussianPrior  # noqa: E402
 from ensemble_da.sampling import KarrasSchedule, edm_sample, member_generator  # noqa: E402
 
 
@@ -98,13 +96,9 @@ def main() -> None:
     torch.set_num_threads(1)
     import azula
 
-    cfg = load_config(None, ["grid.nside=8", "observations.heldout_fraction=0"])
-    exact = GaussianPrior.from_config(cfg.model, cfg.grid)
-    rng = np.random.default_rng(0)
-    truth = exact.sample_truth(rng)[0]
-    lat, lon = random_locations(100, rng)
-    obs = observe_truth(truth, np.datetime64("2020-01-01"), lat, lon, exact.grid, exact.normalization, cfg.observations, rng)
-    op = ObservationOperator.build(obs, exact.grid, exact.normalization, "bilinear")
+    from exactness import gaussian_problem
+
+    exact, _, op = gaussian_problem()
     mean, var = exact_posterior(exact, op)
     priors = {"exact": exact}
     if "learned" in args.priors:
