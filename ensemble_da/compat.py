@@ -85,6 +85,15 @@ class RegressionGuidedModel:
             return nest_to_pad_xy(self.grid.nside)[locations]
         return locations
 
+    def from_nest(self, nest: np.ndarray) -> np.ndarray:
+        """NEST indices → pixel indices in the model's order (the inverse of `to_nest`)."""
+        nest = np.asarray(nest, dtype=np.int64)
+        if self.pixel_order == "pad_xy":
+            from ensemble_da.priors.cbottle import pad_xy_to_nest
+
+            return pad_xy_to_nest(self.grid.nside)[nest]
+        return nest
+
     def set_regression_guidance(
         self,
         observation_data,
@@ -197,7 +206,7 @@ def load_era5_for_regression_guidance(
         t = np.datetime64(time, "ns") if time is not None else src.variables[0].times[0]
         fields = src.to_healpix(list(observation_variables), [t], grid, time_tolerance_hours)[0]
     nest = np.sort(np.random.default_rng(seed).choice(grid.npix, num_pixels, replace=False))
-    locations = np.argsort(model.to_nest(np.arange(grid.npix)))[nest]  # NEST → model order
+    locations = model.from_nest(nest)
     return torch.as_tensor(fields[:, nest].T.copy()), torch.as_tensor(locations)
 
 
@@ -219,7 +228,7 @@ def synthetic_regression_guidance_setup(
     nest = rng.choice(model.grid.npix, num_obs, replace=False)
     ch = model.denoiser.normalization.index(list(observation_variables))
     data = truth[ch][:, nest].T + rng.normal(0.0, observation_uncertainty, (num_obs, len(ch)))
-    locations = np.argsort(model.to_nest(np.arange(model.grid.npix)))[nest]
+    locations = model.from_nest(nest)
     model.set_regression_guidance(data, locations, observation_variables, observation_uncertainty, guidance_scale, method)
     batch = {
         "target": torch.zeros(batch_size, len(model.channels), 1, model.grid.npix),

@@ -131,14 +131,16 @@ class CBottleDenoiser:
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         device = self.device
-        self._to_pad = torch.as_tensor(nest_to_pad_xy(grid.nside), device=device)
-        self._to_nest = torch.as_tensor(pad_xy_to_nest(grid.nside), device=device)
+        to_pad = nest_to_pad_xy(grid.nside)
+        self._to_pad = torch.as_tensor(to_pad, device=device)
+        self._to_nest = torch.as_tensor(np.argsort(to_pad), device=device)
         self._keep = torch.as_tensor(
             [not (label == "era5" and c in ERA5_MISSING) for c in normalization.channels], device=device
         )
         self.second_pass = not bool(self._keep.all())
+        self._one_hot = {name: self._label_row(name, device) for name in {label, "icon"}}
         self._condition = None if sst is None else torch.as_tensor(
-            sst_condition(sst)[None, None, None, nest_to_pad_xy(grid.nside)], dtype=torch.float32, device=device
+            sst_condition(sst)[None, None, None, to_pad], dtype=torch.float32, device=device
         )
 
     @property
@@ -152,10 +154,12 @@ class CBottleDenoiser:
                 return i
         return len(self.experts) - 1
 
-    def _labels(self, name: str, batch: int) -> torch.Tensor:
-        labels = torch.zeros(batch, N_CLASSES, device=self.device)
-        labels[:, LABELS.index(name)] = 1.0
-        return labels
+    @staticmethod
+    def _label_row(name: str, device: torch.device) -> torch.Tensor:
+        """cBottle's one-hot class label of `name`, shape (1, N_CLASSES)."""
+        row = torch.zeros(1, N_CLASSES, device=device)
+        row[0, LABELS.index(name)] = 1.0
+        return row
 
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
         """D(z, σ): z of shape (batch, channel, cell) NEST, normalised; σ (batch,), equal entries.
@@ -174,12 +178,12 @@ class CBottleDenoiser:
             kwargs["second_of_day"] = torch.full((b, 1), float(condition["second_of_day"]), device=z.device)
             kwargs["day_of_year"] = torch.full((b, 1), float(condition["day_of_year"]) - 1.0, device=z.device)
         cond = None if self._condition is None else self._condition.expand(b, -1, -1, -1)
-        keep = self._keep[None, :, None, None]
-        out = net(x.where(keep, 0.0), s, class_labels=self._labels(self.label, b), condition=cond, **kwargs)
+        out = net(x.where(self._keep[None, :, None, None], 0.0) if self.second_pass else x, s,
+                  class_labels=self._one_hot[self.label].expand(b, -1), condition=cond, **kwargs)
         d = getattr(out, "out", out)
         if self.second_pass:
-            icon = net(x, s, class_labels=self._labels("icon", b), condition=cond, **kwargs)
-            d = d.where(keep, getattr(icon, "out", icon))
+            icon = net(x, s, class_labels=self._one_hot["icon"].expand(b, -1), condition=cond, **kwargs)
+            d = d.where(self._keep[None, :, None, None], getattr(icon, "out", icon))
         return d[:, :, 0, :][..., self._to_nest].to(z.dtype)
 
     def __repr__(self) -> str:
