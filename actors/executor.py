@@ -96,8 +96,6 @@ class Aggregation(Protocol):
         """Wait for every block handed over so far to be merged."""
         ...
 
-    def shutdown(self) -> None: ...
-
 
 class InProcessExecutor:
     """One `ModelReplica` in this process: the `inprocess` executor."""
@@ -151,9 +149,6 @@ class LocalAggregation:
         pass
 
     def drain(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
         pass
 
 

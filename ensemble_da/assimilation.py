@@ -24,7 +24,6 @@ from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.sampling import KarrasSchedule
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
@@ -70,7 +69,6 @@ class Assimilator:
         self.prior = prior if prior is not None else load_prior(config.model, config.grid, device=self.device)
         self.grid: HealpixGrid = self.prior.grid
         self.normalization = self.prior.normalization
-        self.schedule = KarrasSchedule.from_config(config.sampler)
 
     def operator(self, obs: ObservationSet) -> ObservationOperator:
         """H for the assimilated observations of `obs`, in the prior's normalised units."""

@@ -105,7 +105,8 @@ def screen_observations(
             f"background QC (qc_sigma_k={k:g}) rejected every assimilated observation at "
             f"{np.datetime_as_string(obs.time[0], unit='m')}; check the observations' units and sigma"
         )
-    return obs.subset(qc.keep), ObsFit(obs.subset(qc.keep), background.hx[:, qc.keep]), qc
+    kept = obs.subset(qc.keep)
+    return kept, ObsFit(kept, background.hx[:, qc.keep]), qc
 
 
 def desroziers(o_minus_a: np.ndarray, o_minus_b: np.ndarray, a_minus_b: np.ndarray) -> tuple[float, float]:

@@ -232,10 +232,6 @@ class RunStore:
         self.group["analysis"][t_index, lo:hi] = np.asarray(analysis, dtype=np.float32)
         self.group["member_done"][t_index, lo:hi] = True
 
-    def is_done(self, t_index: int, lo: int, hi: int) -> bool:
-        """True when members [lo, hi) of time `t_index` are all written."""
-        return bool(np.all(self.group["member_done"][t_index, lo:hi]))
-
     def read_block(self, t_index: int, lo: int, hi: int) -> np.ndarray:
         """Members [lo, hi) of time `t_index`, float32 (member, channel, cell)."""
         return np.asarray(self.group["analysis"][t_index, lo:hi])

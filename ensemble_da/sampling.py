@@ -152,7 +152,7 @@ def edm_sample(
             z_next = z + (s_next - s_hat) * 0.5 * (d_cur + d_next)
         z = z_next
         limit = DIVERGENCE_BOUND * math.sqrt(1.0 + s_next**2)
-        bad = (~torch.isfinite(z) | (z.abs() > limit)).flatten(1).any(1)
+        bad = ~(z.flatten(1).abs().amax(1) <= limit)  # NaN and inf compare False: bad too
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
         if ((i + 1) % CHECK_EVERY == 0 or i == n - 1) and bool((first_bad >= 0).any()):
             raise _divergence(first_bad, z, sigmas, i)
