@@ -58,7 +58,8 @@ class CBottleConfig(_Strict):
 
     checkpoints: one cBottle checkpoint (.checkpoint zip), or one per expert, highest σ first;
     sigma_thresholds: expert i denoises σ ≥ sigma_thresholds[i], the last expert the rest
-    (cBottle's 3-expert model: [100, 10]); label: the dataset label (`era5` costs a second,
+    (cBottle's 3-expert model: [100, 10]); they must decrease, which the mixture itself checks
+    (`CBottleDenoiser`), so a mixture built from Python is checked too; label: the dataset label (`era5` costs a second,
     ICON-labelled network call per step for its masked radiation channels); sst: monthly SST
     file (NetCDF/zarr, K, NaN or masked over land), or sst_constant (K) everywhere.
     """
@@ -78,8 +79,6 @@ class CBottleConfig(_Strict):
                 f"cbottle needs one checkpoint more than sigma_thresholds, got {len(self.checkpoints)} "
                 f"checkpoints and {len(self.sigma_thresholds)} thresholds"
             )
-        if any(a <= b for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:])):
-            raise ValueError(f"cbottle.sigma_thresholds must decrease, got {self.sigma_thresholds}")
         if self.sst is not None and self.sst_constant is not None:
             raise ValueError("give cbottle.sst or cbottle.sst_constant, not both")
         return self
