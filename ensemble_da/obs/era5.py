@@ -606,7 +606,7 @@ def write_healpix_truth(path: str | Path, truth: np.ndarray, times: Sequence[np.
         {"truth": (("time", "channel", "cell"), np.asarray(truth, np.float32))},
         coords={
             "time": np.asarray(times, "datetime64[ns]"),
-            "channel": np.asarray(list(channels), dtype=object),
+            "channel": np.asarray(list(channels), dtype=str),
             "cell_ids": ("cell", grid.cell_ids, {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"}),
         },
         attrs={"nside": grid.nside},
