@@ -32,6 +32,8 @@ __all__ = [
     "apply_overrides",
     "load_yaml_model",
     "validate_tree",
+    "GAUSSIAN_KEYS",
+    "ignored_model_warnings",
 ]
 
 
@@ -332,6 +334,28 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# The keys only the Gaussian priors read: §4's kernel prior all of them, gaussian_climatology its
+# nugget and rank; every other kind ignores them.
+GAUSSIAN_KEYS = ("mean", "std", "length_scale_km", "channel_correlation", "nugget", "approximation", "rank")
+_GAUSSIAN_KEYS_READ = {"gaussian": set(GAUSSIAN_KEYS), "gaussian_climatology": {"nugget", "rank"}}
+
+
+def ignored_model_warnings(model: ModelConfig, from_demo: bool) -> list[str]:
+    """One `warning: model.<key> is ignored for model.kind '<kind>'` line per Gaussian-prior key
+    (`GAUSSIAN_KEYS`) that `model.kind` does not read and that this run's own input changed.
+
+    "Changed" means its value differs from the one the run starts from: the packaged demo's when
+    no CONFIG file is given (`from_demo`: so `--set model.kind=checkpoint` alone is quiet, the
+    demo's Gaussian settings are not the user's), else the field's default. Comparing values
+    rather than `model_fields_set` keeps a run's resolved config.yaml, which lists every key,
+    reused as a CONFIG, from warning about the keys it holds at their defaults.
+    """
+    read = _GAUSSIAN_KEYS_READ.get(model.kind, set())
+    base = load_config(None).model if from_demo else ModelConfig()
+    return [f"warning: model.{key} is ignored for model.kind {model.kind!r}"
+            for key in GAUSSIAN_KEYS if key not in read and getattr(model, key) != getattr(base, key)]
 
 
 def default_config_path() -> Path:

@@ -295,3 +295,23 @@ def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, ti
     assert len(lines) == 1 and "exact_var_ratio/T850 = 7.2" in lines[0] and "\n" not in lines[0]
     assert sanity_warnings(32, {"exact_var_ratio/T850": 0.9}) == []
     assert len(sanity_warnings(32, {"exact_var_ratio/T850": 0.3})) == 1
+
+
+def test_gaussian_keys_set_for_another_prior_are_warned_once_each(tmp_path):
+    """`--set model.kind=checkpoint` on the demo is quiet (the demo's Gaussian keys are not the
+    user's); a Gaussian key the user sets is one warning line, printed before the run starts (here
+    it stops at once: the --out directory is taken)."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    quiet = invoke("run", "--set", "model.kind=checkpoint", "--out", taken)
+    assert quiet.exit_code == 2 and quiet.stderr.strip().splitlines() == [
+        f"error: output directory {taken} already exists; choose another --out or add --resume"]
+    loud = invoke("run", "--set", "model.kind=checkpoint", "--set", "model.length_scale_km=900",
+                  "--set", "model.std={T850: 1.0}", "--out", taken)
+    assert loud.exit_code == 2
+    assert loud.stderr.strip().splitlines() == [
+        "warning: model.std is ignored for model.kind 'checkpoint'",
+        "warning: model.length_scale_km is ignored for model.kind 'checkpoint'",
+        f"error: output directory {taken} already exists; choose another --out or add --resume",
+    ]
