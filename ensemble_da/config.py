@@ -86,6 +86,10 @@ class CBottleConfig(_Strict):
         return self
 
 
+DEFAULT_CHANNELS = ("T850", "T500", "T300")
+DEFAULT_NUGGET = 0.05
+
+
 class ModelConfig(_Strict):
     """The prior. `gaussian` is DESIGN.md §4; `gaussian_climatology` is fitted from data;
     `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` the cBottle
@@ -93,12 +97,14 @@ class ModelConfig(_Strict):
     ("package.module:function") called with `options` as keywords returns a `Denoiser`."""
 
     kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
-    channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
+    # None: the kind's own — the model's channels (checkpoint, cbottle, python), else DEFAULT_CHANNELS.
+    channels: list[str] | None = None
     mean: dict[str, float] | None = None
     std: dict[str, float] | None = None
     length_scale_km: float = 1500.0
     channel_correlation: list[list[float]] | None = None
-    nugget: float = 0.05
+    # None: 0.05 for kind gaussian, fitted from the data's trailing variance for gaussian_climatology.
+    nugget: float | None = None
     # Kernel covariance (kind gaussian; priors/gaussian.py): "exact" (nside <= 16), "lowrank" (the
     # top `rank` modes + nugget), "spherical_harmonics" (whole degrees l with (l+1)^2 <= rank).
     approximation: Literal["exact", "lowrank", "spherical_harmonics"] = "exact"
@@ -121,12 +127,18 @@ class ModelConfig(_Strict):
             raise ValueError("model.factory and model.options belong to model.kind python")
         if self.kind == "cbottle" and self.cbottle is None:
             raise ValueError("model.kind cbottle needs a model.cbottle section (checkpoints, ...)")
+        # Kind-dependent defaults are filled here, not inferred later from which keys were set, so
+        # a run's resolved config.yaml (every key written out) rebuilds the same prior on --resume.
+        if self.channels is None and self.kind in ("gaussian", "gaussian_climatology"):
+            self.channels = list(DEFAULT_CHANNELS)
+        if self.nugget is None and self.kind == "gaussian":
+            self.nugget = DEFAULT_NUGGET
         return self
 
     @field_validator("nugget")
     @classmethod
-    def _nugget_range(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
+    def _nugget_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
             raise ValueError(f"nugget must be in (0, 1), got {v}")
         return v
 
@@ -355,7 +367,8 @@ def ignored_model_warnings(model: ModelConfig, from_demo: bool) -> list[str]:
     read = _GAUSSIAN_KEYS_READ.get(model.kind, set())
     base = load_config(None).model if from_demo else ModelConfig()
     return [f"warning: model.{key} is ignored for model.kind {model.kind!r}"
-            for key in GAUSSIAN_KEYS if key not in read and getattr(model, key) != getattr(base, key)]
+            for key in GAUSSIAN_KEYS
+            if key not in read and getattr(model, key) is not None and getattr(model, key) != getattr(base, key)]
 
 
 def default_config_path() -> Path:

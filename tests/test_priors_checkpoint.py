@@ -76,6 +76,19 @@ def test_bad_checkpoints_are_input_errors(tmp_path):
     assert isinstance(load_prior(ModelConfig(kind="checkpoint", path=str(path)), GridConfig(nside=4)), LearnedDenoiser)
 
 
+def test_demo_switched_to_a_checkpoint_and_its_resolved_config_load(tmp_path):
+    """`--set model.kind=checkpoint` on the demo, and the run's config.yaml reloaded on --resume
+    (every key written out), both load the checkpoint with its own channels."""
+    from ensemble_da.config import load_config
+
+    _, path = _tiny(tmp_path)
+    cfg = load_config(None, ["model.kind=checkpoint", f"model.path={path}", "grid.nside=4"])
+    den = load_prior(cfg.model, cfg.grid)
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    again = load_prior(load_config(tmp_path / "config.yaml").model, cfg.grid)
+    assert den.normalization.channels == again.normalization.channels == ("T850", "U850")
+
+
 @pytest.fixture(scope="module")
 def shipped():
     den = load_checkpoint()

@@ -94,3 +94,23 @@ def test_load_prior_fits_from_a_dataset_and_holds_out_the_tail(tmp_path):
         load_prior(cfg, GridConfig(nside=4))
     with pytest.raises(InputError, match="not a channel"):
         load_prior(cfg.model_copy(update={"channels": ["T500"]}), GridConfig(nside=NSIDE))
+
+
+def test_resolved_config_rebuilds_the_same_prior(tmp_path):
+    """A run's config.yaml lists every key; reloading it (what --resume does) must fit the same
+    nugget, not the Gaussian prior's 0.05 default, and a fitted nugget must differ from 0.05 here."""
+    from ensemble_da.config import load_config
+
+    grid = HealpixGrid(NSIDE)
+    state = _states(t=30) * 3.0 + 280.0
+    times = np.datetime64("2001-01-01", "ns") + np.arange(30) * np.timedelta64(1, "D")
+    write_dataset(tmp_path / "d.zarr", state.astype(np.float32), times, ["T850", "Z500"], grid)
+    cfg = load_config(None, ["model.kind=gaussian_climatology", f"model.path={tmp_path / 'd.zarr'}", "model.rank=4",
+                             "model.channels=[T850, Z500]", f"grid.nside={NSIDE}"])
+    first = load_prior(cfg.model, cfg.grid)
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    again = load_prior(load_config(tmp_path / "config.yaml").model, cfg.grid)
+    _, _, nu2 = _dense_reference(first.normalization.normalize(state[:30].astype(np.float32).astype(np.float64)), 4)
+    assert first.basis.nugget == pytest.approx(nu2, rel=1e-6)
+    assert abs(nu2 - 0.05) > 0.01
+    assert again.basis.nugget == first.basis.nugget

@@ -218,13 +218,13 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
 def load_for_config(model, grid, device: str | torch.device = "cpu") -> LearnedDenoiser:
     """`model.kind: checkpoint`: load `model.path` (None: shipped) and check it fits the run.
 
-    InputError when `grid.nside` differs from the checkpoint's, or when `model.channels` was set
-    explicitly and differs from the checkpoint's channels.
+    InputError when `grid.nside` differs from the checkpoint's, or when `model.channels` is given
+    (not None) and differs from the checkpoint's channels.
     """
     den = load_checkpoint(model.path, device)
     if grid.nside != den.grid.nside:
         raise InputError(f"checkpoint {resolve_checkpoint(model.path)} is for nside {den.grid.nside}, grid.nside is {grid.nside}")
-    if "channels" in model.model_fields_set and list(model.channels) != list(den.normalization.channels):
+    if model.channels is not None and list(model.channels) != list(den.normalization.channels):
         raise InputError(
             f"model.channels {list(model.channels)} differ from the checkpoint's {list(den.normalization.channels)}"
         )

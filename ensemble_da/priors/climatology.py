@@ -14,8 +14,8 @@ posterior and truth sampling of `GaussianPrior` apply unchanged to the anomaly z
     D(z, σ) = μ + D₀(z − μ, σ),   and `ensemble_da.exact` gives the posterior with prior mean μ.
 
 The nugget defaults to the variance the leading modes leave unexplained (mean over channel·cell
-of diag(A Aᵀ) − diag(U λ Uᵀ)), so the total variance matches the data; `model.nugget` set
-explicitly in the config overrides it. States at the end of the dataset (`model.holdout_days`)
+of diag(A Aᵀ) − diag(U λ Uᵀ)), so the total variance matches the data; a `model.nugget` given
+(not null) overrides it. States at the end of the dataset (`model.holdout_days`)
 are excluded from the fit, matching the split used by `ensemble-da train`.
 """
 
@@ -130,8 +130,7 @@ class ClimatologyPrior(GaussianPrior):
         if n_fit < 2:
             raise InputError(f"{model.path}: {data.state.shape[0]} states and holdout_days={model.holdout_days} leave < 2 to fit")
         z = norm.normalize(data.state[:n_fit][:, idx].astype(np.float64))
-        nugget = model.nugget if "nugget" in model.model_fields_set else None
-        mean, basis = fit_climatology(z, model.rank, nugget)
+        mean, basis = fit_climatology(z, model.rank, model.nugget)
         meta = {"data_hash": data.data_hash, "fit_states": int(n_fit), "rank": len(basis.eigenvalues), "nugget": basis.nugget}
         return cls(HealpixGrid(grid.nside), norm, basis, mean=mean, meta=meta)
 
