@@ -46,7 +46,7 @@ import torch
 from ensemble_da.channels import Normalization
 from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
-from ensemble_da.grid import HealpixGrid
+from ensemble_da.grid import EARTH_RADIUS_KM, HealpixGrid
 from ensemble_da.memory import check_fits
 from ensemble_da.priors.base import Condition
 
@@ -59,7 +59,6 @@ __all__ = [
     "EXACT_MAX_NSIDE",
 ]
 
-EARTH_RADIUS_KM = 6371.0
 EXACT_MAX_NSIDE = 16
 
 
