@@ -24,7 +24,7 @@ from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
+from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
 
@@ -198,7 +198,7 @@ def assimilate(
             None if exact is None else (exact[0][t], exact[1][t]),
             heldout_noise_rng(config.seed, t),
         )
-        ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
+        ranks.append(heldout_rank_histogram(channels, fit, heldout_rank_rng(config.seed, t)))
         if bfits:
             m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
         if "cg_residual_max" in block.diagnostics:

@@ -11,6 +11,7 @@ into the per-channel scalars logged to MLflow and summary.json.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
+    "heldout_rank_rng",
     "BlockStats",
     "rms",
 ]
@@ -154,12 +156,14 @@ class ObsFit:
     obs: ObservationSet
     hx: np.ndarray
 
-    @property
+    @cached_property
     def hx_mean(self) -> np.ndarray:
+        """Ensemble mean at each observation, (obs,); computed once (`hx` is never changed)."""
         return self.hx.mean(0)
 
-    @property
+    @cached_property
     def hx_spread(self) -> np.ndarray:
+        """Ensemble std (ddof 1) at each observation, (obs,); zero for one member; computed once."""
         return self.hx.std(0, ddof=1) if self.hx.shape[0] > 1 else np.zeros(self.hx.shape[1])
 
 
@@ -167,6 +171,12 @@ def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
     """The stream of observation noise added to members for the held-out CRPS of time `t_index`
     (one definition, so in-memory and distributed runs report the same score)."""
     return np.random.default_rng([seed, t_index])
+
+
+def heldout_rank_rng(seed: int, t_index: int) -> np.random.Generator:
+    """The stream of observation noise and tie-breaks of the held-out rank histogram of time
+    `t_index` (one definition, so a run's own histogram and its report's agree)."""
+    return np.random.default_rng([seed, t_index, 1])
 
 
 def rms(a: np.ndarray) -> float:
@@ -200,12 +210,12 @@ def time_metrics(
     var = moments.variance()
     std = np.sqrt(var)
     m = moments.count
+    resid = None if fit is None else fit.obs.value - fit.hx_mean  # O − A at every observation
     for c, name in enumerate(channels):
         out[f"spread/{name}"] = float(std[c].mean())
         if fit is not None:
             sel = fit.obs.channel == name
             assim, held = sel & fit.obs.assimilated, sel & ~fit.obs.assimilated
-            resid = fit.obs.value - fit.hx_mean
             if assim.any():
                 out[f"oa_rmse/{name}"] = rms(resid[assim])
                 out[f"oa_bias/{name}"] = float(resid[assim].mean())

@@ -77,7 +77,18 @@ def test_run_writes_the_documented_outputs(finished_run):
     out, result = finished_run
     for name in CHANNELS:
         assert name in result.stdout
-    assert "exact_var_ratio" in result.stdout and f"run directory: {out}" in result.stdout
+    assert f"run directory: {out}" in result.stdout
+    # the terminal table: the report's titles, and per channel the summary.json means
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("┃ channel"))
+    assert [c.strip() for c in header.strip("┃").split("┃")] == [
+        "channel", "prior spread", "RMSE vs truth", "spread", "SSR", "exact mean err", "exact var ratio", "O−A RMS",
+        "held-out O−A RMS"]
+    summary = json.loads((out / "summary.json").read_text())
+    for name in CHANNELS:
+        cells = [c.strip() for c in next(line for line in lines if line.startswith(f"│ {name}")).strip("│").split("│")]
+        keys = ("rmse", "spread", "ssr", "exact_mean_err", "exact_var_ratio", "oa_rmse", "heldout_oa_rmse")
+        assert cells[2:] == [f"{summary[f'{k}/{name}']:.3f}" for k in keys], name
     assert (out / "config.yaml").is_file() and (out / "summary.json").is_file()
     for png in ("mean_spread_t0.png", "mean_spread_t1.png", "rank_histogram.png"):
         assert (out / "figures" / png).stat().st_size > 1000
