@@ -21,7 +21,7 @@ fit); different times reduce in parallel on different actors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
