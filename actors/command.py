@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ensemble_da.config import load_config
+from ensemble_da.config import ignored_model_warnings, load_config
 from ensemble_da.errors import InputError
 from ensemble_da.report import TABLE_COLUMNS as REPORT_COLUMNS, TERMINAL_KEYS
 
@@ -67,12 +67,16 @@ def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | Non
 
     if resume and out is None:
         raise InputError("--resume needs --out DIR (the run directory to continue)")
-    if resume and config_path is None and (out / "config.yaml").is_file():
-        config_path = out / "config.yaml"
+    own_config = not (resume and config_path is None and (out / "config.yaml").is_file())
+    if not own_config:
+        config_path = out / "config.yaml"  # the run's resolved config: its warnings were shown when it started
     config = load_config(config_path, overrides)
     if out is None:
         out = Path("runs") / f"{config.run_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     errors = Console(stderr=True)
+    if own_config:
+        for line in ignored_model_warnings(config.model, from_demo=config_path is None):
+            errors.print(line, markup=False, soft_wrap=True)
     try:
         result = run_pipeline(config, out, resume=resume)
     except KeyboardInterrupt:

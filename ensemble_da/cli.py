@@ -2,12 +2,15 @@
 
 Every command wraps its body in `cli_errors(debug)`: an `InputError` (bad file, key, value)
 becomes one line `error: ...` on stderr and exit status 2, with the traceback only under
-`--debug`. Heavy imports (torch, ray, mlflow) happen inside the commands so `--help` is fast.
+`--debug`. `run` also shows what the observation readers did to the data (unit conversions,
+ignored variables: the `ensemble_da.obs` logger at INFO) as `note: ...` lines on stderr
+(`reader_notes`). Heavy imports (torch, ray, mlflow) happen inside the commands so `--help` is fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,7 +19,7 @@ import typer
 
 from ensemble_da.errors import InputError
 
-__all__ = ["app", "cli_errors"]
+__all__ = ["app", "cli_errors", "reader_notes"]
 
 app = typer.Typer(
     name="ensemble-da",
@@ -46,6 +49,28 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+class _NoteLines(logging.Handler):
+    """A log record as one `note: <message>` line on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"note: {record.getMessage()}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def reader_notes() -> Iterator[None]:
+    """Show the observation readers' INFO records (`ensemble_da.obs`: e.g. `z` in gpm converted
+    to geopotential × 9.80665) as `note:` lines on stderr while the block runs."""
+    log = logging.getLogger("ensemble_da.obs")
+    handler, level = _NoteLines(logging.INFO), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 _SET_HELP = "Override a config key, e.g. --set ensemble.members=32 (value parsed as YAML); repeatable."
 
 
@@ -58,7 +83,7 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Sample a posterior ensemble for every analysis time; write DIR (analysis.zarr, summary, figures, MLflow)."""
-    with cli_errors(debug):
+    with cli_errors(debug), reader_notes():
         from actors.command import run_from_cli
 
         run_from_cli(config, set_, out, resume)
@@ -74,12 +99,14 @@ def osse(
     """Draw a truth per analysis time from the prior; write it as ERA5-layout NetCDF, truth.zarr
     (HEALPix) and config.yaml, the run config that assimilates them."""
     with cli_errors(debug):
-        from ensemble_da.config import load_config
+        from ensemble_da.config import ignored_model_warnings, load_config
         from ensemble_da.obs.osse import write_osse_dir
         from ensemble_da.priors import load_prior
         from ensemble_da.truth import draw_truths
 
         cfg = load_config(config, set_)
+        for line in ignored_model_warnings(cfg.model, from_demo=config is None):
+            print(line, file=sys.stderr)
         prior = load_prior(cfg.model, cfg.grid)
         files = write_osse_dir(cfg, draw_truths(prior, cfg), prior.grid, list(prior.normalization.channels), out)
         print(f"wrote {', '.join(p.name for p in files.era5)}, {files.truth.name}, {files.config.name} in {out}")

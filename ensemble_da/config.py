@@ -32,6 +32,8 @@ __all__ = [
     "apply_overrides",
     "load_yaml_model",
     "validate_tree",
+    "GAUSSIAN_KEYS",
+    "ignored_model_warnings",
 ]
 
 
@@ -58,7 +60,8 @@ class CBottleConfig(_Strict):
 
     checkpoints: one cBottle checkpoint (.checkpoint zip), or one per expert, highest σ first;
     sigma_thresholds: expert i denoises σ ≥ sigma_thresholds[i], the last expert the rest
-    (cBottle's 3-expert model: [100, 10]); label: the dataset label (`era5` costs a second,
+    (cBottle's 3-expert model: [100, 10]); they must decrease, which the mixture itself checks
+    (`CBottleDenoiser`), so a mixture built from Python is checked too; label: the dataset label (`era5` costs a second,
     ICON-labelled network call per step for its masked radiation channels); sst: monthly SST
     file (NetCDF/zarr, K, NaN or masked over land), or sst_constant (K) everywhere.
     """
@@ -78,8 +81,6 @@ class CBottleConfig(_Strict):
                 f"cbottle needs one checkpoint more than sigma_thresholds, got {len(self.checkpoints)} "
                 f"checkpoints and {len(self.sigma_thresholds)} thresholds"
             )
-        if any(a <= b for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:])):
-            raise ValueError(f"cbottle.sigma_thresholds must decrease, got {self.sigma_thresholds}")
         if self.sst is not None and self.sst_constant is not None:
             raise ValueError("give cbottle.sst or cbottle.sst_constant, not both")
         return self
@@ -333,6 +334,28 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# The keys only the Gaussian priors read: §4's kernel prior all of them, gaussian_climatology its
+# nugget and rank; every other kind ignores them.
+GAUSSIAN_KEYS = ("mean", "std", "length_scale_km", "channel_correlation", "nugget", "approximation", "rank")
+_GAUSSIAN_KEYS_READ = {"gaussian": set(GAUSSIAN_KEYS), "gaussian_climatology": {"nugget", "rank"}}
+
+
+def ignored_model_warnings(model: ModelConfig, from_demo: bool) -> list[str]:
+    """One `warning: model.<key> is ignored for model.kind '<kind>'` line per Gaussian-prior key
+    (`GAUSSIAN_KEYS`) that `model.kind` does not read and that this run's own input changed.
+
+    "Changed" means its value differs from the one the run starts from: the packaged demo's when
+    no CONFIG file is given (`from_demo`: so `--set model.kind=checkpoint` alone is quiet, the
+    demo's Gaussian settings are not the user's), else the field's default. Comparing values
+    rather than `model_fields_set` keeps a run's resolved config.yaml, which lists every key,
+    reused as a CONFIG, from warning about the keys it holds at their defaults.
+    """
+    read = _GAUSSIAN_KEYS_READ.get(model.kind, set())
+    base = load_config(None).model if from_demo else ModelConfig()
+    return [f"warning: model.{key} is ignored for model.kind {model.kind!r}"
+            for key in GAUSSIAN_KEYS if key not in read and getattr(model, key) != getattr(base, key)]
 
 
 def default_config_path() -> Path:

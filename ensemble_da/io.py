@@ -18,6 +18,10 @@ Layout (dims `time`, `member`, `channel`, `cell`):
   hx_spread (and hb_mean, hb_spread: the background at the obs, with a background ensemble).
 - root attrs `nside`, `guidance`, `seed`, `ensemble_da_version`, `config` (YAML), `complete`.
 
+Strings (`channel` in the root and in `observations`) are fixed-width unicode (numpy `<U`, zarr
+v3 `fixed_length_utf32`): every reader gets ordinary `str` arrays back, where variable-length
+strings come back as numpy StringDType that older numpy/xarray code and exports cannot handle.
+
 `complete` is False until `finalize`, which sets it and only then consolidates the metadata, so
 an interrupted run never looks complete (`open_run` refuses it unless asked not to).
 
@@ -47,8 +51,14 @@ STORE_NAME = "analysis.zarr"
 CHUNK_BYTES = 8 * 2**20
 FIELD_DIMS = ("time", "channel", "cell")
 _STAT_VARS = ("ensemble_mean", "ensemble_spread")
+# zarr-python < 3.2 warns that fixed_length_utf32 has no spec; it has one now (zarr-extensions
+# data-types/fixed_length_utf32) and later zarr-python no longer warns. Nothing for our users.
+warnings.filterwarnings("ignore", message=r"The data type \(FixedLengthUTF32")
 
 
+def fixed_width_strings(values: Sequence[Any]) -> np.ndarray:
+    """`values` as a fixed-width unicode array (numpy `<U`, as wide as the longest), (n,)."""
+    return np.asarray([str(v) for v in values], dtype=str)
 
 def unit_blocks(members: int, members_per_unit: int) -> list[tuple[int, int]]:
     """Member ranges [lo, hi) of the work units of one analysis time: the chunk grid of `member`."""
@@ -101,10 +111,10 @@ class StoreLayout:
 
 
 def _observations_dataset(obs: xr.Dataset) -> xr.Dataset:
-    """`ObservationSet.to_dataset()` with variable-length strings (a spec'd zarr v3 type)."""
+    """`ObservationSet.to_dataset()` with fixed-width strings (see the module docstring)."""
     obs = obs.copy()
     if "channel" in obs:
-        obs["channel"] = ("obs", obs["channel"].values.astype(object))
+        obs["channel"] = ("obs", fixed_width_strings(obs["channel"].values), obs["channel"].attrs)
     return obs
 
 
@@ -164,7 +174,7 @@ class RunStore:
         coords = {
             "time": ("time", np.asarray(layout.times, dtype="datetime64[ns]")),
             "member": ("member", np.arange(layout.members, dtype=np.int64)),
-            "channel": ("channel", np.array(layout.channels, dtype=object)),
+            "channel": ("channel", fixed_width_strings(layout.channels)),
             "cell_ids": (
                 "cell",
                 grid.cell_ids,
@@ -305,8 +315,8 @@ def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bo
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
-    """Variable-length zarr strings come back as numpy StringDType, which much numpy code cannot
-    cast; give channel names back as ordinary fixed-width `str` arrays (they are small)."""
+    """Stores written before strings were fixed-width hold variable-length strings, which come
+    back as numpy StringDType that much numpy code cannot cast; give them back as `str` arrays."""
     for name, var in ds.variables.items():
         if var.dtype.kind == "T":
             values = np.asarray(var.values.astype(object), dtype=str)

@@ -307,3 +307,50 @@ def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, ti
     assert len(lines) == 1 and "exact_var_ratio/T850 = 7.2" in lines[0] and "\n" not in lines[0]
     assert sanity_warnings(32, {"exact_var_ratio/T850": 0.9}) == []
     assert len(sanity_warnings(32, {"exact_var_ratio/T850": 0.3})) == 1
+
+
+def test_gaussian_keys_set_for_another_prior_are_warned_once_each(tmp_path):
+    """`--set model.kind=checkpoint` on the demo is quiet (the demo's Gaussian keys are not the
+    user's); a Gaussian key the user sets is one warning line, printed before the run starts (here
+    it stops at once: the --out directory is taken)."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    quiet = invoke("run", "--set", "model.kind=checkpoint", "--out", taken)
+    assert quiet.exit_code == 2 and quiet.stderr.strip().splitlines() == [
+        f"error: output directory {taken} already exists; choose another --out or add --resume"]
+    loud = invoke("run", "--set", "model.kind=checkpoint", "--set", "model.length_scale_km=900",
+                  "--set", "model.std={T850: 1.0}", "--out", taken)
+    assert loud.exit_code == 2
+    assert loud.stderr.strip().splitlines() == [
+        "warning: model.std is ignored for model.kind 'checkpoint'",
+        "warning: model.length_scale_km is ignored for model.kind 'checkpoint'",
+        f"error: output directory {taken} already exists; choose another --out or add --resume",
+    ]
+
+
+def test_unit_conversions_of_the_readers_are_notes_on_stderr(tmp_path):
+    """A Z500 file in geopotential height (gpm): the run says, in one `note:` line, that it read it
+    as geopotential × 9.80665, and the stored observations are those values."""
+    lat, lon = np.linspace(90.0, -90.0, 19), np.arange(0.0, 360.0, 20.0)
+    height = (5500.0 + 2.0 * lat[:, None] + 0.0 * lon)[None, None]
+    xr.Dataset({"z": (("time", "level", "latitude", "longitude"), height, {"units": "gpm"})},
+               coords={"time": [np.datetime64("2020-01-01T00:00", "ns")], "level": [500], "latitude": lat,
+                       "longitude": lon}).to_netcdf(tmp_path / "z500.nc")
+    config = tmp_path / "z.yaml"
+    config.write_text(f"""
+times: ["2020-01-01T00:00"]
+grid: {{nside: 4}}
+model: {{kind: gaussian, channels: [Z500], mean: {{Z500: 54000.0}}, std: {{Z500: 1000.0}}, length_scale_km: 2500}}
+sampler: {{steps: 4, batch_size: 2}}
+ensemble: {{members: 2}}
+observations: {{source: era5, path: {tmp_path / 'z500.nc'}, channels: [Z500], num_obs: 20, sigma: {{Z500: 50.0}}}}
+cluster: {{address: inprocess, replicas: 1, members_per_unit: 2}}
+""")
+    result = invoke("run", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output + str(result.exception)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1, result.stderr
+    assert "variable 'z': geopotential height in 'gpm' converted to geopotential" in notes[0] and "9.80665" in notes[0]
+    obs = open_run(tmp_path / "run", group="observations")
+    np.testing.assert_allclose(obs["value"].values, 9.80665 * (5500.0 + 2.0 * obs["lat"].values), rtol=1e-6)

@@ -46,3 +46,37 @@ def test_unparsable_set_value_is_one_line_with_the_fix():
     assert "\n" not in text and "not valid YAML" in text and "quote" in text
     cfg = load_config(None, ['observations.time_format="%m/%d/%Y %H:%M"'])
     assert cfg.observations.time_format == "%m/%d/%Y %H:%M"
+
+
+def test_gaussian_keys_a_user_set_for_another_kind_are_named_once_each(tmp_path):
+    """Rule (README, Configuration): warn for a Gaussian-prior key the kind does not read when this
+    run's input changed it from where the run starts (the demo without CONFIG, else the defaults)."""
+    from ensemble_da.config import ignored_model_warnings
+
+    # The demo's own Gaussian settings are not the user's: switching kind alone is quiet.
+    demo = load_config(None, ["model.kind=checkpoint"])
+    assert demo.model.std is not None and ignored_model_warnings(demo.model, from_demo=True) == []
+    # ... but a --set of such a key is the user's, on the demo too.
+    demo = load_config(None, ["model.kind=checkpoint", "model.length_scale_km=800", "model.rank=64"])
+    assert ignored_model_warnings(demo.model, from_demo=True) == [
+        "warning: model.length_scale_km is ignored for model.kind 'checkpoint'",
+        "warning: model.rank is ignored for model.kind 'checkpoint'",
+    ]
+    # A user's file: keys it sets to non-default values; a default value written out is not an error.
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  kind: python\n  factory: 'm:f'\n  std: {T850: 2.0}\n  nugget: 0.05\n")
+    cfg = load_config(path)
+    assert ignored_model_warnings(cfg.model, from_demo=False) == ["warning: model.std is ignored for model.kind 'python'"]
+    # gaussian_climatology reads nugget and rank, not the kernel's keys.
+    cfg = load_config(path, ["model.kind=gaussian_climatology", "model.factory=null", "model.rank=16", "model.nugget=0.1",
+                             "model.mean={T850: 1.0}"])
+    assert ignored_model_warnings(cfg.model, from_demo=False) == [
+        "warning: model.mean is ignored for model.kind 'gaussian_climatology'",
+        "warning: model.std is ignored for model.kind 'gaussian_climatology'",
+    ]
+    # The Gaussian prior reads them all. A resolved config.yaml reused as CONFIG names the Gaussian
+    # values it carries (the file sets them), never its defaults (nugget, rank, ...).
+    assert ignored_model_warnings(load_config(None).model, from_demo=False) == []
+    path.write_text(load_config(None, ["model.kind=checkpoint"]).to_yaml())
+    assert ignored_model_warnings(load_config(path).model, from_demo=False) == [
+        f"warning: model.{k} is ignored for model.kind 'checkpoint'" for k in ("mean", "std", "channel_correlation")]

@@ -155,3 +155,20 @@ def test_the_cell_axis_is_chunked_so_a_chunk_stays_a_few_megabytes(tmp_path):
     assert reopened.group["analysis"].chunks == (1, 2, 2, 48) and reopened.layout.cells_per_chunk == 48
     np.testing.assert_array_equal(reopened.read_block(0, 2, 4), block)
     np.testing.assert_array_equal(reopened.read_cells(0, slice(40, 100))[2:], block[:, :, 40:100])
+
+
+def test_strings_are_fixed_width_for_every_reader(tmp_path):
+    """Channel names read back as plain `<U` arrays with xarray and with zarr alone (no numpy
+    StringDType, which older numpy/xarray code and exports cannot handle), and equal what was written."""
+    import zarr
+
+    store, _ = _create(tmp_path)
+    _fill(store)
+    store.finalize({})
+    path = tmp_path / "analysis.zarr"
+    root, obs = xr.open_zarr(path), xr.open_zarr(path, group="observations")
+    raw_root, raw_obs = zarr.open_group(str(path), mode="r")["channel"][:], zarr.open_group(str(path / "observations"), mode="r")["channel"][:]
+    for got, want in ((root["channel"].values, CHANNELS), (raw_root, CHANNELS),
+                      (obs["channel"].values, _obs().channel), (raw_obs, _obs().channel)):
+        assert got.dtype.kind == "U", got.dtype
+        assert list(got) == list(want)

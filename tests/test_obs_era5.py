@@ -221,16 +221,36 @@ def test_nearest_time_within_tolerance(tmp_path):
         assert f.time == TIMES[0]
 
 
-def test_regional_grid_drops_points_outside_and_counts_them(tmp_path):
+def test_regional_grid_gets_every_observation_inside(tmp_path):
     lat = LAT[(LAT >= 20) & (LAT <= 70)]
     lon = LON[(LON >= 0) & (LON <= 60)]
     path = tmp_path / "europe.nc"
     xr.merge([pressure_ds(lat=lat, lon=lon), single_ds(lat=lat, lon=lon)]).to_netcdf(path, engine="netcdf4")
     inputs = prepare_inputs(era5_config([str(path)], num_obs=2000), fake_prior())
-    obs = inputs.observations[0]
-    assert ((obs.lat >= 20) & (obs.lat <= 70) & (obs.lon <= 60)).all()
-    assert inputs.qc.outside_domain > 0
-    assert inputs.qc.kept + inputs.qc.outside_domain == inputs.qc.read
+    for obs in inputs.observations:
+        assert ((obs.lat >= 20) & (obs.lat <= 70) & (obs.lon <= 60)).all()
+    assert inputs.qc.outside_domain == 0 and inputs.qc.kept == inputs.qc.read == 2 * 2000
+
+
+def test_global_grid_draws_the_same_locations_as_before(tmp_path):
+    """A global file draws over the whole sphere exactly as the documented formulas: random
+    lat = asin(u), u ~ U(−1, 1), lon ~ U(0, 360) from the time's stream; uniform the Fibonacci lattice."""
+    from ensemble_da.obs.strategies import fibonacci_points
+    from ensemble_da.obs.synthetic import obs_rng
+
+    path = tmp_path / "global.nc"
+    pressure_ds().to_netcdf(path, engine="netcdf4")
+    for strategy in ("random", "uniform"):
+        cfg = era5_config([str(path)], channels=["T850", "Z500"], num_obs=300, strategy=strategy)
+        inputs = prepare_inputs(cfg, fake_prior())
+        for t, obs in enumerate(inputs.observations):
+            if strategy == "random":
+                rng = obs_rng(cfg.seed, t)
+                lat, lon = np.rad2deg(np.arcsin(rng.uniform(-1.0, 1.0, 300))), rng.uniform(0.0, 360.0, 300)
+            else:
+                lat, lon = fibonacci_points(300)
+            np.testing.assert_array_equal(obs.lat, lat)
+            np.testing.assert_array_equal(obs.lon, lon)
 
 
 def test_sst_nan_over_land_is_dropped_by_qc(tmp_path):
@@ -321,12 +341,30 @@ def test_regional_grid_observes_only_inside_and_values_follow_the_formula(tmp_pa
     assert ((obs.lat >= 30.0) & (obs.lat <= 70.0) & (east <= width)).all()
     # Linear in lat and longitude east of the box edge: bilinear interpolation is exact.
     np.testing.assert_allclose(obs.value, 280.0 + 0.2 * obs.lat + 0.5 * east, atol=1e-9)
-    # Random points uniform in area: the box holds a fraction p of the sphere; kept ~ Binomial(2000, p),
-    # asserted within 5 standard deviations.
-    p = (np.sin(np.deg2rad(70.0)) - np.sin(np.deg2rad(30.0))) / 2.0 * width / 360.0
-    n = inputs.qc.read
-    assert abs(inputs.qc.kept - n * p) < 5 * np.sqrt(n * p * (1 - p))
-    assert inputs.qc.outside_domain == n - inputs.qc.kept
+    # Every point is drawn inside the box, uniform in area: the part north of 50° holds a fraction p
+    # of the box's area; that count ~ Binomial(2000, p), asserted within 5 standard deviations.
+    assert inputs.qc.kept == inputs.qc.read == 2000 and inputs.qc.outside_domain == 0
+    p = (np.sin(np.deg2rad(70.0)) - np.sin(np.deg2rad(50.0))) / (np.sin(np.deg2rad(70.0)) - np.sin(np.deg2rad(30.0)))
+    assert abs(np.sum(obs.lat > 50.0) - 2000 * p) < 5 * np.sqrt(2000 * p * (1 - p))
+    # ... and along the arc: the western half of the box holds half of them.
+    assert abs(np.sum(east < width / 2) - 1000) < 5 * np.sqrt(500)
+
+
+@pytest.mark.parametrize("west,width", [(-20.0, 60.0), (170.0, 60.0)], ids=["europe", "across_dateline"])
+@pytest.mark.parametrize("strategy", ["random", "uniform"])
+def test_regional_grid_gets_num_obs_observations_all_inside(tmp_path, west, width, strategy):
+    """A small box with num_obs = 200: 200 observations (assimilated + held out), all inside,
+    not the few a draw over the whole globe leaves (the box is ~2 % of the sphere)."""
+    cfg = box_config(box_file(tmp_path, west, width, "signed"), num_obs=200)
+    cfg.observations.strategy, cfg.observations.heldout_fraction = strategy, 0.1
+    obs = prepare_inputs(cfg, fake_prior()).observations[0]
+    assert len(obs) == 200 and (~obs.assimilated).sum() == 20
+    east = np.mod(obs.lon - west, 360.0)
+    assert ((obs.lat >= 30.0) & (obs.lat <= 70.0) & (east <= width) & (obs.lon >= 0) & (obs.lon < 360)).all()
+    if strategy == "uniform":  # evenly spread: no two points closer than a fraction of the mean spacing
+        d = np.hypot(obs.lat[:, None] - obs.lat, (east[:, None] - east) * np.cos(np.deg2rad(50.0)))
+        np.fill_diagonal(d, np.inf)
+        assert d.min() > 0.3 * np.sqrt(40.0 * width * np.cos(np.deg2rad(50.0)) / 200)
 
 
 def test_regional_grid_is_not_periodic_and_samples_across_its_own_seam(tmp_path):

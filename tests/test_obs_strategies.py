@@ -73,3 +73,15 @@ def test_uniform_is_evenly_spread():
     # Each point owns 4π/400 sr; its nearest neighbour sits ~1 spacing away: no clumps, no holes.
     spacing = np.sqrt(4 * np.pi / 400)
     assert nearest.min() > 0.8 * spacing and nearest.max() < 1.3 * spacing
+
+
+def test_land_only_draws_in_a_domain_and_says_when_it_holds_no_land():
+    from ensemble_da.errors import InputError
+    from ensemble_da.obs.strategies import Domain
+
+    sahara = Domain(15.0, 30.0, 350.0, 380.0)  # −10 … 20 E, across Greenwich
+    lat, lon = select_locations("land_only", 300, np.random.default_rng(1), sahara)
+    assert len(lat) == 300 and is_land(lat, lon).all()
+    assert ((lat >= 15) & (lat <= 30) & (np.mod(lon - 350.0, 360.0) <= 30.0)).all()
+    with pytest.raises(InputError, match="too little land"):
+        select_locations("land_only", 10, np.random.default_rng(1), Domain(-5.0, 5.0, 190.0, 200.0))  # mid-Pacific

@@ -228,3 +228,18 @@ def test_shipped_cbottle_config_runs_through_the_cli(tmp_path):
     ds = open_run(tmp_path / "run")
     assert list(ds["channel"].values) == CHANNELS and ds["analysis"].shape == (1, 2, 5, 48)
     assert np.isfinite(ds["analysis"].values).all()
+
+
+def test_thresholds_that_do_not_decrease_are_refused_by_the_mixture_itself(tmp_path):
+    """The check lives where the mixture is built, so Python callers (not only configs) get it."""
+    paths = [str(write_checkpoint(tmp_path / f"{k}.checkpoint", seed=k)) for k in range(3)]
+    for bad in ([10.0, 100.0], [10.0, 10.0]):
+        with pytest.raises(InputError, match=r"sigma_thresholds must decrease .*got \[10.0, 10"):
+            load_cbottle(paths, sigma_thresholds=bad, sst=290.0)
+    experts = load_cbottle(paths, sigma_thresholds=[100.0, 10.0], sst=290.0)
+    with pytest.raises(InputError, match="must decrease"):
+        CBottleDenoiser(experts.experts, [1.0, 5.0], experts.normalization, experts.grid)
+    model = ModelConfig(kind="cbottle", cbottle=dict(checkpoints=paths, sigma_thresholds=[10.0, 100.0], sst_constant=290.0))
+    with pytest.raises(InputError, match="must decrease"):  # the config path reaches the same check
+        load_prior(model, GridConfig(nside=2))
+    assert experts.expert_index(150.0) == 0 and experts.expert_index(50.0) == 1 and experts.expert_index(5.0) == 2

@@ -301,7 +301,9 @@ def generate_speedy(
         grid,
         attrs={
             "source": "SPEEDY T31L8 (jcm) with jcm's packaged T30 climatological boundary data",
-            "jcm_version": _jcm_version(),
+            "jcm_version": _version("jcm"),
+            "jax_version": _version("jax"),
+            "jaxlib_version": _version("jaxlib"),
             "seed": int(seed),
             "spinup_days": int(spinup_days),
             "start_time": start_time,
@@ -316,10 +318,11 @@ def generate_speedy(
     return out
 
 
-def _jcm_version() -> str:
+def _version(package: str) -> str:
+    """The installed version of `package`: the trajectory is reproducible only with the same jcm/jax/jaxlib."""
     from importlib.metadata import version
 
-    return version("jcm")
+    return version(package)
 
 
 def write_dataset(

@@ -46,6 +46,7 @@ from ensemble_da.channels import channel_info
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.formats import open_datasets
+from ensemble_da.obs.strategies import Domain
 from ensemble_da.obs.variables import era5_variable, implied_units, lookup_file_variable, unit_conversion
 
 __all__ = [
@@ -393,6 +394,15 @@ class LatLonField:
         values = np.concatenate([self.values, self.values[:, :1]], axis=1)
         return lon, values
 
+    @property
+    def domain(self) -> Domain | None:
+        """The lat/lon box the grid covers, where observation points are drawn; None for the whole
+        globe (periodic in longitude, latitudes from pole to pole)."""
+        lon_min, lon_max = (0.0, 360.0) if self.periodic else (float(self.lon[0]), float(self.lon[-1]))
+        if self.periodic and self.lat[0] <= -90.0 + 1e-6 and self.lat[-1] >= 90.0 - 1e-6:
+            return None
+        return Domain(float(self.lat[0]), float(self.lat[-1]), lon_min, lon_max)
+
     def contains(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Whether each point lies inside the grid (the bilinear stencil exists), (n,) bool."""
         lat = np.asarray(lat, np.float64)
@@ -606,7 +616,7 @@ def write_healpix_truth(path: str | Path, truth: np.ndarray, times: Sequence[np.
         {"truth": (("time", "channel", "cell"), np.asarray(truth, np.float32))},
         coords={
             "time": np.asarray(times, "datetime64[ns]"),
-            "channel": np.asarray(list(channels), dtype=object),
+            "channel": np.asarray(list(channels), dtype=str),
             "cell_ids": ("cell", grid.cell_ids, {"grid_name": "healpix", "level": grid.level, "indexing_scheme": "nested"}),
         },
         attrs={"nside": grid.nside},

@@ -3,7 +3,7 @@
 `prepare_inputs` turns the `observations:` section of a run config (DESIGN.md §7a) into
 `RunInputs`, dispatching on `observations.source`:
 - `era5`: gridded ERA5 files (`era5.py`); `num_obs` locations per analysis time are drawn by
-  the strategy, channels taken in turn (location i observes channel i mod C), values
+  the strategy inside the files' lat/lon domain (the globe for a global grid), channels taken in turn (location i observes channel i mod C), values
   interpolated bilinearly on the lat/lon grid at the valid time nearest to the analysis time
   (within `time_tolerance_hours`); optional truth from `truth_path` (regridded to HEALPix).
 - `stations`: CSV/Parquet tables (`stations.py`); every report within the time window, after QC,
@@ -34,7 +34,7 @@ from ensemble_da.obs.era5 import GriddedSource, format_time, open_source, read_h
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.qc import QCCounts, quality_control
 from ensemble_da.obs.stations import open_stations
-from ensemble_da.obs.strategies import select_candidates, select_locations
+from ensemble_da.obs.strategies import Domain, select_candidates, select_locations
 from ensemble_da.obs.synthetic import TRUTH_STREAM, obs_rng, truth_rng
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.variables import default_sigma
@@ -111,6 +111,25 @@ def _empty_error(where: str, time: np.datetime64, counts: QCCounts) -> InputErro
     return InputError(f"{where}: no observations left at analysis time {format_time(time)} after QC ({counts.as_dict()})")
 
 
+def _draw_locations(
+    strategy: str, n: int, channels: list[str], domains: dict[str, Domain | None], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` locations by `strategy`, location i observing channel i mod C: (lat, lon, channel), each (n,).
+
+    The points are drawn in the domain of the channels' grids (None: the globe), so a regional
+    file gets `n` observable points; channels on different grids draw theirs each in its own.
+    """
+    ch = np.asarray(channels, dtype=object)[np.arange(n) % len(channels)]
+    if len(set(domains.values())) == 1:
+        lat, lon = select_locations(strategy, n, rng, domains[channels[0]])
+        return lat, lon, ch
+    lat, lon = np.empty(n), np.empty(n)
+    for c in channels:
+        sel = ch == c
+        lat[sel], lon[sel] = select_locations(strategy, int(sel.sum()), rng, domains[c])
+    return lat, lon, ch
+
+
 def _gridded_observations(
     config: RunConfig, source: GriddedSource, channels: list[str], add_noise: bool
 ) -> tuple[list[ObservationSet], list[QCCounts]]:
@@ -120,15 +139,14 @@ def _gridded_observations(
     sets, counts = [], []
     for t, time in enumerate(config.analysis_times()):
         rng = obs_rng(config.seed, t)
-        lat, lon = select_locations(cfg.strategy, cfg.num_obs, rng)
+        fields = {c: source.field(c, time, cfg.time_tolerance_hours) for c in channels}
+        lat, lon, ch = _draw_locations(cfg.strategy, cfg.num_obs, channels, {c: f.domain for c, f in fields.items()}, rng)
         n = len(lat)
-        ch = np.asarray(channels, dtype=object)[np.arange(n) % len(channels)]
         value = np.full(n, np.nan)
         inside = np.zeros(n, bool)
         valid = np.empty(n, "datetime64[ns]")
-        for c in channels:
+        for c, f in fields.items():
             sel = ch == c
-            f = source.field(c, time, cfg.time_tolerance_hours)
             value[sel] = f.sample(lat[sel], lon[sel])
             inside[sel] = f.contains(lat[sel], lon[sel])
             valid[sel] = np.datetime64(f.time, "ns")

@@ -4,6 +4,10 @@
 - `uniform`: evenly spread points, a Fibonacci lattice (the same fixed network at every time).
 - `land_only` / `ocean_only`: random points kept only where the land-sea mask says land / sea.
 
+Points are drawn inside a `Domain`, the lat/lon box a regional input covers (its longitudes an arc
+that may cross Greenwich or the date line), so `num_obs` points are observable wherever the data
+lie; the whole globe (`domain=None`) draws exactly as it always has, point for point.
+
 The land-sea mask comes from the `global-land-mask` package (GLOBE 1 km data, lakes count as
 land). Reading it costs ~1 GB and a few seconds, so it is evaluated once at the cell centres of
 a reference HEALPix grid (NEST, nside `MASK_NSIDE` = 256, ~23 km cells), cached on disk
@@ -20,16 +24,19 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import healpy as hp
 import numpy as np
 
+from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid, check_lonlat
 
 __all__ = [
     "Strategy",
+    "Domain",
     "MASK_NSIDE",
     "reference_land_mask",
     "is_land",
@@ -42,6 +49,21 @@ __all__ = [
 
 Strategy = Literal["random", "uniform", "land_only", "ocean_only"]
 MASK_NSIDE = 256
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The lat/lon box observation points are drawn in (degrees): latitudes [lat_min, lat_max],
+    longitudes the arc from `lon_min` (in [0, 360)) east to `lon_max` (≤ lon_min + 360; above 360
+    where the box crosses Greenwich, e.g. 340 … 400 for −20 … 40)."""
+
+    lat_min: float
+    lat_max: float
+    lon_min: float = 0.0
+    lon_max: float = 360.0
+
+    def __str__(self) -> str:
+        return f"lat {self.lat_min:g}…{self.lat_max:g}, lon {self.lon_min:g}…{self.lon_max:g}"
 
 
 def _cache_dir() -> Path:
@@ -119,27 +141,60 @@ def fibonacci_points(n: int) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def _random_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    lat = np.rad2deg(np.arcsin(rng.uniform(-1.0, 1.0, n)))
-    lon = rng.uniform(0.0, 360.0, n)
-    return lat, lon
+def _sin_lat(domain: Domain) -> tuple[float, float]:
+    return float(np.sin(np.deg2rad(domain.lat_min))), float(np.sin(np.deg2rad(domain.lat_max)))
 
 
-def select_locations(strategy: Strategy, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `n` observation locations with `strategy`: (lat, lon) in degrees, each (n,).
+def _in_box(lat: np.ndarray, u: np.ndarray, domain: Domain) -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes (already drawn) and arc fractions u in [0, 1) → (lat, lon) in the box, lon in [0, 360)."""
+    lon = np.mod(domain.lon_min + (domain.lon_max - domain.lon_min) * u, 360.0)
+    return np.clip(lat, domain.lat_min, domain.lat_max), lon
 
-    `random`, `land_only` and `ocean_only` consume `rng`; `uniform` is deterministic.
+
+def _random_points(n: int, rng: np.random.Generator, domain: Domain | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`n` points uniform in area, on the globe or in `domain`: (lat, lon) degrees, each (n,)."""
+    if domain is None:
+        lat = np.rad2deg(np.arcsin(rng.uniform(-1.0, 1.0, n)))
+        lon = rng.uniform(0.0, 360.0, n)
+        return lat, lon
+    s0, s1 = _sin_lat(domain)
+    lat = np.rad2deg(np.arcsin(rng.uniform(s0, s1, n)))
+    return _in_box(lat, rng.uniform(0.0, 1.0, n), domain)
+
+
+def _lattice_points(n: int, domain: Domain) -> tuple[np.ndarray, np.ndarray]:
+    """`n` evenly spread points in `domain`: the Fibonacci lattice's equal-area rows (sin lat
+    evenly spaced) with golden-ratio steps along the longitude arc; (lat, lon) degrees, each (n,)."""
+    s0, s1 = _sin_lat(domain)
+    i = np.arange(n, dtype=np.float64)
+    lat = np.rad2deg(np.arcsin(s1 - (s1 - s0) * (2.0 * i + 1.0) / (2.0 * n)))
+    return _in_box(lat, np.mod(i * (3.0 - np.sqrt(5.0)) / 2.0, 1.0), domain)
+
+
+def select_locations(
+    strategy: Strategy, n: int, rng: np.random.Generator, domain: Domain | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `n` observation locations with `strategy` in `domain` (None: the globe): (lat, lon)
+    in degrees, lon in [0, 360), each (n,).
+
+    `random`, `land_only` and `ocean_only` consume `rng`; `uniform` is deterministic. InputError
+    when `domain` holds too little land (sea) for `land_only` (`ocean_only`).
     """
     if strategy == "uniform":
-        return fibonacci_points(n)
+        return fibonacci_points(n) if domain is None else _lattice_points(n, domain)
     if strategy == "random":
-        return _random_points(n, rng)
+        return _random_points(n, rng, domain)
     if strategy not in ("land_only", "ocean_only"):
         raise ValueError(f"unknown observation strategy {strategy!r}")
     want_land = strategy == "land_only"
-    lats, lons, have = [], [], 0
+    lats, lons, have, drawn = [], [], 0, 0
     while have < n:
-        lat, lon = _random_points(max(64, 4 * (n - have)), rng)
+        if drawn > 1000 * max(n, 64):  # < 0.1 % of the box is land (sea): the box, not the luck
+            where = "the globe" if domain is None else f"the input's domain ({domain})"
+            raise InputError(f"observations.strategy {strategy}: {where} holds too little {'land' if want_land else 'sea'} "
+                             f"to place {n} observations")
+        lat, lon = _random_points(max(64, 4 * (n - have)), rng, domain)
+        drawn += lat.size
         keep = is_land(lat, lon) == want_land
         lats.append(lat[keep])
         lons.append(lon[keep])

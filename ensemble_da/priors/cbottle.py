@@ -121,6 +121,8 @@ class CBottleDenoiser:
     ):
         if len(experts) != len(sigma_thresholds) + 1:
             raise InputError(f"cbottle: {len(experts)} experts need {len(experts) - 1} sigma thresholds, got {len(sigma_thresholds)}")
+        if any(a <= b for a, b in zip(sigma_thresholds, sigma_thresholds[1:])):
+            raise InputError(f"cbottle.sigma_thresholds must decrease (experts highest σ first), got {list(sigma_thresholds)}")
         if label not in LABELS:
             raise InputError(f"cbottle.label must be one of {list(LABELS)}, got {label!r}")
         self.experts = [e.eval().requires_grad_(False) for e in experts]
