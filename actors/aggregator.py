@@ -21,7 +21,7 @@ fit); different times reduce in parallel on different actors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,8 +29,7 @@ import numpy as np
 from ensemble_da.assimilation import WorkUnit
 from ensemble_da.io import RunStore
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import BlockStats, EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, rank_counts, \
-    time_metrics
+from ensemble_da.stats import BlockStats, OrderedReduction, fair_crps, heldout_noise_rng, rank_counts, time_metrics
 
 __all__ = ["Aggregator", "TimeInputs", "TimeResult", "score_cells", "CELL_SLICE_BYTES"]
 
@@ -73,10 +72,6 @@ def score_cells(store_url: str, t_index: int, cells: slice, truth: np.ndarray) -
     return fair_crps(ens, truth), ranks
 
 
-def _nanmax(a: float, b: float) -> float:
-    return b if np.isnan(a) else a if np.isnan(b) else max(a, b)
-
-
 def _local_map(calls: list[tuple]) -> list:
     return [score_cells(*args) for args in calls]
 
@@ -84,11 +79,7 @@ def _local_map(calls: list[tuple]) -> list:
 @dataclass
 class _TimeState:
     inputs: TimeInputs
-    next_block: int = 0
-    pending: dict[int, BlockStats] = field(default_factory=dict)
-    moments: EnsembleMoments = field(default_factory=EnsembleMoments)
-    hx: list[np.ndarray] = field(default_factory=list)
-    residual: float = float("nan")
+    reduction: OrderedReduction
 
 
 class Aggregator:
@@ -114,24 +105,15 @@ class Aggregator:
         self.blocks = self.layout.blocks()
         self.seed = seed
         self.map_scores = map_scores or _local_map
-        self.states = {ti.t_index: _TimeState(ti) for ti in times}
+        self.states = {ti.t_index: _TimeState(ti, OrderedReduction(len(self.blocks))) for ti in times}
         self.results: dict[int, TimeResult] = {}
 
     def add(self, unit: WorkUnit, stats: BlockStats) -> list[TimeResult]:
         """Merge the block of `unit` (and every waiting block now next in order); returns the
         times this finished (a list of zero or one TimeResult)."""
         st = self.states[unit.t_index]
-        index = self.blocks.index((unit.members[0], unit.members[-1] + 1))
-        if index < st.next_block or index in st.pending:
-            return []  # a duplicate (a re-run unit): already counted
-        st.pending[index] = stats
-        while st.next_block in st.pending:
-            s = st.pending.pop(st.next_block)
-            st.moments = st.moments.merge(s.moments)
-            st.hx.append(s.hx)
-            st.residual = _nanmax(st.residual, s.cg_residual_max)
-            st.next_block += 1
-        if st.next_block == len(self.blocks) and unit.t_index not in self.results:
+        st.reduction.add(self.blocks.index((unit.members[0], unit.members[-1] + 1)), stats)
+        if st.reduction.complete and unit.t_index not in self.results:
             return [self._finish(unit.t_index)]
         return []
 
@@ -148,11 +130,10 @@ class Aggregator:
 
     def _finish(self, t: int) -> TimeResult:
         st = self.states[t]
-        ti = st.inputs
-        m = st.moments
-        spread = m.std(ddof=1) if m.count > 1 else np.zeros_like(m.mean)
-        self.store.write_time_stats(t, m.mean, spread)
-        fit = ObsFit(ti.observations, np.concatenate(st.hx))
+        ti, red = st.inputs, st.reduction
+        m = red.moments
+        self.store.write_time_stats(t, m.mean, m.spread())
+        fit = red.fit(ti.observations)
         truth = None if ti.truth is None else np.asarray(ti.truth, dtype=np.float64)
         crps = ranks = None
         if truth is not None and m.count > 1:
@@ -161,11 +142,11 @@ class Aggregator:
         if m.count > 1:
             metrics = time_metrics(list(self.layout.channels), m, fit=fit, truth=truth, crps=crps, exact=ti.exact,
                                    heldout_noise_rng=heldout_noise_rng(self.seed, t))
-        if np.isfinite(st.residual):
-            metrics["mmps_residual/max"] = float(st.residual)
+        if np.isfinite(red.cg_residual_max):
+            metrics["mmps_residual/max"] = float(red.cg_residual_max)
         result = TimeResult(t, metrics, fit.hx_mean, fit.hx_spread, ranks)
         self.results[t] = result
-        st.hx = []
+        red.hx = []
         return result
 
     def _cell_slices(self) -> list[slice]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ensemble_da.config import ignored_model_warnings, load_config
 from ensemble_da.errors import InputError
+from ensemble_da.report import TABLE_COLUMNS as REPORT_COLUMNS, TERMINAL_KEYS
 
 from actors.outputs import RunResult
 from actors.run import run_pipeline
@@ -24,11 +25,9 @@ MIN_RESOLVED_STEPS = 16
 # posterior sample, whatever Monte-Carlo error a small ensemble has.
 EXACT_VAR_RATIO_RANGE = (0.5, 2.0)
 
-TABLE_COLUMNS = [
-    ("channel", "channel"), ("prior_spread", "prior spread"), ("rmse", "RMSE"), ("spread", "spread"),
-    ("ssr", "SSR"), ("exact_mean_err", "exact_mean_err"), ("exact_var_ratio", "exact_var_ratio"),
-    ("oa_rmse", "O−A RMS"), ("heldout_oa_rmse", "held-out O−A"),
-]
+# (row key, title): the run's `RunResult.rows`, with the report's titles for its metrics.
+TABLE_COLUMNS = [("channel", "channel"), ("prior_spread", "prior spread"),
+                 *((key, title) for key, title in REPORT_COLUMNS if key in TERMINAL_KEYS)]
 
 
 def results_table(rows: Sequence[dict[str, Any]]):

@@ -13,19 +13,18 @@ import numpy as np
 
 from ensemble_da.config import RunConfig
 from ensemble_da.io import RunStore
+from ensemble_da.report import TERMINAL_KEYS
 
 from actors.aggregator import observations_dataset
 from actors.run_state import write_json
 
-__all__ = ["RunResult", "finish_run", "TABLE_KEYS"]
-
-# Per-channel columns of the end-of-run table (means over analysis times).
-TABLE_KEYS = ("rmse", "spread", "ssr", "exact_mean_err", "exact_var_ratio", "oa_rmse", "heldout_oa_rmse")
+__all__ = ["RunResult", "finish_run"]
 
 
 @dataclass
 class RunResult:
-    """What a finished run leaves: its directory, summary (as in summary.json), per-channel rows."""
+    """What a finished run leaves: its directory, summary (as in summary.json), per-channel rows
+    (channel, prior_spread and the `report.TERMINAL_KEYS` metrics, means over analysis times)."""
 
     out_dir: Path
     summary: dict[str, Any]
@@ -118,7 +117,7 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, 
         write_json(out_dir / "summary.json", summary)
     rows = [
         {"channel": name, "prior_spread": None if prior_spread is None else float(prior_spread[c]),
-         **{k: mean_metrics.get(f"{k}/{name}") for k in TABLE_KEYS}}
+         **{k: mean_metrics.get(f"{k}/{name}") for k in TERMINAL_KEYS}}
         for c, name in enumerate(channels)
     ]
     return RunResult(out_dir, summary, rows)

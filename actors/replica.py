@@ -88,7 +88,7 @@ class ModelReplica:
         self.pid = os.getpid()
         self.started = time.time()
         self.sink = sink
-        self._operators: dict[int, Any] = {}
+        self._operators: dict[tuple[int, bool], Any] = {}
         self._error: BaseException | None = None
         try:
             self._load(config, prior_factory)
@@ -133,15 +133,18 @@ class ModelReplica:
             **_ray_context(),
         }
 
-    def _operator(self, obs, t_index: int):
-        """H over all observations of time `t_index` (assimilated and held out), physical fields."""
-        if t_index not in self._operators:
+    def _operator(self, obs, t_index: int, background: bool):
+        """H over all observations of time `t_index` (assimilated and held out), physical fields.
+        Kept per (time, pass): the background pass sees every observation, the analysis only
+        those that passed background QC."""
+        key = (t_index, background)
+        if key not in self._operators:
             from ensemble_da.obs.operators import ObservationOperator
 
             a = self.assimilator
-            self._operators[t_index] = ObservationOperator.build(
+            self._operators[key] = ObservationOperator.build(
                 obs, a.grid, a.normalization, self.config.observations.operator)
-        return self._operators[t_index]
+        return self._operators[key]
 
     def check_store(self) -> None:
         """Fail (InputError) when this replica cannot reach the run store it is to write into."""
@@ -159,6 +162,6 @@ class ModelReplica:
         written = True if background else self.sink.write(block.unit, attempt, block.analysis)
         diagnostics = {**block.diagnostics, "write_s": time.perf_counter() - t0, "pid": float(self.pid),
                        "replica": float(self.index)}
-        stats = BlockStats.of(block.analysis, self._operator(obs, t_index),
+        stats = BlockStats.of(block.analysis, self._operator(obs, t_index, background),
                               block.diagnostics.get("cg_residual_max", float("nan")))
         return UnitReport(block.unit, attempt, bool(written), diagnostics), stats

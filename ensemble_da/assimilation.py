@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
-from ensemble_da.diagnostics import BackgroundQC, background_metrics, heldout_rank_histogram, screen_observations
+from ensemble_da.diagnostics import Background, BackgroundQC, heldout_rank_histogram
 from ensemble_da.exact import exact_posterior_physical, has_exact_posterior
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.inputs import RunInputs
@@ -24,7 +24,7 @@ from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, time_metrics
+from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, time_metrics
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
 
@@ -161,9 +161,10 @@ def assimilate(
 ) -> EnsembleAnalysis:
     """Run every analysis time of `inputs` in this process and reduce it to DESIGN.md §7 metrics.
 
-    With `diagnostics.background`, each time first draws the background (the prior, same seeds),
-    screens the observations against it (`diagnostics.screen_observations`), then samples the
-    analysis from the observations that passed; metrics then include the §7 diagnostics.
+    With `diagnostics.background`, the background of every time is drawn first (the prior, same
+    seeds) and the observations screened against it (`diagnostics.Background.screened`, as a
+    distributed run does); the analysis assimilates those that passed, and metrics include the
+    §7 diagnostics.
     """
     assimilator = assimilator or Assimilator(config)
     members = list(range(config.ensemble.members))
@@ -174,14 +175,13 @@ def assimilate(
         op = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, kind)
         return ObsFit(obs, op.apply_numpy(x.astype(np.float64)))
 
-    observations, backgrounds, bfits, qcs = list(inputs.observations), [], [], []
+    observations, backgrounds, background = list(inputs.observations), [], None
     if config.diagnostics.background:
-        for t, obs in enumerate(inputs.observations):
-            xb = assimilator.sample(None, t, members, progress=progress).analysis
-            observations[t], bfit, qc = screen_observations(obs, at_obs(obs, xb), config.diagnostics.qc_sigma_k)
-            backgrounds.append(xb)
-            bfits.append(bfit)
-            qcs.append(qc)
+        backgrounds = [assimilator.sample(None, t, members, progress=progress).analysis for t in range(len(observations))]
+        background = Background.screened([EnsembleMoments.of(xb) for xb in backgrounds],
+                                         [at_obs(obs, xb) for obs, xb in zip(observations, backgrounds)],
+                                         config.diagnostics.qc_sigma_k)
+        observations = background.observations
     exact = exact_posteriors(assimilator.prior, observations, kind)
     out, metrics, fits, diags, ranks = [], [], [], [], []
     for t, obs in enumerate(observations):
@@ -198,9 +198,9 @@ def assimilate(
             None if exact is None else (exact[0][t], exact[1][t]),
             heldout_noise_rng(config.seed, t),
         )
-        ranks.append(heldout_rank_histogram(channels, fit, np.random.default_rng([config.seed, t, 1])))
-        if bfits:
-            m.update(background_metrics(channels, fit.hx_mean, bfits[t]), **qcs[t].metrics())
+        ranks.append(heldout_rank_histogram(channels, fit, heldout_rank_rng(config.seed, t)))
+        if background is not None:
+            m.update(background.time_metrics(t, channels, fit.hx_mean))
         if "cg_residual_max" in block.diagnostics:
             m["mmps_residual/max"] = float(block.diagnostics["cg_residual_max"])
         metrics.append(m)
@@ -215,7 +215,7 @@ def assimilate(
         None if exact is None else exact[1].astype(np.float32),
         diags,
         np.stack(backgrounds) if backgrounds else None,
-        bfits,
-        qcs,
+        [] if background is None else background.fits,
+        [] if background is None else background.qc,
         np.stack(ranks),
     )

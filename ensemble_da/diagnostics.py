@@ -28,9 +28,10 @@ import numpy as np
 
 from ensemble_da.errors import InputError
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import ObsFit, rank_counts, rms
+from ensemble_da.stats import EnsembleMoments, ObsFit, rank_counts, rms
 
 __all__ = [
+    "Background",
     "BackgroundQC",
     "background_qc",
     "screen_observations",
@@ -192,6 +193,62 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
             ob = rms(o_b[held])
             out[f"heldout_improvement/{name}"] = 1.0 - rms(o_a[held]) / ob if ob > 0 else float("nan")
     return out
+
+
+@dataclass
+class Background:
+    """The background ensemble of a run's times, reduced, and the observations screened against it
+    (what `assimilate` and the distributed run, `actors.background`, both do with a background).
+
+    moments : per time, the background moments, arrays (channel, cell) in physical units.
+    fits : per time, the background members at the observations that passed QC.
+    qc : per time, the background check (`background_qc`).
+    """
+
+    moments: list[EnsembleMoments]
+    fits: list[ObsFit]
+    qc: list[BackgroundQC]
+
+    @classmethod
+    def screened(cls, moments: Sequence[EnsembleMoments], at_obs: Sequence[ObsFit], k: float) -> "Background":
+        """Screen each time's observations `at_obs[t].obs` against the background there
+        (`screen_observations`, threshold k); InputError when a time keeps nothing to assimilate."""
+        fits, qcs = [], []
+        for fit in at_obs:
+            _, kept, qc = screen_observations(fit.obs, fit, k)
+            fits.append(kept)
+            qcs.append(qc)
+        return cls(list(moments), fits, qcs)
+
+    @property
+    def observations(self) -> list[ObservationSet]:
+        """Each time's observations after background QC."""
+        return [f.obs for f in self.fits]
+
+    def time_metrics(self, t: int, channels: Sequence[str], analysis_mean_at_obs: np.ndarray) -> dict[str, float]:
+        """§7 diagnostics of time t (O−B, Desroziers, χ²/n, held-out improvement) and its QC counts;
+        `analysis_mean_at_obs` (obs,) at `observations[t]`."""
+        return {**background_metrics(channels, analysis_mean_at_obs, self.fits[t]), **self.qc[t].metrics()}
+
+    def qc_totals(self) -> dict[str, float]:
+        """`qc/background_rejected/<C>` summed over times."""
+        out: dict[str, float] = {}
+        for q in self.qc:
+            for k, v in q.metrics().items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    def fields(self, analysis_mean: np.ndarray) -> dict[str, np.ndarray]:
+        """Store variables (time, channel, cell): background mean and spread, and the increment
+        (analysis mean − background mean) given the analysis mean (time, channel, cell)."""
+        mean = np.stack([m.mean for m in self.moments])
+        spread = np.stack([m.spread() for m in self.moments])
+        return {"background_mean": mean, "background_spread": spread, "increment": analysis_mean - mean}
+
+    def observation_columns(self) -> dict[str, np.ndarray]:
+        """`hb_mean`, `hb_spread`: the background at each observation, all times in order (obs,)."""
+        return {"hb_mean": np.concatenate([f.hx_mean for f in self.fits]),
+                "hb_spread": np.concatenate([f.hx_spread for f in self.fits])}
 
 
 def heldout_rank_histogram(channels: Sequence[str], analysis: ObsFit, rng: np.random.Generator) -> np.ndarray:

@@ -25,13 +25,13 @@ cheaper and is used instead: its memory is obs × state, linear in the observati
 from __future__ import annotations
 
 import numpy as np
-import psutil
 import scipy.linalg
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
 from ensemble_da.errors import InputError
+from ensemble_da.memory import check_fits
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
 
@@ -85,23 +85,16 @@ class _BlockInverse:
         return out
 
 
-def _available_bytes() -> int:
-    """Memory this process may still allocate (bytes)."""
-    return int(psutil.virtual_memory().available)
-
-
 class ExactPosteriorTooLarge(InputError):
     """The closed-form posterior would not fit in this machine's memory (raised before allocating)."""
 
 
 def _check_memory(observed: int, modes: int, largest_block: int, state: int) -> None:
+    """Refuse (ExactPosteriorTooLarge) an information-form update whose peak float64 memory
+    (modes², observed × modes, the largest dense block², column chunks of the state) would not fit."""
     need = 8 * (3 * modes * modes + 3 * observed * modes + largest_block**2 * 2 + _COLUMN_CHUNK * state * 2)
-    have = _available_bytes()
-    if need > 0.8 * have:
-        raise ExactPosteriorTooLarge(
-            f"the exact posterior with {observed} observed state elements (largest linked group {largest_block}) "
-            f"and {modes} prior modes needs ~{need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available"
-        )
+    check_fits(need, f"the exact posterior with {observed} observed state elements (largest linked group "
+               f"{largest_block}) and {modes} prior modes", ExactPosteriorTooLarge)
 
 
 def kalman_update(
@@ -193,10 +186,8 @@ def _observation_form(
     """The textbook update for few observations: G = Σ Hᵀ (state × obs, through the basis),
     S = H G + R = L Lᵀ, mean = G S⁻¹ y, var = diag(Σ) − colsum((L⁻¹ Gᵀ)²)."""
     n_obs = h.shape[0]
-    need, have = 8 * (2 * n_obs * state + 2 * n_obs * n_obs), _available_bytes()
-    if need > 0.8 * have:
-        raise ExactPosteriorTooLarge(f"the exact posterior with {n_obs} observations needs ~{need / 2**30:.1f} GiB; "
-                         f"this machine has {have / 2**30:.1f} GiB available")
+    check_fits(8 * (2 * n_obs * state + 2 * n_obs * n_obs), f"the exact posterior with {n_obs} observations",
+               ExactPosteriorTooLarge)
     nu2, prior_var = basis.nugget, basis.diag_covariance()
     excess = torch.as_tensor(np.asarray(basis.eigenvalues, np.float64) - nu2)
     gt = np.empty((n_obs, state))  # rows: (Σ Hᵀ)ᵀ

@@ -14,7 +14,9 @@ import numpy as np
 
 from ensemble_da.errors import InputError
 
-__all__ = ["HealpixGrid", "check_lonlat"]
+__all__ = ["HealpixGrid", "check_lonlat", "EARTH_RADIUS_KM"]
+
+EARTH_RADIUS_KM = 6371.0  # the mean radius: every km ↔ radian conversion of the package uses it
 
 
 def check_lonlat(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +78,8 @@ class HealpixGrid:
 
     @property
     def resolution_km(self) -> float:
-        """Mean cell spacing in km (Earth radius 6371 km)."""
-        return float(hp.nside2resol(self.nside) * 6371.0)
+        """Mean cell spacing in km (on a sphere of radius EARTH_RADIUS_KM)."""
+        return float(hp.nside2resol(self.nside) * EARTH_RADIUS_KM)
 
     def ang2pix(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """NEST index of the cell containing each (lat, lon) in degrees, with shape (n,)."""

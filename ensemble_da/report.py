@@ -38,12 +38,13 @@ from ensemble_da.grid import HealpixGrid
 from ensemble_da.io import STORE_NAME, open_run
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.stats import ObsFit, rank_counts
+from ensemble_da.stats import ObsFit, heldout_rank_rng, rank_counts
 
-__all__ = ["FinishedRun", "load_finished_run", "report_figures", "write_report", "REPORT_NAME", "TABLE_COLUMNS"]
+__all__ = ["FinishedRun", "load_finished_run", "report_figures", "write_report", "REPORT_NAME", "TABLE_COLUMNS", "TERMINAL_KEYS"]
 
 REPORT_NAME = "report.html"
-# (metric prefix in summary.json, row title); a row is shown when any channel has it.
+# The per-channel summary metrics, (metric prefix in summary.json, title), in display order: the
+# report shows each row any channel has; the table `ensemble-da run` prints ends with TERMINAL_KEYS.
 TABLE_COLUMNS = [
     ("rmse", "RMSE vs truth"), ("spread", "spread"), ("ssr", "SSR"), ("crps", "CRPS"),
     ("exact_mean_err", "exact mean err"), ("exact_var_ratio", "exact var ratio"),
@@ -54,6 +55,8 @@ TABLE_COLUMNS = [
     ("desroziers_sigma_b", "Desroziers σ_b"), ("desroziers_sigma_b_expected", "σ_b ensemble"),
     ("chi2_per_obs", "χ²/n"), ("chi2_per_obs_expected", "χ²/n expected"), ("qc/background_rejected", "QC rejected"),
 ]
+# The columns of the end-of-run terminal table (narrow: the scores a user reads first).
+TERMINAL_KEYS = ("rmse", "spread", "ssr", "exact_mean_err", "exact_var_ratio", "oa_rmse", "heldout_oa_rmse")
 # Largest (member, channel, cells) slice read at once for the truth's ranks.
 _SLICE_BYTES = 128 * 2**20
 
@@ -186,7 +189,7 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
         if obs.assimilated.all():
             continue
         fit = ObsFit(obs, _members_at_obs(run, t, obs))
-        held_counts += heldout_rank_histogram(channels, fit, np.random.default_rng([run.config.seed, t, 1]))
+        held_counts += heldout_rank_histogram(channels, fit, heldout_rank_rng(run.config.seed, t))
         for name in channels:
             h = (obs.channel == name) & ~obs.assimilated
             held_spread[name].append(np.sqrt(fit.hx_spread[h] ** 2 + obs.sigma[h] ** 2))

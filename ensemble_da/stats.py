@@ -1,7 +1,8 @@
 """Streaming ensemble statistics and scores (DESIGN.md §7 metric names).
 
 `EnsembleMoments` accumulates mean and variance over member blocks by the parallel merge of
-Chan et al. (1979), so no process needs the whole ensemble. Scores are named as forecasters name
+Chan et al. (1979), so no process needs the whole ensemble; `OrderedReduction` merges a time's
+blocks (`BlockStats`) in member order, so the result does not depend on arrival order. Scores are named as forecasters name
 them and say what they reduce: `fair_crps` (sort based, over members), `rank_counts` (truth's
 rank among members, random tie-breaking), `spread_skill_ratio`, `heldout_spread_skill` (at
 held-out observations, observation error included); `time_metrics` turns one analysis time's reductions
@@ -10,7 +11,8 @@ into the per-channel scalars logged to MLflow and summary.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +28,9 @@ __all__ = [
     "ObsFit",
     "time_metrics",
     "heldout_noise_rng",
+    "heldout_rank_rng",
     "BlockStats",
+    "OrderedReduction",
     "rms",
 ]
 
@@ -72,6 +76,10 @@ class EnsembleMoments:
 
     def std(self, ddof: int = 1) -> np.ndarray:
         return np.sqrt(self.variance(ddof))
+
+    def spread(self) -> np.ndarray:
+        """The ensemble spread as stored (DESIGN.md §7): std with ddof 1, zero for one member."""
+        return self.std(ddof=1) if self.count > 1 else np.zeros_like(self.mean)
 
 
 def fair_crps(ensemble: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -154,19 +162,72 @@ class ObsFit:
     obs: ObservationSet
     hx: np.ndarray
 
-    @property
+    @cached_property
     def hx_mean(self) -> np.ndarray:
+        """Ensemble mean at each observation, (obs,); computed once (`hx` is never changed)."""
         return self.hx.mean(0)
 
-    @property
+    @cached_property
     def hx_spread(self) -> np.ndarray:
+        """Ensemble std (ddof 1) at each observation, (obs,); zero for one member; computed once."""
         return self.hx.std(0, ddof=1) if self.hx.shape[0] > 1 else np.zeros(self.hx.shape[1])
+
+
+def _nanmax(a: float, b: float) -> float:
+    return b if np.isnan(a) else a if np.isnan(b) else max(a, b)
+
+
+@dataclass
+class OrderedReduction:
+    """The `BlockStats` of one analysis time's member blocks, merged in block order (Chan merges of
+    the moments, H x stacked by member, the largest CG residual) whatever order they arrive in: an
+    early block waits (two fields) until its turn, so every float is the same in process and on
+    Ray, with failures, stragglers or `--resume`.
+
+    blocks : how many member blocks the time has; a block is named by its index in that order.
+    """
+
+    blocks: int
+    moments: EnsembleMoments = field(default_factory=EnsembleMoments)
+    hx: list[np.ndarray] = field(default_factory=list)
+    cg_residual_max: float = float("nan")
+    merged: int = 0
+    pending: dict[int, BlockStats] = field(default_factory=dict)
+
+    def add(self, index: int, stats: BlockStats) -> bool:
+        """Queue block `index` and merge every block now next in order; False (and nothing done)
+        for a block already seen: a unit run twice counts once."""
+        if index < self.merged or index in self.pending:
+            return False
+        self.pending[index] = stats
+        while self.merged in self.pending:
+            s = self.pending.pop(self.merged)
+            self.moments = self.moments.merge(s.moments)
+            self.hx.append(s.hx)
+            self.cg_residual_max = _nanmax(self.cg_residual_max, s.cg_residual_max)
+            self.merged += 1
+        return True
+
+    @property
+    def complete(self) -> bool:
+        """Every block merged."""
+        return self.merged == self.blocks
+
+    def fit(self, obs: ObservationSet) -> ObsFit:
+        """The merged members at `obs` (the observations the blocks' H x were taken at)."""
+        return ObsFit(obs, np.concatenate(self.hx))
 
 
 def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
     """The stream of observation noise added to members for the held-out CRPS of time `t_index`
     (one definition, so in-memory and distributed runs report the same score)."""
     return np.random.default_rng([seed, t_index])
+
+
+def heldout_rank_rng(seed: int, t_index: int) -> np.random.Generator:
+    """The stream of observation noise and tie-breaks of the held-out rank histogram of time
+    `t_index` (one definition, so a run's own histogram and its report's agree)."""
+    return np.random.default_rng([seed, t_index, 1])
 
 
 def rms(a: np.ndarray) -> float:
@@ -200,12 +261,12 @@ def time_metrics(
     var = moments.variance()
     std = np.sqrt(var)
     m = moments.count
+    resid = None if fit is None else fit.obs.value - fit.hx_mean  # O − A at every observation
     for c, name in enumerate(channels):
         out[f"spread/{name}"] = float(std[c].mean())
         if fit is not None:
             sel = fit.obs.channel == name
             assim, held = sel & fit.obs.assimilated, sel & ~fit.obs.assimilated
-            resid = fit.obs.value - fit.hx_mean
             if assim.any():
                 out[f"oa_rmse/{name}"] = rms(resid[assim])
                 out[f"oa_bias/{name}"] = float(resid[assim].mean())

@@ -115,3 +115,17 @@ def test_optimal_interpolation_is_the_exact_update_in_physical_units(problem):
     zmean, zvar = exact_posterior(prior, op)
     np.testing.assert_allclose(mean, prior.normalization.denormalize(zmean), atol=1e-9)
     np.testing.assert_allclose(spread, prior.normalization.scale[:, None] * np.sqrt(zvar), atol=1e-9)
+
+
+def test_great_circle_km_is_the_haversine_distance_pairwise_and_per_row():
+    rng = np.random.default_rng(3)
+    lat_a, lon_a = random_locations(5, rng)
+    lat_b, lon_b = random_locations(7, rng)
+    pa, pb, la, lb = (np.deg2rad(v)[:, None] for v in (lat_a, lat_b, lon_a, lon_b))
+    hav = np.sin((pb.T - pa) / 2) ** 2 + np.cos(pa) * np.cos(pb.T) * np.sin((lb.T - la) / 2) ** 2
+    expected = 2 * 6371.0 * np.arcsin(np.sqrt(hav))  # (5, 7), mean Earth radius 6371 km
+    a, b = unit_vectors(lat_a, lon_a), unit_vectors(lat_b, lon_b)
+    np.testing.assert_allclose(great_circle_km(a, b), expected, rtol=1e-9, atol=1e-6)
+    # per row: row i measured to its own points b[order[i]] (how LETKF reads local observations)
+    order = np.stack([rng.permutation(7)[:4] for _ in range(5)])
+    np.testing.assert_allclose(great_circle_km(a, b[order]), np.take_along_axis(expected, order, 1), rtol=1e-9, atol=1e-6)

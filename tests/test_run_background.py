@@ -49,3 +49,24 @@ def test_qc_rejecting_everything_is_an_error_before_writing(tmp_path):
     with pytest.raises(InputError, match="rejected every assimilated observation"):
         run_pipeline(_config(qc_sigma_k=1e-6), out, progress=False)
     assert not out.exists()
+
+
+def test_background_diagnostics_of_a_run_equal_the_in_memory_reference(tmp_path):
+    """The streaming background (block-wise moments, actors/background.py) and `assimilate`
+    (whole ensembles in memory) screen and score alike: same QC, same §7 diagnostics per time;
+    only summation order differs (rtol 1e-6)."""
+    from ensemble_da.assimilation import Assimilator, assimilate
+    from ensemble_da.obs.inputs import prepare_inputs
+    from ensemble_da.truth import osse_truths
+
+    config = _config(qc_sigma_k=2.0)  # tight enough to reject some observations
+    result = run_pipeline(config, tmp_path / "run", progress=False)
+    assimilator = Assimilator(config)
+    ref = assimilate(config, prepare_inputs(config, assimilator.prior, osse_truths(assimilator.prior, config)), assimilator)
+    assert sum(q.rejected[c] for q in ref.qc for c in q.rejected) > 0
+    for metrics, run_metrics in zip(ref.metrics, result.summary["by_time"].values(), strict=True):
+        assert "chi2_per_obs/T850" in metrics and metrics.keys() == run_metrics.keys()
+        for name, value in metrics.items():
+            assert run_metrics[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    obs = open_run(tmp_path / "run", group="observations")
+    np.testing.assert_allclose(obs["hb_mean"].values, np.concatenate([f.hx_mean for f in ref.background_fits]), rtol=1e-6)

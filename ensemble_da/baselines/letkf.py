@@ -17,8 +17,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
-from ensemble_da.baselines.localization import EARTH_RADIUS_KM, gaspari_cohn, unit_vectors
-from ensemble_da.grid import HealpixGrid
+from ensemble_da.baselines.localization import gaspari_cohn, great_circle_km, unit_vectors
+from ensemble_da.grid import EARTH_RADIUS_KM, HealpixGrid
 from ensemble_da.obs.operators import ObservationOperator
 
 __all__ = ["letkf", "ensemble_transform"]
@@ -95,9 +95,8 @@ def letkf(
             valid = np.zeros((len(lists), width), dtype=bool)
             for k, i in enumerate(lists):
                 idx[k, : len(i)], valid[k, : len(i)] = i, True
-            c, o = cells[lo : lo + len(lists)], obs_v[idx]  # (cells, 3), (cells, width, 3)
-            cos, sin = np.einsum("pk,plk->pl", c, o), np.linalg.norm(np.cross(c[:, None, :], o), axis=-1)
-            taper = np.where(valid, gaspari_cohn(EARTH_RADIUS_KM * np.arctan2(sin, cos), localization_km), 0.0)
+            distance = great_circle_km(cells[lo : lo + len(lists)], obs_v[idx])  # (cells, width)
+            taper = np.where(valid, gaspari_cohn(distance, localization_km), 0.0)
             t = ensemble_transform(y_anom[idx], innovation[idx], r_inv[idx] * taper, inflation)  # (cells, M, M)
             sl = slice(lo, lo + len(lists))
             out[:, :, sl] = mean[None, :, sl] + np.einsum("mcp,pmk->kcp", anom[:, :, sl], t)

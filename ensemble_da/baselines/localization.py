@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gaspari_cohn", "great_circle_km", "unit_vectors", "EARTH_RADIUS_KM"]
+from ensemble_da.grid import EARTH_RADIUS_KM
 
-EARTH_RADIUS_KM = 6371.0
+__all__ = ["gaspari_cohn", "great_circle_km", "unit_vectors"]
 
 
 def gaspari_cohn(distance: np.ndarray, half_width: float) -> np.ndarray:
@@ -32,6 +32,14 @@ def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 
 def great_circle_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle distances (km) between unit vectors a (n, 3) and b (k, 3): shape (n, k)."""
-    cross = np.linalg.norm(np.cross(a[:, None, :], b[None, :, :]), axis=-1)
-    return EARTH_RADIUS_KM * np.arctan2(cross, a @ b.T)
+    """Great-circle distances (km) from unit vectors a (n, 3): to every b (k, 3), or to each
+    row's own points b (n, k, 3) (LETKF's local observations); shape (n, k) either way.
+
+    atan2(|a × b|, a · b) keeps its precision at small and near-antipodal separations, where
+    arccos(a · b) does not.
+    """
+    if b.ndim == 2:
+        cross, dot = np.cross(a[:, None, :], b[None, :, :]), a @ b.T
+    else:
+        cross, dot = np.cross(a[:, None, :], b), np.einsum("nd,nkd->nk", a, b)
+    return EARTH_RADIUS_KM * np.arctan2(np.linalg.norm(cross, axis=-1), dot)

@@ -39,7 +39,6 @@ from typing import Protocol
 
 import healpy as hp
 import numpy as np
-import psutil
 import scipy.linalg
 import scipy.special
 import torch
@@ -47,7 +46,8 @@ import torch
 from ensemble_da.channels import Normalization
 from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
-from ensemble_da.grid import HealpixGrid
+from ensemble_da.grid import EARTH_RADIUS_KM, HealpixGrid
+from ensemble_da.memory import check_fits
 from ensemble_da.priors.base import Condition
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "EXACT_MAX_NSIDE",
 ]
 
-EARTH_RADIUS_KM = 6371.0
 EXACT_MAX_NSIDE = 16
 
 
@@ -276,12 +275,8 @@ class GaussianPrior:
                 f"kind gaussian is exact only up to nside {EXACT_MAX_NSIDE} (got {grid.nside}); "
                 "set model.approximation: lowrank (with model.rank) or spherical_harmonics"
             )
-        need, have = basis_bytes(hgrid.npix, n, approx, model.rank), psutil.virtual_memory().available
-        if need > 0.8 * have:
-            raise InputError(
-                f"model.approximation {approx} with rank {model.rank} at nside {grid.nside} ({hgrid.npix} cells) "
-                f"needs ~{need / 2**30:.1f} GiB for the prior's basis; this machine has {have / 2**30:.1f} GiB available"
-            )
+        check_fits(basis_bytes(hgrid.npix, n, approx, model.rank), f"the prior's basis for model.approximation "
+                   f"{approx} with rank {model.rank} at nside {grid.nside} ({hgrid.npix} cells)")
         if approx == "spherical_harmonics" or (approx == "lowrank" and grid.nside > EXACT_MAX_NSIDE):
             values, vectors = spherical_harmonic_kernel_eigen(hgrid, model.length_scale_km, model.rank)
         else:
