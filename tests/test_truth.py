@@ -60,8 +60,9 @@ def test_sampled_truth_divergence_is_restated_as_the_unguided_prior_with_a_fix()
             return z * float("nan")
 
     cfg = small_config(sampler=dict(steps=8))
-    with pytest.raises(DivergenceError, match=r"guidance\.method=none.*the unguided prior diverges"):
+    with pytest.raises(DivergenceError, match=r"guidance\.method=none.*drawing the OSSE truth.*the unguided prior diverges") as info:
         draw_truth(Diverging(), cfg, 0)
+    assert str(TRUTH_STREAM) not in str(info.value)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast applies on CUDA only")
