@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ensemble_da.assimilation import Assimilator  # noqa: E402
+from ensemble_da.baselines import letkf, stochastic_enkf  # noqa: E402
 from ensemble_da.config import load_config  # noqa: E402
 from ensemble_da.data.speedy import read_speedy  # noqa: E402
 from ensemble_da.exact import exact_posterior_physical  # noqa: E402
@@ -126,8 +127,6 @@ def ensemble_kalman_baselines(
     (chosen on the same truths: a choice in the baselines' favour). Returns the rows and,
     per (method, M), the sweep {setting: mean normalised RMSE}.
     """
-    from ensemble_da.baselines import letkf, stochastic_enkf
-
     background = background_ensembles(cfg, learned, inputs, times, max(sizes), cache)
     norm, grid = learned.normalization, learned.grid
     ops = [ObservationOperator.build(o.assimilated_only(), grid, norm, cfg.observations.operator) for o in inputs.observations]
@@ -275,8 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             for t, obs in enumerate(inputs.observations):
+                # per-time scores are kept, so a rerun with the same settings skips finished times
+                key = {"method": method, "time": str(times[t]), "members": members, "steps": run_cfg.sampler.steps,
+                       "seed": run_cfg.seed, "checkpoint": learned.meta.get("training_data_hash"),
+                       "checkpoint_steps": learned.meta.get("training", {}).get("steps"),
+                       "obs": float(np.sum(obs.value)), "guidance": run_cfg.guidance.model_dump(mode="json")}
+                cached = out / "rows" / f"{method.replace(':', '-')}-t{t}.json"
+                if cached.is_file() and json.loads(cached.read_text())["key"] == key:
+                    rows.append(json.loads(cached.read_text())["row"])
+                    continue
                 block = assim.sample(obs, t, list(range(members)), condition=time_condition(times[t]))
                 rows.append(ensemble_rows(block.analysis.astype(np.float64), truth[t], channels))
+                cached.parent.mkdir(exist_ok=True)
+                cached.write_text(json.dumps({"key": key, "row": rows[-1]}))
                 print(f"  {method} t={t}: {time.time() - t0:.0f} s", flush=True)
         except DivergenceError as exc:
             print(f"  {method}: {exc}", flush=True)
