@@ -54,7 +54,7 @@ def _divergence(first_bad: torch.Tensor, z: torch.Tensor, sigmas: np.ndarray, ch
     now = z[rows]
     state = "non-finite values" if not bool(torch.isfinite(now).all()) else f"max |z| = {float(now.abs().max()):.3g}"
     detail = (f"|z| passed {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std at that σ); "
-              f"{state} at step {checked + 1}")
+              f"{state} when checked after step {checked + 1}")
     return DivergenceError(step + 1, steps, float(sigmas[step]), rows, detail)
 
 
