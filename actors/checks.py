@@ -5,17 +5,21 @@ uses the config its run was started with.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from ensemble_da.config import RunConfig, config_from_tree
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME
 
-__all__ = ["RESUME_FREE_KEYS", "check_cluster", "check_out_dir", "check_resume_config"]
+__all__ = ["RESUME_FREE_KEYS", "check_cluster", "check_out_dir", "check_resume_config", "input_identity",
+           "check_resume_inputs"]
 
 # Config keys that may change between a run and its `--resume`: where it runs and where it is
 # tracked. Everything else decides the members (and the store's chunking) and must match.
@@ -91,3 +95,41 @@ def check_resume_config(given: RunConfig, out_dir: Path) -> None:
                 f"--resume: config key {key!r} is {b.get(key)!r} but the run in {out_dir} used "
                 f"{a.get(key)!r}; resume with the same config"
             )
+
+
+# What a prior's `meta` says about where its numbers come from (weights file, training or fitting data).
+_PRIOR_IDENTITY_KEYS = ("weights_sha256", "training_data_hash", "data_hash", "fit_states", "rank", "nugget")
+
+
+def input_identity(prior, observations: Sequence) -> dict[str, Any]:
+    """What the config's text does not pin down but a run's members depend on: the prior's weights
+    or fitting data (its `meta`, e.g. a checkpoint's weights hash, a climatology's data hash) and
+    each time's observations (SHA-256 of lat, lon, channel, value, sigma, assimilated)."""
+    meta = getattr(prior, "meta", None) or {}
+    obs = []
+    for o in observations:
+        h = hashlib.sha256()
+        for a in (o.lat, o.lon, o.value, o.sigma, o.assimilated):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update("\0".join(map(str, o.channel)).encode())
+        obs.append(h.hexdigest()[:16])
+    return {"prior": {k: meta[k] for k in _PRIOR_IDENTITY_KEYS if k in meta}, "observations": obs}
+
+
+def check_resume_inputs(stored: dict[str, Any] | None, now: dict[str, Any], out_dir: Path) -> None:
+    """`--resume` must see the prior and observations its run started with (a regenerated dataset
+    or checkpoint behind the same `model.path`, or changed observation files, would mix members
+    of two posteriors in one store). Stores written before this check (no record) pass."""
+    if not stored:
+        return
+    stored = json.loads(json.dumps(stored))
+    now = json.loads(json.dumps(now))
+    if stored.get("prior") != now["prior"]:
+        raise InputError(f"--resume: the prior differs from the one the run in {out_dir} started with "
+                         f"({stored.get('prior')} then, {now['prior']} now: model.path points at other weights or "
+                         "data); resume with the same prior or start a new run")
+    then = stored.get("observations", [])
+    changed = [t for t, (a, b) in enumerate(zip(then, now["observations"])) if a != b]
+    if changed or len(then) != len(now["observations"]):
+        raise InputError(f"--resume: the observations of analysis time(s) {changed or 'count'} differ from those the run in "
+                         f"{out_dir} started with (the observation files changed); resume with the same inputs or start a new run")

@@ -34,7 +34,7 @@ from ensemble_da.obs.operators import ObservationOperator
 
 from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
-from actors.checks import check_cluster, check_out_dir, check_resume_config
+from actors.checks import check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.executor import open_runtime
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
@@ -114,7 +114,7 @@ def run_pipeline(
                   file=sys.stderr)
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
-        store = _open_store(config, out_dir, resume, inputs, channels, exact)
+        store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
         state = RunState(out_dir)
         tracker = _start_tracking(config, out_dir, state)
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
@@ -195,10 +195,13 @@ def run_pipeline(
                 tracker.end(status)
 
 
-def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels, exact) -> RunStore:
-    """The run's store: opened to resume, else created from the config (with config.yaml)."""
+def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels, exact, identity) -> RunStore:
+    """The run's store: opened to resume (if its prior and observations are the run's own), else
+    created from the config (with config.yaml)."""
     if resume:
-        return RunStore(out_dir / STORE_NAME)
+        store = RunStore(out_dir / STORE_NAME)
+        check_resume_inputs(store.group.attrs.get("input_identity"), identity, out_dir)
+        return store
     (out_dir / "config.yaml").write_text(config.to_yaml())
     layout = StoreLayout(inputs.times, config.ensemble.members, channels, config.grid.nside,
                          config.cluster.members_per_unit)
@@ -208,6 +211,7 @@ def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels
         "seed": config.seed,
         "ensemble_da_version": ensemble_da.__version__,
         "config": config.to_yaml(),
+        "input_identity": identity,
     }
     return RunStore.create(
         out_dir / STORE_NAME, layout, attrs, truth=inputs.truth,

@@ -16,6 +16,7 @@ an `EDMPrecond(HealpixUNet)`) and `<stem>.json`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -194,6 +195,8 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         meta = json.loads(js.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{js}: not valid JSON ({exc})") from None
+    if isinstance(meta, dict):  # what --resume compares: the weights, not the path
+        meta["weights_sha256"] = hashlib.sha256(st.read_bytes()).hexdigest()[:16]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{js}: not an ensemble_da checkpoint description (format {FORMAT!r} expected)")
     missing = [k for k in ("network", "sigma_data", "channels", "center", "scale", "nside", "sigma_min", "sigma_max") if k not in meta]
