@@ -44,9 +44,15 @@ def results_table(rows: Sequence[dict[str, Any]]):
     return table
 
 
+# QC reasons that remove observations the user gave (not rows of other variables, nor points a
+# strategy did not select): each is worth a warning line, since the run still succeeds.
+QC_DROPS = ("qc/nonfinite", "qc/out_of_bounds", "qc/duplicate_dropped", "qc/outside_domain", "qc/background_rejected")
+
+
 def sanity_warnings(steps: int, summary: dict[str, Any]) -> list[str]:
     """One-line warnings for an analysis that finished but should not be trusted as it is: too few
-    sampler steps, or (with the exact posterior) an ensemble variance far from the exact one."""
+    sampler steps, (with the exact posterior) an ensemble variance far from the exact one, or
+    observations removed by quality control."""
     out = []
     if steps < MIN_RESOLVED_STEPS:
         out.append(f"warning: sampler.steps={steps} is below {MIN_RESOLVED_STEPS}: the sampling ODE is under-resolved and "
@@ -58,6 +64,11 @@ def sanity_warnings(steps: int, summary: dict[str, Any]) -> list[str]:
         if ratio is not None and not lo <= ratio <= hi:
             out.append(f"warning: {key} = {ratio:.3g}: the ensemble variance is far from the exact posterior's, so the "
                        "analysis is not a posterior sample (raise sampler.steps, or check the guidance settings)")
+    dropped = {k.removeprefix("qc/"): int(summary[k]) for k in QC_DROPS if summary.get(k)}
+    if dropped:
+        out.append(f"warning: quality control removed {sum(dropped.values())} of {int(summary.get('qc/read', 0))} "
+                   f"observations read ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); the analysis used the rest "
+                   "(counts per reason in summary.json, qc/*)")
     return out
 
 

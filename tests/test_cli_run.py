@@ -307,6 +307,9 @@ def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, ti
     assert len(lines) == 1 and "exact_var_ratio/T850 = 7.2" in lines[0] and "\n" not in lines[0]
     assert sanity_warnings(32, {"exact_var_ratio/T850": 0.9}) == []
     assert len(sanity_warnings(32, {"exact_var_ratio/T850": 0.3})) == 1
+    qc = sanity_warnings(32, {"qc/read": 60.0, "qc/nonfinite": 6.0, "qc/other_variable": 4.0, "qc/kept": 54.0})
+    assert qc == ["warning: quality control removed 6 of 60 observations read (nonfinite: 6); the analysis used the "
+                  "rest (counts per reason in summary.json, qc/*)"]
 
 
 def test_gaussian_keys_set_for_another_prior_are_warned_once_each(tmp_path):
