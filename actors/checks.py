@@ -61,6 +61,10 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
     if resume:
         if not (out_dir / "config.yaml").is_file() or not (out_dir / STORE_NAME / "zarr.json").is_file():
             raise InputError(f"--resume: {out_dir} is not a run directory (no config.yaml / {STORE_NAME})")
+        import zarr
+
+        if zarr.open_group(str(out_dir / STORE_NAME), mode="r").attrs.get("complete"):
+            raise InputError(f"--resume: the run in {out_dir} is complete, nothing to resume (its outputs are left as they are)")
     elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"output directory {out_dir} already exists; choose another --out or add --resume")
 

@@ -180,6 +180,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     assert sorted(m.step for m in client.get_metric_history(run_id, "rmse/T850")) == [0, 1]
     assert client.get_run(run_id).info.status == "FINISHED"
+    # Resuming the finished run again is refused and leaves its outputs alone.
+    before = (out / "summary.json").read_bytes()
+    again = invoke("run", "--out", out, "--resume")
+    assert again.exit_code == 2 and "is complete, nothing to resume" in again.output
+    assert (out / "summary.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(
