@@ -71,3 +71,20 @@ def listening_addresses() -> set[str]:
     return found
 
 
+
+
+def run_interrupted(cfg: RunConfig, out, after: int = 2) -> None:
+    """Run `cfg` into `out` and interrupt it (KeyboardInterrupt, as Ctrl-C) after `after` units."""
+    import pytest
+
+    from actors.run import run_pipeline
+
+    seen = []
+
+    def interrupt(result, executor):
+        seen.append(result.unit)
+        if len(seen) == after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, out, progress=False, on_unit=interrupt)

@@ -17,7 +17,7 @@ from ensemble_da.data.speedy import write_dataset
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.io import STORE_NAME
-from ray_helpers import TREE, assert_same_store
+from ray_helpers import TREE, assert_same_store, run_interrupted
 
 NSIDE = 4
 
@@ -35,25 +35,13 @@ def _config(path: Path) -> RunConfig:
     return RunConfig.model_validate({**TREE, "model": model})
 
 
-def _interrupted(cfg: RunConfig, out: Path) -> None:
-    seen = []
-
-    def interrupt(result, executor):
-        seen.append(result.unit)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(cfg, out, progress=False, on_unit=interrupt)
-
-
 @pytest.mark.slow  # three small runs
 def test_resume_refuses_a_regenerated_dataset_and_accepts_the_same_one(tmp_path):
     data = tmp_path / "clim.zarr"
     _dataset(data, seed=0)
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_pipeline(_config(data), ref, progress=False)
-    _interrupted(_config(data), out)
+    run_interrupted(_config(data), out)
     before = xr.open_zarr(out / STORE_NAME)["analysis"].values  # incomplete: read as plain zarr
 
     _dataset(data, seed=1)  # same path, same config text, other states

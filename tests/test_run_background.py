@@ -14,7 +14,7 @@ from actors.run import run_pipeline
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 from ensemble_da.io import open_run
-from ray_helpers import TREE, assert_same_store
+from ray_helpers import TREE, assert_same_store, run_interrupted
 
 
 def _config(**diagnostics) -> RunConfig:
@@ -25,15 +25,7 @@ def _config(**diagnostics) -> RunConfig:
 def test_resume_with_background_equals_uninterrupted(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_pipeline(_config(), ref, progress=False)
-    seen = []
-
-    def interrupt(result, executor):
-        seen.append(result.unit)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(_config(), out, progress=False, on_unit=interrupt)
+    run_interrupted(_config(), out)
     run_pipeline(_config(), out, resume=True, progress=False)
     assert_same_store(ref, out)
     a, b = open_run(ref), open_run(out)
