@@ -19,8 +19,9 @@ standard error over the truths (delta method: SE(RMSE) = SE(mean MSE) / (2 RMSE)
 (sqrt((M+1)/M) · RMS spread / RMSE) and CRPS (mean over cells and times). The climatological
 mean (no observations) is listed for scale. Learned-prior methods are `regression`, `mmps`
 (the config's solver) or `mmps:cg` / `mmps:gmres`; a run that diverges is listed as such.
-Ensemble-Kalman baselines on a background ensemble of prior draws plug in through
-`extra_baselines` (same inputs, same per-time rows).
+Stochastic EnKF and LETKF (`--kalman-members`, default 16 and 64) run on a background
+ensemble of unguided learned-prior draws at each truth's date, with the same observations and H;
+the best of the localisation radii (`--radii`) and inflations (`--inflations`) is their row.
 
     .venv/bin/python benchmarks/speedy_osse.py --data .cache/speedy_nside16.zarr --out runs/speedy-osse
 """
@@ -93,7 +94,7 @@ def ensemble_rows(x: np.ndarray, truth: np.ndarray, channels: list[str]) -> dict
     }
 
 
-def background_ensembles(cfg, learned, inputs, times, members: int, cache: Path) -> np.ndarray:
+def background_ensembles(cfg, learned, times, members: int, cache: Path) -> np.ndarray:
     """Unguided draws of the learned prior per analysis time, physical units (time, member, channel,
     cell): the background ensemble of the ensemble Kalman baselines (the same seeds as the guided
     members, as `diagnostics.background` draws it). Cached in `cache` (.npy) for reruns."""
@@ -127,7 +128,7 @@ def ensemble_kalman_baselines(
     (chosen on the same truths: a choice in the baselines' favour). Returns the rows and,
     per (method, M), the sweep {setting: mean normalised RMSE}.
     """
-    background = background_ensembles(cfg, learned, inputs, times, max(sizes), cache)
+    background = background_ensembles(cfg, learned, times, max(sizes), cache)
     norm, grid = learned.normalization, learned.grid
     ops = [ObservationOperator.build(o.assimilated_only(), grid, norm, cfg.observations.operator) for o in inputs.observations]
     locs = [o.assimilated_only() for o in inputs.observations]
