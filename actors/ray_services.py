@@ -15,13 +15,14 @@ slots of a local Ray, and wait for them); they do little work per member.
 from __future__ import annotations
 
 import pickle
+import uuid
 from typing import Callable, Sequence
 
 from ensemble_da.config import RunConfig
 
 from actors.aggregator import Aggregator, TimeInputs, TimeResult, score_cells
 from actors.executor import Runtime
-from actors.writer import DirectSink, StoreWriter, WriterSink
+from actors.writer import DirectSink, NamedActor, StoreWriter, WriterSink
 
 __all__ = ["start_ray_runtime", "RayAggregation", "RayScoreMap"]
 
@@ -106,8 +107,10 @@ def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable
     cl = config.cluster
     driver_node = ray.get_runtime_context().get_node_id()
     local = driver_node if cl.store == "writer" else None
-    writer = ray.remote(StoreWriter).options(num_cpus=0, **_placement(driver_node)).remote(store_url)
-    sink = WriterSink(writer) if cl.store == "writer" else DirectSink(store_url, writer)
+    name = f"ensemble-da-writer-{uuid.uuid4().hex}"
+    writer = ray.remote(StoreWriter).options(name=name, num_cpus=0, **_placement(driver_node)).remote(store_url)
+    by_name = NamedActor(name)  # what replicas get: a handle as a constructor argument makes Ray warn
+    sink = WriterSink(by_name) if cl.store == "writer" else DirectSink(store_url, by_name)
     started: list[RayAggregation] = []
 
     def start_aggregation(times: Sequence[TimeInputs], on_time) -> RayAggregation:

@@ -23,7 +23,35 @@ import numpy as np
 from ensemble_da.assimilation import WorkUnit
 from ensemble_da.io import RunStore
 
-__all__ = ["StoreWriter", "DirectSink", "WriterSink", "call"]
+__all__ = ["StoreWriter", "DirectSink", "WriterSink", "NamedActor", "call"]
+
+
+class NamedActor:
+    """A Ray actor referred to by its name, looked up where it is used (then kept).
+
+    Replicas get the writer this way, not as a handle: a handle among an actor's constructor
+    arguments makes Ray log, at error level on every run, that restarts may fail (ray#53727),
+    although nothing of ours is in the object store.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._handle = None
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self._handle = state["name"], None
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        if self._handle is None:
+            import ray
+
+            self._handle = ray.get_actor(self.name)
+        return getattr(self._handle, method)
 
 
 def call(target: Any, method: str, *args):

@@ -66,3 +66,19 @@ def test_a_replica_given_a_gpu_without_cuda_fails_instead_of_using_the_cpu():
     assert select_device("cpu", 1, cuda_available=False) == "cpu"
     assert select_device("auto", 0, cuda_available=False) == "cpu"
     assert select_device("auto", 0.5, cuda_available=True) == "cuda:0"
+
+
+def test_named_actor_travels_as_its_name_only():
+    """Replicas get the writer by name: what is pickled holds no Ray handle (a handle among an
+    actor's constructor arguments makes Ray log an error line on every run), and private lookups
+    (pickle's own) never reach Ray."""
+    import pickle
+
+    from actors.writer import NamedActor
+
+    ref = NamedActor("ensemble-da-writer-x")
+    ref._handle = object()  # as after a lookup in the driver
+    again = pickle.loads(pickle.dumps(ref))
+    assert again.name == "ensemble-da-writer-x" and again._handle is None
+    with pytest.raises(AttributeError):
+        again._anything
