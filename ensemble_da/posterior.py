@@ -21,6 +21,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
+from ensemble_da.obs.synthetic import TRUTH_STREAM
 from ensemble_da.priors.base import Condition, Denoiser, allows_autocast, time_condition
 from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, member_generator
 
@@ -40,7 +41,8 @@ def divergence_message(
     g = guidance
     params = {"regression": f", gamma={g.gamma:g}", "dps": f", zeta={g.zeta:g}",
               "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
-    where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, member(s) {members[:4]}"
+    who = "drawing the OSSE truth" if list(members) == [TRUTH_STREAM] else f"member(s) {members[:4]}"
+    where = f"guidance.method={g.method}{params}, sampler.steps={sampler.steps}, analysis time {t_index}, {who}"
     out = DivergenceError(exc.step, exc.steps, exc.sigma, exc.rows, exc.detail)
     fix = "raise sampler.steps or guidance.cg_iters" if g.method == "mmps" and g.solver == "gmres" else _FIXES.get(g.method, "")
     if g.method == "regression":

@@ -18,7 +18,6 @@ from ensemble_da.errors import InputError
 from ensemble_da.obs.synthetic import TRUTH_STREAM, truth_rng
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors.base import Denoiser, time_condition
-from ensemble_da.sampling import DivergenceError
 
 __all__ = ["draw_truths", "draw_truth", "osse_truths"]
 
@@ -33,20 +32,16 @@ def draw_truth(prior: Denoiser, config: RunConfig, t_index: int) -> np.ndarray:
         if draws.shape != expected:
             raise InputError(f"model sample_truth(rng, 1) returned shape {draws.shape}, expected {expected} (n, channel, cell)")
         return draws[0]
-    try:
-        analyses = sample_posterior(
-            prior,
-            None,
-            [TRUTH_STREAM],
-            config.seed,
-            sampler=config.sampler,
-            guidance="none",
-            condition=time_condition(config.analysis_times()[t_index]),
-            t_index=t_index,
-        )
-    except DivergenceError as exc:  # name the truth, not its internal stream id
-        exc.args = (str(exc).replace(f"member(s) [{TRUTH_STREAM}]", "drawing the OSSE truth"),)
-        raise
+    analyses = sample_posterior(
+        prior,
+        None,
+        [TRUTH_STREAM],
+        config.seed,
+        sampler=config.sampler,
+        guidance="none",
+        condition=time_condition(config.analysis_times()[t_index]),
+        t_index=t_index,
+    )
     return analyses[0].astype(np.float64)
 
 
