@@ -184,7 +184,7 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     Raises InputError when a file is missing, the JSON is not a checkpoint description, or the
     weights do not match the described network.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
 
     stem = resolve_checkpoint(path)
     js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
@@ -195,8 +195,6 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         meta = json.loads(js.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{js}: not valid JSON ({exc})") from None
-    if isinstance(meta, dict):  # what --resume compares: the weights, not the path
-        meta["weights_sha256"] = hashlib.sha256(st.read_bytes()).hexdigest()[:16]
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{js}: not an ensemble_da checkpoint description (format {FORMAT!r} expected)")
     missing = [k for k in ("network", "sigma_data", "channels", "center", "scale", "nside", "sigma_min", "sigma_max") if k not in meta]
@@ -207,8 +205,10 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     except TypeError as exc:
         raise InputError(f"{js}: bad network description ({exc})") from None
     net = HealpixUNet(config)
+    weights = st.read_bytes()  # read once: loaded, and hashed for what --resume compares (the weights, not the path)
+    meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()[:16]
     try:
-        net.load_state_dict(load_file(str(st)))
+        net.load_state_dict(load_tensors(weights))
     except (RuntimeError, Exception) as exc:  # noqa: BLE001 - a mismatched or corrupt file is bad input
         raise InputError(f"{st}: weights do not match the network in {js.name} ({str(exc).splitlines()[0]})") from None
     model = EDMPrecond(net, sigma_data=float(meta["sigma_data"])).to(device)
