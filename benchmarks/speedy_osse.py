@@ -130,27 +130,26 @@ def ensemble_kalman_baselines(
     """
     background = background_ensembles(cfg, learned, times, max(sizes), cache)
     norm, grid = learned.normalization, learned.grid
-    ops = [ObservationOperator.build(o.assimilated_only(), grid, norm, cfg.observations.operator) for o in inputs.observations]
-    locs = [o.assimilated_only() for o in inputs.observations]
-    scale = np.array([norm.scale[norm.channels.index(c)] for c in channels], np.float64)
+    used = [o.assimilated_only() for o in inputs.observations]
+    ops = [ObservationOperator.build(o, grid, norm, cfg.observations.operator) for o in used]
     rows: dict[str, tuple[list[dict], int]] = {}
     sweep: dict[str, dict] = {}
     for m in sizes:
+        xbs = [norm.normalize(background[t, :m].astype(np.float64)) for t in range(len(ops))]
         for name in ("LETKF", "EnKF"):
             best = None
             for radius in radii:
                 for rho in inflations:
                     per_time = []
-                    for t, op in enumerate(ops):
-                        xb = norm.normalize(background[t, :m].astype(np.float64))
+                    for t, (op, xb, o) in enumerate(zip(ops, xbs, used)):
                         loc = None if radius == 0 else radius
                         if name == "LETKF":
-                            xa = letkf(xb, op, locs[t].lat, locs[t].lon, grid, localization_km=loc, inflation=rho)
+                            xa = letkf(xb, op, o.lat, o.lon, grid, localization_km=loc, inflation=rho)
                         else:
                             rng = np.random.default_rng([cfg.seed, t, 7])
-                            xa = stochastic_enkf(xb, op, rng, locs[t].lat, locs[t].lon, grid, localization_km=loc, inflation=rho)
+                            xa = stochastic_enkf(xb, op, rng, o.lat, o.lon, grid, localization_km=loc, inflation=rho)
                         per_time.append(ensemble_rows(norm.denormalize(xa), truth[t], channels))
-                    score = float(np.mean([np.sqrt(np.mean([r["mse"][c] for r in per_time])) / scale[i] for i, c in enumerate(channels)]))
+                    score = normalised_rmse(aggregate(per_time, channels, m), channels, norm.channels, norm.scale)
                     tag = f"loc={'none' if radius == 0 else f'{radius:g} km'}, ρ={rho:g}"
                     sweep.setdefault(f"{name} M={m}", {})[tag] = score
                     if best is None or score < best[0]:
@@ -158,6 +157,12 @@ def ensemble_kalman_baselines(
             rows[f"{name} M={m} ({best[1]}; learned-prior background)"] = (best[2], m)
             print(f"  {name} M={m}: best {best[1]} (normalised RMSE {best[0]:.4f})", flush=True)
     return rows, sweep
+
+
+def normalised_rmse(agg: dict[str, float], channels: list[str], names, scale) -> float:
+    """The mean over `channels` of RMSE / scale (`scale[i]` of channel `names[i]`): how settings are ranked."""
+    names = list(names)
+    return float(np.mean([agg[f"rmse/{c}"] / scale[names.index(c)] for c in channels]))
 
 
 def aggregate(per_time: list[dict], channels: list[str], members: int | None) -> dict[str, float]:
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         agg = aggregate(rows, channels, None)
         timing[f"gaussian r={rank}"] = time.time() - t0
         results[f"OI: gaussian climatology r={rank} (exact)"] = agg
-        score = np.mean([agg[f"rmse/{c}"] / held.scale[held.channels.index(c)] for c in channels])
+        score = normalised_rmse(agg, channels, held.channels, held.scale)
         if best is None or score < best[0]:
             best = (score, f"OI: gaussian climatology r={rank} (exact)")
         results.setdefault(f"climatological mean (no obs; spread of r={rank})", aggregate(clim, channels, None))
