@@ -11,6 +11,7 @@ import numpy as np
 
 from ensemble_da.config import ignored_model_warnings, load_config
 from ensemble_da.errors import InputError
+from ensemble_da.obs.qc import QCCounts
 from ensemble_da.report import TABLE_COLUMNS as REPORT_COLUMNS, TERMINAL_KEYS
 
 from actors.outputs import RunResult
@@ -44,9 +45,10 @@ def results_table(rows: Sequence[dict[str, Any]]):
     return table
 
 
-# QC reasons that remove observations the user gave (not rows of other variables, nor points a
-# strategy did not select): each is worth a warning line, since the run still succeeds.
-QC_DROPS = ("qc/nonfinite", "qc/out_of_bounds", "qc/duplicate_dropped", "qc/outside_domain", "qc/background_rejected")
+# Observations removed by the readers' QC (`QCCounts.REMOVED`) or by the background check (per
+# channel): the run still succeeds, so each is worth a warning line.
+QC_REMOVED = tuple(f"qc/{k}" for k in QCCounts.REMOVED)
+BACKGROUND_REJECTED = "qc/background_rejected/"
 
 
 def sanity_warnings(steps: int, summary: dict[str, Any]) -> list[str]:
@@ -64,7 +66,8 @@ def sanity_warnings(steps: int, summary: dict[str, Any]) -> list[str]:
         if ratio is not None and not lo <= ratio <= hi:
             out.append(f"warning: {key} = {ratio:.3g}: the ensemble variance is far from the exact posterior's, so the "
                        "analysis is not a posterior sample (raise sampler.steps, or check the guidance settings)")
-    dropped = {k.removeprefix("qc/"): int(summary[k]) for k in QC_DROPS if summary.get(k)}
+    dropped = {k.removeprefix("qc/"): int(v) for k, v in summary.items()
+               if v and (k in QC_REMOVED or k.startswith(BACKGROUND_REJECTED))}
     if dropped:
         out.append(f"warning: quality control removed {sum(dropped.values())} of {int(summary.get('qc/read', 0))} "
                    f"observations read ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); the analysis used the rest "

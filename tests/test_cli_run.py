@@ -315,6 +315,8 @@ def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, ti
     qc = sanity_warnings(32, {"qc/read": 60.0, "qc/nonfinite": 6.0, "qc/other_variable": 4.0, "qc/kept": 54.0})
     assert qc == ["warning: quality control removed 6 of 60 observations read (nonfinite: 6); the analysis used the "
                   "rest (counts per reason in summary.json, qc/*)"]
+    background = sanity_warnings(32, {"qc/read": 60.0, "qc/background_rejected/T850": 3.0, "qc/background_rejected/T500": 0.0})
+    assert len(background) == 1 and "removed 3 of 60" in background[0] and "background_rejected/T850: 3" in background[0]
 
 
 def test_gaussian_keys_set_for_another_prior_are_warned_once_each(tmp_path):

@@ -19,7 +19,7 @@ Hard errors (|lat| > 90, sigma ≤ 0) are raised by the readers, not counted her
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,10 @@ class QCCounts:
     `duplicate_dropped` were removed; `not_selected` were valid but left out by the strategy / `num_obs`; `kept`
     were passed on (assimilated + held out).
     """
+
+    # the reasons that remove observations the user gave (not rows of other variables, nor points
+    # the strategy left out): a run that loses any says so
+    REMOVED: ClassVar[tuple[str, ...]] = ("outside_domain", "nonfinite", "out_of_bounds", "duplicate_dropped")
 
     read: int = 0
     other_variable: int = 0
