@@ -27,6 +27,7 @@ __all__ = [
     "ClusterConfig",
     "TrackingConfig",
     "DiagnosticsConfig",
+    "CycleConfig",
     "load_config",
     "default_config_path",
     "apply_overrides",
@@ -87,6 +88,8 @@ class CBottleConfig(_Strict):
 
 
 DEFAULT_CHANNELS = ("T850", "T500", "T300")
+# cycle.window when none is given (README "Time: cycling and reanalysis", table (a)).
+DEFAULT_CYCLE_WINDOW = 2
 DEFAULT_NUGGET = 0.05
 
 
@@ -96,7 +99,7 @@ class ModelConfig(_Strict):
     adapter (settings under `cbottle:`); `python` a user plug-in: `factory`
     ("package.module:function") called with `options` as keywords returns a `Denoiser`."""
 
-    kind: Literal["gaussian", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
+    kind: Literal["gaussian", "gaussian_markov", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
     # None: the kind's own — the model's channels (checkpoint, cbottle, python), else DEFAULT_CHANNELS.
     channels: list[str] | None = None
     mean: dict[str, float] | None = None
@@ -118,6 +121,9 @@ class ModelConfig(_Strict):
     # python: "package.module:function" and the keyword arguments it is called with.
     factory: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # gaussian_markov (DESIGN.md §10): the AR(1) coefficient between consecutive analysis times,
+    # z_{k+1} = ρ z_k + √(1 − ρ²) ξ_k, 0 < ρ < 1; required for that kind, ignored by the others.
+    rho: float | None = None
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "ModelConfig":
@@ -129,11 +135,23 @@ class ModelConfig(_Strict):
             raise ValueError("model.kind cbottle needs a model.cbottle section (checkpoints, ...)")
         # Kind-dependent defaults are filled here, not inferred later from which keys were set, so
         # a run's resolved config.yaml (every key written out) rebuilds the same prior on --resume.
-        if self.channels is None and self.kind in ("gaussian", "gaussian_climatology"):
+        if self.channels is None and self.kind in ("gaussian", "gaussian_markov", "gaussian_climatology"):
             self.channels = list(DEFAULT_CHANNELS)
-        if self.nugget is None and self.kind == "gaussian":
+        if self.nugget is None and self.kind in ("gaussian", "gaussian_markov"):
             self.nugget = DEFAULT_NUGGET
+        if self.kind == "gaussian_markov" and self.rho is None:
+            raise ValueError("model.kind gaussian_markov needs model.rho, the AR(1) coefficient between "
+                             "consecutive analysis times (0 < rho < 1)")
+        if self.rho is not None and self.kind != "gaussian_markov":
+            raise ValueError("model.rho belongs to model.kind gaussian_markov")
         return self
+
+    @field_validator("rho")
+    @classmethod
+    def _rho_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"rho must be in (0, 1) (an AR(1) coefficient of a stationary process), got {v}")
+        return v
 
     @field_validator("nugget")
     @classmethod
@@ -314,9 +332,39 @@ class DiagnosticsConfig(_Strict):
         return v
 
 
+class CycleConfig(_Strict):
+    """Settings of the time-aware modes (DESIGN.md §10; README "Time: cycling and reanalysis").
+
+    window: slots L of the window prior (consecutive analysis times). `cycle` samples, at time k,
+    the window k−L+1..k given the observations in it and (with `carry`) the member's own state
+    just before the window; null is 2 for `cycle` (README table: within Monte-Carlo error of the
+    Kalman filter) and the whole run for `reanalysis` (one window: exact for gaussian_markov).
+    A reanalysis window shorter than the run composes window scores (SDA, Rozet & Louppe 2023).
+    carry: condition the window on the member's earlier state (false: every window starts from the
+    stationary prior and forgets the observations before it, as appa's filter does).
+    forecast: the model that carries members to the next time for the background (O−B
+    diagnostics): `markov`, the exact transition of model.kind gaussian_markov.
+    """
+
+    window: int | None = None
+    carry: bool = True
+    forecast: Literal["markov"] = "markov"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"window must be >= 1 analysis time, got {v}")
+        return v
+
+
 class RunConfig(_Strict):
     run_name: str = "demo"
     seed: int = 0
+    # analysis: each time alone; cycle: filter (time k sees observations up to k); reanalysis:
+    # smoother (every time sees all observations; member m is one trajectory). DESIGN.md §10.
+    mode: Literal["analysis", "cycle", "reanalysis"] = "analysis"
+    cycle: CycleConfig = Field(default_factory=CycleConfig)
     times: list[str] = Field(default_factory=lambda: ["2020-01-01T00:00"])
     grid: GridConfig = Field(default_factory=GridConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -340,6 +388,25 @@ class RunConfig(_Strict):
                 raise ValueError(f"not an ISO time: {t!r}") from None
         return v
 
+    @model_validator(mode="after")
+    def _time_aware(self) -> "RunConfig":
+        if self.mode == "analysis":
+            return self
+        times = self.analysis_times()
+        steps = np.diff(times)
+        if len(steps) and (np.any(steps <= np.timedelta64(0, "ns")) or np.any(steps != steps[0])):
+            hours = [float(d / np.timedelta64(1, "h")) for d in steps]
+            raise ValueError(f"mode {self.mode} needs equally spaced, increasing times; the spacings are {hours} hours")
+        if self.cycle.window is not None and self.cycle.window > len(times):
+            raise ValueError(f"cycle.window {self.cycle.window} is longer than the run ({len(times)} analysis times)")
+        return self
+
+    def window_length(self) -> int:
+        """The window L of a time-aware mode (`cycle.window`, or its mode's default)."""
+        if self.cycle.window is not None:
+            return self.cycle.window
+        return min(DEFAULT_CYCLE_WINDOW, len(self.times)) if self.mode == "cycle" else len(self.times)
+
     def analysis_times(self) -> np.ndarray:
         """Analysis times as datetime64[ns] (UTC)."""
         return np.array([np.datetime64(t, "ns") for t in self.times])
@@ -351,7 +418,8 @@ class RunConfig(_Strict):
 # The keys only the Gaussian priors read: §4's kernel prior all of them, gaussian_climatology its
 # nugget and rank; every other kind ignores them.
 GAUSSIAN_KEYS = ("mean", "std", "length_scale_km", "channel_correlation", "nugget", "approximation", "rank")
-_GAUSSIAN_KEYS_READ = {"gaussian": set(GAUSSIAN_KEYS), "gaussian_climatology": {"nugget", "rank"}}
+_GAUSSIAN_KEYS_READ = {"gaussian": set(GAUSSIAN_KEYS), "gaussian_markov": set(GAUSSIAN_KEYS),
+                       "gaussian_climatology": {"nugget", "rank"}}
 
 
 def ignored_model_warnings(model: ModelConfig, from_demo: bool) -> list[str]:
@@ -421,7 +489,11 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     source = _override_source(loc, overrides or [], source)
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
+    if not loc:  # a check across sections (RunConfig's own validator): its message names the keys
+        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     value = err.get("input")
+    if isinstance(value, (dict, BaseModel)):  # a section's own check: its message names the keys
+        return f"{source}: {loc}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
 
 

@@ -17,6 +17,10 @@ def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device 
         from ensemble_da.priors.gaussian import GaussianPrior
 
         return GaussianPrior.from_config(model, grid)
+    if model.kind == "gaussian_markov":
+        from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
+
+        return GaussianMarkovPrior.from_config(model, grid)
     if model.kind == "gaussian_climatology":
         from ensemble_da.priors.climatology import ClimatologyPrior
 
