@@ -108,6 +108,12 @@ class Aggregator:
         self.states = {ti.t_index: _TimeState(ti, OrderedReduction(len(self.blocks))) for ti in times}
         self.results: dict[int, TimeResult] = {}
 
+    def add_times(self, times: Sequence[TimeInputs]) -> None:
+        """Own more analysis times (a cycled run learns a time's observations, after its QC, and
+        its exact reference only when the time comes)."""
+        for ti in times:
+            self.states[ti.t_index] = _TimeState(ti, OrderedReduction(len(self.blocks)))
+
     def add(self, unit: WorkUnit, stats: BlockStats) -> list[TimeResult]:
         """Merge the block of `unit` (and every waiting block now next in order); returns the
         times this finished (a list of zero or one TimeResult)."""

@@ -18,7 +18,7 @@ from ensemble_da.config import RunConfig, config_from_tree
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME
 
-__all__ = ["RESUME_FREE_KEYS", "check_cluster", "check_out_dir", "check_resume_config", "input_identity",
+__all__ = ["RESUME_FREE_KEYS", "check_time_mode", "check_cluster", "check_out_dir", "check_resume_config", "input_identity",
            "check_resume_inputs"]
 
 # Config keys that may change between a run and its `--resume`: where it runs and where it is
@@ -54,6 +54,22 @@ def check_cluster(config: RunConfig) -> None:
         from actors.replica import select_device
 
         select_device(cl.device, cl.gpus_per_replica, torch.cuda.is_available())
+
+
+def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
+    """A time-aware mode (DESIGN.md §10) needs a prior over time windows; what it cannot do yet is
+    refused here, before the run directory is touched."""
+    if config.mode == "analysis":
+        return
+    if not callable(getattr(prior, "window", None)):
+        raise InputError(f"mode {config.mode} needs a prior over time windows (model.kind gaussian_markov); "
+                         f"model.kind {config.model.kind} has none: use mode analysis")
+    if config.mode == "reanalysis" and config.diagnostics.background:
+        raise InputError("diagnostics.background is for mode analysis (a cycled run always has its background); "
+                         "a reanalysis has none: set diagnostics.background false")
+    if resume:
+        raise InputError(f"--resume of a mode {config.mode} run is not supported yet; start the run again "
+                         "(its members are the same: they depend only on seed, time and member)")
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:

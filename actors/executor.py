@@ -86,6 +86,10 @@ class Aggregation(Protocol):
 
     def catch_up(self) -> None: ...
 
+    def add_times(self, times: Sequence[TimeInputs]) -> None:
+        """Register more analysis times (before any of their blocks is added)."""
+        ...
+
     def add(self, unit: WorkUnit, stats: Any) -> None: ...
 
     def poll(self) -> None:
@@ -140,6 +144,9 @@ class LocalAggregation:
     def catch_up(self) -> None:
         for res in self.aggregator.catch_up():
             self.on_time(res)
+
+    def add_times(self, times: Sequence[TimeInputs]) -> None:
+        self.aggregator.add_times(times)
 
     def add(self, unit: WorkUnit, stats) -> None:
         for res in self.aggregator.add(unit, stats):

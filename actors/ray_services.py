@@ -79,6 +79,10 @@ class RayAggregation:
     def catch_up(self) -> None:
         self._take([a.catch_up.remote() for a in self.actors])
 
+    def add_times(self, times: Sequence[TimeInputs]) -> None:
+        n = len(self.actors)
+        self._ray.get([a.add_times.remote([ti for ti in times if ti.t_index % n == i]) for i, a in enumerate(self.actors)])
+
     def add(self, unit, stats) -> None:
         self.pending.append(self.actors[unit.t_index % len(self.actors)].add.remote(unit, stats))
 
@@ -114,7 +118,7 @@ def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable
     started: list[RayAggregation] = []
 
     def start_aggregation(times: Sequence[TimeInputs], on_time) -> RayAggregation:
-        n = min(cl.aggregators, len(times))
+        n = min(cl.aggregators, len(config.times))  # actor t mod n owns time t, also of times added later
         remote = ray.remote(Aggregator).options(num_cpus=0, **_placement(driver_node))
         actors = [remote.remote(store_url, [ti for ti in times if ti.t_index % n == i], config.seed,
                                 RayScoreMap(local)) for i in range(n)]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ensemble_da.assimilation import WorkUnit
+from ensemble_da.assimilation import BlockResult, CycleInputs, TrajectoryInputs, WorkUnit
 from ensemble_da.errors import InputError
 from ensemble_da.stats import BlockStats
 
@@ -157,11 +157,33 @@ class ModelReplica:
         the config's guidance decides whether it is assimilated), write the block, and return
         (UnitReport, BlockStats). `background`: draw the unguided prior and write nothing."""
         self._check()
-        block = self.assimilator.sample(None if background else obs, t_index, list(members))
+        members, extra = list(members), None
+        if isinstance(obs, CycleInputs):
+            block, extra = self._cycle(obs, t_index, members, background)
+        elif isinstance(obs, TrajectoryInputs):
+            block = self.assimilator.sample_trajectory(obs, members)
+        else:
+            block = self.assimilator.sample(None if background else obs, t_index, members)
         t0 = time.perf_counter()
-        written = True if background else self.sink.write(block.unit, attempt, block.analysis)
+        written = True if background else self.sink.write(block.unit, attempt, block.analysis, extra)
         diagnostics = {**block.diagnostics, "write_s": time.perf_counter() - t0, "pid": float(self.pid),
                        "replica": float(self.index)}
-        stats = BlockStats.of(block.analysis, self._operator(obs, t_index, background),
+        at_t = block.analysis[:, 0] if block.analysis.ndim == 4 else block.analysis  # a trajectory: its time 0
+        stats = BlockStats.of(at_t, self._operator(getattr(obs, "observations", obs), t_index, background),
                               block.diagnostics.get("cg_residual_max", float("nan")))
         return UnitReport(block.unit, attempt, bool(written), diagnostics), stats
+
+    def _cycle(self, inputs: CycleInputs, t: int, members: list[int], background: bool):
+        """Time t of a cycled run (DESIGN.md §10): the background (the forecast of the members'
+        analyses at t − 1, read from the store) or the analysis (the window given the members'
+        carried states, read from the store); (BlockResult, extra member fields to write)."""
+        a, cfg = self.assimilator, self.config
+        window = cfg.window_length()
+        if background:
+            previous = None if t == 0 else self.sink.read("analysis", t - 1, tuple(members))
+            return BlockResult(WorkUnit(t, tuple(members)), a.forecast(t, members, previous)), None
+        carried = None
+        if inputs.step.conditioned:
+            carried = self.sink.read("analysis" if window == 1 else "carried_state", t - 1, tuple(members))
+        block, carry = a.sample_cycle(inputs, members, carried)
+        return block, ({"carried_state": carry} if cfg.cycle.carry and window > 1 else None)

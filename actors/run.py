@@ -28,13 +28,15 @@ import numpy as np
 import ensemble_da
 from ensemble_da.assimilation import WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig
+from ensemble_da.diagnostics import Background
 from ensemble_da.exact import ExactPosteriorTooLarge
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
 from ensemble_da.obs.operators import ObservationOperator
 
 from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
-from actors.checks import check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
+from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
+from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.executor import open_runtime
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
@@ -85,6 +87,7 @@ def run_pipeline(
     from ensemble_da.truth import osse_truths
 
     prior = prior_factory("cpu") if prior_factory is not None else load_prior(config.model, config.grid)
+    check_time_mode(config, prior, resume)
     inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     kind = config.observations.operator
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
@@ -95,7 +98,7 @@ def run_pipeline(
         runtime = start_runtime()
         executor = background = None
         try:
-            if config.diagnostics.background:
+            if config.diagnostics.background and config.mode == "analysis":
                 # The background of every time first, then its QC; the analysis assimilates what passed.
                 executor = runtime.start_executor()
                 background = draw_background(executor, config, inputs.observations)
@@ -107,7 +110,7 @@ def run_pipeline(
             raise
         operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
         try:
-            exact = exact_posteriors(prior, inputs.observations, kind)
+            exact = _exact_references(config, prior, inputs.observations)
         except ExactPosteriorTooLarge as exc:
             exact = None  # a reference for the analysis, not part of it: the run goes on without it
             print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
@@ -115,9 +118,13 @@ def run_pipeline(
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
+        time_aware = config.mode != "analysis"
         state = RunState(out_dir)
         tracker = _start_tracking(config, out_dir, state)
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
+
+        if config.mode == "cycle":
+            background = Background([], [], [])  # filled time by time (`run_cycle`)
 
         def on_time(res: TimeResult) -> None:
             qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
@@ -125,7 +132,8 @@ def run_pipeline(
                 res.metrics.update(background.time_metrics(res.t_index, channels, res.hx_mean))
             state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
 
-        times = [
+        # A cycled run learns each time's observations (after its QC) only when the time comes.
+        times = [] if config.mode == "cycle" else [
             TimeInputs(t, obs, operators[t], None if inputs.truth is None else inputs.truth[t],
                        None if exact is None else (exact[0][t], exact[1][t]))
             for t, obs in enumerate(inputs.observations)
@@ -134,7 +142,8 @@ def run_pipeline(
         try:
             aggregation = runtime.start_aggregation(times, on_time)
             t0 = time.perf_counter()
-            aggregation.catch_up()
+            if not time_aware:  # a reanalysis reduces every block from the store once they are all there
+                aggregation.catch_up()
             timings["aggregating_s"] += time.perf_counter() - t0
 
             # 5. the units still missing: sampled and written by the replicas, merged by the aggregators
@@ -146,15 +155,20 @@ def run_pipeline(
                 if not done[t, lo:hi].all()
             ]
             counts = {"done": int(done.sum()), "sampled": 0}
+            cycled = None
+
+            # A reanalysis unit writes its members at every time (and is reduced from the store).
+            pairs_per_member = len(inputs.times) if config.mode == "reanalysis" else 1
 
             def on_result(report: UnitReport, stats) -> None:
                 t0 = time.perf_counter()
-                aggregation.add(report.unit, stats)
+                if config.mode != "reanalysis":
+                    aggregation.add(report.unit, stats)
                 timings["aggregating_s"] += time.perf_counter() - t0
                 timings["writing_s"] += float(report.diagnostics.get("write_s", 0.0))
                 timings["sampling_s"] += float(report.diagnostics.get("seconds", 0.0))
-                counts["done"] += len(report.unit.members)
-                counts["sampled"] += len(report.unit.members)
+                counts["done"] += len(report.unit.members) * pairs_per_member
+                counts["sampled"] += len(report.unit.members) * pairs_per_member
                 if on_unit is not None:
                     on_unit(report, executor)
 
@@ -168,7 +182,13 @@ def run_pipeline(
                             aggregation.poll()
                             show(ex, counts["done"])
 
-                        executor.run(units, inputs.observations, on_result, on_progress)
+                        if config.mode == "cycle":
+                            cycled = run_cycle(config, prior, inputs.observations, inputs.truth, executor,
+                                               aggregation, background, on_result, on_progress)
+                        elif config.mode == "reanalysis":
+                            run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)
+                        else:
+                            executor.run(units, inputs.observations, on_result, on_progress)
                     finally:
                         executor.shutdown()
             t0 = time.perf_counter()
@@ -178,6 +198,10 @@ def run_pipeline(
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
             qc = inputs.qc.metrics()
+            if cycled is not None:
+                inputs = dataclasses.replace(inputs, observations=cycled.observations)
+                if cycled.exact is not None:
+                    store.write_fields({"exact_mean": cycled.exact[0], "exact_spread": cycled.exact[1]})
             if background is not None:
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
                 qc.update(background.qc_totals())
@@ -213,10 +237,27 @@ def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels
         "config": config.to_yaml(),
         "input_identity": identity,
     }
+    carried = config.mode == "cycle" and config.cycle.carry and config.window_length() > 1
     return RunStore.create(
         out_dir / STORE_NAME, layout, attrs, truth=inputs.truth,
         exact_mean=None if exact is None else exact[0], exact_spread=None if exact is None else exact[1],
+        member_fields=("carried_state",) if carried else (),
     )
+
+
+def _exact_references(config: RunConfig, prior, observations) -> tuple | None:
+    """Exact (mean, spread) per time, physical (time, channel, cell), known before sampling: each
+    time alone (analysis), the RTS smoother (reanalysis); a cycle's filter runs with the cycle."""
+    kind = config.observations.operator
+    if config.mode == "analysis":
+        return exact_posteriors(prior, observations, kind)
+    from ensemble_da.kalman import rts_smoother
+    from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
+
+    if config.mode == "cycle" or not isinstance(prior, GaussianMarkovPrior):
+        return None
+    ops = [ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind) for o in observations]
+    return rts_smoother(prior, ops).physical(prior)
 
 
 def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):

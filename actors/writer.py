@@ -23,7 +23,7 @@ import numpy as np
 from ensemble_da.assimilation import WorkUnit
 from ensemble_da.io import RunStore
 
-__all__ = ["StoreWriter", "DirectSink", "WriterSink", "NamedActor", "call"]
+__all__ = ["StoreWriter", "DirectSink", "WriterSink", "NamedActor", "call", "write_unit"]
 
 
 class NamedActor:
@@ -103,13 +103,26 @@ class StoreWriter:
         their claims pass to the next attempt that asks."""
         self.abandoned.update(attempts)
 
-    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray) -> bool:
-        """`writer` mode: claim and write `analysis` float32 (member, channel, cell); False if
-        another attempt holds the claim (nothing written)."""
+    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray, extra: dict | None = None) -> bool:
+        """`writer` mode: claim and write the block (`write_unit`); False if another attempt holds
+        the claim (nothing written)."""
         if not self.claim(unit, attempt):
             return False
-        self.store.write_block(unit.t_index, unit.members, analysis)
+        write_unit(self.store, unit, analysis, extra)
         return True
+
+    def read(self, name: str, t_index: int, members: tuple[int, ...]) -> np.ndarray:
+        """`writer` mode: member field `name` of `members` at `t_index` (a cycled replica's input)."""
+        return self.store.read_block(t_index, members[0], members[-1] + 1, name)
+
+
+def write_unit(store: RunStore, unit: WorkUnit, analysis: np.ndarray, extra: dict | None) -> None:
+    """A unit's block into `store`: (member, channel, cell) at unit.t_index with `extra` member
+    fields, or (member, time, channel, cell) trajectories of every time (a reanalysis unit)."""
+    if analysis.ndim == 4:
+        store.write_trajectories(unit.members, analysis)
+    else:
+        store.write_block(unit.t_index, unit.members, analysis, extra)
 
 
 class DirectSink:
@@ -140,13 +153,19 @@ class DirectSink:
                 "node; put the run directory on a shared filesystem or use cluster.store=writer"
             ) from None
 
-    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray) -> bool:
+    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray, extra: dict | None = None) -> bool:
         if not call(self.ledger, "claim", unit, attempt):
             return False
         if self._store is None:
             self.check()
-        self._store.write_block(unit.t_index, unit.members, analysis)
+        write_unit(self._store, unit, analysis, extra)
         return True
+
+    def read(self, name: str, t_index: int, members: tuple[int, ...]) -> np.ndarray:
+        """Member field `name` of `members` at `t_index`, float32 (member, channel, cell)."""
+        if self._store is None:
+            self.check()
+        return self._store.read_block(t_index, members[0], members[-1] + 1, name)
 
 
 class WriterSink:
@@ -158,5 +177,8 @@ class WriterSink:
     def check(self) -> None:
         pass
 
-    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray) -> bool:
-        return bool(call(self.writer, "write", unit, attempt, analysis))
+    def write(self, unit: WorkUnit, attempt: int, analysis: np.ndarray, extra: dict | None = None) -> bool:
+        return bool(call(self.writer, "write", unit, attempt, analysis, extra))
+
+    def read(self, name: str, t_index: int, members: tuple[int, ...]) -> np.ndarray:
+        return call(self.writer, "read", name, t_index, tuple(members))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ensemble_da.config import RunConfig
+from ensemble_da.cycling import CycleStep, analyse_cycle
+from ensemble_da.errors import InputError
 from ensemble_da.diagnostics import Background, BackgroundQC, heldout_rank_histogram
 from ensemble_da.exact import exact_posterior_physical, has_exact_posterior
 from ensemble_da.grid import HealpixGrid
@@ -26,7 +28,8 @@ from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, time_metrics
 
-__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors"]
+__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors",
+           "CycleInputs", "TrajectoryInputs"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,29 @@ class WorkUnit:
 
     t_index: int
     members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CycleInputs:
+    """One time of `mode: cycle` as a replica needs it (DESIGN.md §10): the step (window times,
+    conditioned or not), each window slot's observations (those assimilated at their own time,
+    after its QC) and the time's own observations (all of them: what its statistics are over)."""
+
+    step: CycleStep
+    window_observations: tuple[ObservationSet, ...]
+    observations: ObservationSet
+
+
+@dataclass(frozen=True)
+class TrajectoryInputs:
+    """`mode: reanalysis`: every time's observations; a unit samples whole trajectories.
+    `observations` is time 0's set (what the unit's statistics are over)."""
+
+    every_time: tuple[ObservationSet, ...]
+
+    @property
+    def observations(self) -> ObservationSet:
+        return self.every_time[0]
 
 
 @dataclass
@@ -112,6 +138,47 @@ class Assimilator:
         )
         diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
+
+    def _time_prior(self):
+        from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
+
+        if not isinstance(self.prior, GaussianMarkovPrior):
+            raise InputError(f"mode {self.config.mode} needs a prior over time windows (model.kind gaussian_markov), "
+                             f"got model.kind {self.config.model.kind}")
+        return self.prior
+
+    def sample_cycle(self, inputs: CycleInputs, members: Sequence[int], carried: np.ndarray | None
+                     ) -> tuple[BlockResult, np.ndarray]:
+        """One cycle of `members` (`ensemble_da.cycling`): (the analysis block of time
+        inputs.step.t_index, the states carried to the next cycle, float32 (member, channel, cell))."""
+        start = time.perf_counter()
+        step, cfg = inputs.step, self.config
+        ops = {t: self.operator(o) for t, o in zip(step.times, inputs.window_observations)}
+        diagnostics: dict[str, float] = {}
+        x, carry = analyse_cycle(self._time_prior(), step, ops, members, cfg.seed, cfg.sampler, cfg.guidance,
+                                 carried, diagnostics)
+        diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
+        return BlockResult(WorkUnit(step.t_index, tuple(int(m) for m in members)), x, diagnostics), carry
+
+    def sample_trajectory(self, inputs: TrajectoryInputs, members: Sequence[int]) -> BlockResult:
+        """Reanalysis trajectories of `members` (`ensemble_da.reanalysis`): analysis float32
+        (member, time, channel, cell)."""
+        from ensemble_da.reanalysis import sample_trajectories
+
+        start = time.perf_counter()
+        cfg = self.config
+        diagnostics: dict[str, float] = {}
+        x = sample_trajectories(self._time_prior(), [self.operator(o) for o in inputs.every_time], members, cfg.seed,
+                                cfg.sampler, cfg.guidance, cfg.window_length(), diagnostics)
+        diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
+        return BlockResult(WorkUnit(0, tuple(int(m) for m in members)), x, diagnostics)
+
+    def forecast(self, t_index: int, members: Sequence[int], previous: np.ndarray | None) -> np.ndarray:
+        """The background of time `t_index` (`cycle.forecast`): the forecast of the members'
+        analyses `previous` at t_index − 1 (None at the first time: a climate draw)."""
+        from ensemble_da.dynamics import MarkovForecast
+
+        return MarkovForecast(self._time_prior()).forecast(previous, t_index, members, self.config.seed)
 
 
 def exact_posteriors(

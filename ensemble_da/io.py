@@ -118,6 +118,10 @@ def _observations_dataset(obs: xr.Dataset) -> xr.Dataset:
     return obs
 
 
+# Member fields besides `analysis` a store may hold, and their long names.
+MEMBER_FIELDS = {"carried_state": "state carried to the next cycle's window (its oldest slot)"}
+
+
 class RunStore:
     """A run's `analysis.zarr`, opened for writing by the one process that writes it.
 
@@ -161,9 +165,12 @@ class RunStore:
         exact_mean: np.ndarray | None = None,
         exact_spread: np.ndarray | None = None,
         observations: xr.Dataset | None = None,
+        member_fields: Sequence[str] = (),
     ) -> "RunStore":
         """Write the template: coords, attrs, empty (NaN) analysis and statistics, and the fields
         known before sampling (truth, exact posterior: float (time, channel, cell)), observations.
+        `member_fields`: more (time, member, channel, cell) variables chunked like `analysis`
+        (e.g. `carried_state`, the state a cycled member carries to its next window).
 
         Fails if `path` exists.
         """
@@ -189,6 +196,11 @@ class RunStore:
                 da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, cpc)),
                 {"units": "physical (see channel)", "long_name": "posterior ensemble members"},
             ),
+            **{name: (
+                ("time", "member", "channel", "cell"),
+                da.full((nt, layout.members, nc, npix), np.nan, dtype=np.float32, chunks=(1, mpu, nc, cpc)),
+                {"units": "physical (see channel)", "long_name": MEMBER_FIELDS.get(name, name)},
+            ) for name in member_fields},
             "member_done": (
                 ("time", "member"),
                 da.zeros((nt, layout.members), dtype=bool, chunks=(1, mpu)),
@@ -229,22 +241,39 @@ class RunStore:
                 "refusing a write that could share a chunk with another block"
             )
 
-    def write_block(self, t_index: int, members: Sequence[int], analysis: np.ndarray) -> None:
-        """Write one work unit: members (contiguous, one whole chunk), analysis float32
-        (member, channel, cell) in physical units; then mark the pairs done."""
+    def _members(self, members: Sequence[int]) -> tuple[int, int]:
         lo, hi = int(members[0]), int(members[-1]) + 1
         if list(members) != list(range(lo, hi)):
             raise ValueError(f"members of a block must be contiguous, got {list(members)}")
         self._check_block(lo, hi)
+        return lo, hi
+
+    def write_block(self, t_index: int, members: Sequence[int], analysis: np.ndarray,
+                    extra: dict[str, np.ndarray] | None = None) -> None:
+        """Write one work unit: members (contiguous, one whole chunk), analysis float32
+        (member, channel, cell) in physical units, and `extra` member fields of the same shape
+        (created with the store); then mark the pairs done."""
+        lo, hi = self._members(members)
         expected = (hi - lo, len(self.layout.channels), self.layout.npix)
-        if analysis.shape != expected:
-            raise ValueError(f"block has shape {analysis.shape}, expected {expected}")
-        self.group["analysis"][t_index, lo:hi] = np.asarray(analysis, dtype=np.float32)
+        for name, arr in {"analysis": analysis, **(extra or {})}.items():
+            if arr.shape != expected:
+                raise ValueError(f"{name} block has shape {arr.shape}, expected {expected}")
+            self.group[name][t_index, lo:hi] = np.asarray(arr, dtype=np.float32)
         self.group["member_done"][t_index, lo:hi] = True
 
-    def read_block(self, t_index: int, lo: int, hi: int) -> np.ndarray:
-        """Members [lo, hi) of time `t_index`, float32 (member, channel, cell)."""
-        return np.asarray(self.group["analysis"][t_index, lo:hi])
+    def write_trajectories(self, members: Sequence[int], trajectories: np.ndarray) -> None:
+        """Write one reanalysis unit: float32 (member, time, channel, cell) for every time; then
+        mark the pairs of every time done."""
+        lo, hi = self._members(members)
+        expected = (hi - lo, *self.layout.field_shape)
+        if trajectories.shape != expected:
+            raise ValueError(f"trajectory block has shape {trajectories.shape}, expected {expected}")
+        self.group["analysis"][:, lo:hi] = np.swapaxes(np.asarray(trajectories, dtype=np.float32), 0, 1)
+        self.group["member_done"][:, lo:hi] = True
+
+    def read_block(self, t_index: int, lo: int, hi: int, name: str = "analysis") -> np.ndarray:
+        """Members [lo, hi) of time `t_index` of member field `name`, float32 (member, channel, cell)."""
+        return np.asarray(self.group[name][t_index, lo:hi])
 
     def read_cells(self, t_index: int, cells: slice) -> np.ndarray:
         """All members at a slice of cells, float32 (member, channel, cell) — for scores that need

@@ -46,7 +46,12 @@ def draw_truth(prior: Denoiser, config: RunConfig, t_index: int) -> np.ndarray:
 
 
 def draw_truths(prior: Denoiser, config: RunConfig) -> np.ndarray:
-    """One truth per analysis time of `config`: float32 (time, channel, cell), physical units."""
+    """One truth per analysis time of `config`: float32 (time, channel, cell), physical units; a
+    prior in time (`sample_trajectory`, gaussian_markov) gives ONE trajectory (DESIGN.md §10),
+    its innovation at time t from the stream of time t."""
+    if hasattr(prior, "sample_trajectory"):
+        rngs = [truth_rng(config.seed, t) for t in range(len(config.times))]
+        return np.asarray(prior.sample_trajectory(rngs), np.float64).astype(np.float32)
     return np.stack([draw_truth(prior, config, t) for t in range(len(config.times))]).astype(np.float32)
 
 

@@ -1,0 +1,117 @@
+"""The time-aware runs on an executor (DESIGN.md §10): `mode: cycle` and `mode: reanalysis`.
+
+- cycle: the times in sequence. Time t is two passes over its member blocks: the background (each
+  replica forecasts its members' analyses of t − 1, read from the store, `cycle.forecast`), reduced
+  here to the background moments and its values at the observations, which screen the time's
+  observations (first-guess check, `diagnostics.qc_sigma_k`); then the analysis (each replica
+  samples its members' windows given the observations that passed, back to the window's first
+  time, and the members' carried states, read from the store, and writes the block). The exact
+  reference, the Kalman filter, takes each time's screened observations as it comes.
+- reanalysis: one pass; a unit samples whole trajectories of a member block and writes every
+  time; the aggregators then read the blocks back for each time's statistics.
+
+Members never pass through the driver: replicas read and write them in the store.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ensemble_da.assimilation import CycleInputs, TrajectoryInputs, WorkUnit
+from ensemble_da.config import RunConfig
+from ensemble_da.cycling import cycle_step
+from ensemble_da.diagnostics import Background
+from ensemble_da.exact import ExactPosteriorTooLarge
+from ensemble_da.io import RunStore, unit_blocks
+from ensemble_da.obs.observation_set import ObservationSet
+from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.stats import OrderedReduction
+
+from actors.aggregator import TimeInputs
+
+__all__ = ["CycleOutcome", "run_cycle", "run_reanalysis", "reanalysis_units"]
+
+
+@dataclass
+class CycleOutcome:
+    """What a cycled run adds to its outputs besides its background: the observations each time
+    kept, and the exact filter's (mean, spread) per time, physical (time, channel, cell), or None."""
+
+    observations: list[ObservationSet]
+    exact: tuple[np.ndarray, np.ndarray] | None
+
+
+def _kalman_filter(prior):
+    """The exact reference of a cycle (`ensemble_da.kalman`), or None (no Gaussian Markov prior,
+    or too large for this machine: a warning, the run goes on)."""
+    from ensemble_da.kalman import KalmanFilter
+    from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
+
+    if not isinstance(prior, GaussianMarkovPrior):
+        return None
+    try:
+        return KalmanFilter(prior)
+    except ExactPosteriorTooLarge as exc:
+        print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
+              file=sys.stderr)
+        return None
+
+
+def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], truth: np.ndarray | None,
+              executor, aggregation, background: Background, on_result: Callable[[Any, Any], None],
+              on_progress: Callable[[Any], None] | None = None) -> CycleOutcome:
+    """Every time of a cycled run in order (module docstring), each time's background appended to
+    `background` before its analysis; returns the run's `CycleOutcome`."""
+    blocks = unit_blocks(config.ensemble.members, config.cluster.members_per_unit)
+    kind = config.observations.operator
+    window = config.window_length()
+    kf = _kalman_filter(prior)
+    kept: list[ObservationSet] = []
+    exact: list[tuple[np.ndarray, np.ndarray]] = []
+    for t, obs in enumerate(observations):
+        step = cycle_step(t, window, config.cycle.carry)
+        units = [WorkUnit(t, tuple(range(lo, hi))) for lo, hi in blocks]
+        reduction = OrderedReduction(len(blocks))
+
+        def on_background(report, stats) -> None:
+            m = report.unit.members
+            reduction.add(blocks.index((m[0], m[-1] + 1)), stats)
+
+        executor.run(units, {t: CycleInputs(step, (), obs)}, on_background, background=True)
+        screened = Background.screened([reduction.moments], [reduction.fit(obs)], config.diagnostics.qc_sigma_k)
+        background.moments.extend(screened.moments)
+        background.fits.extend(screened.fits)
+        background.qc.extend(screened.qc)
+        obs_t = screened.observations[0]
+        kept.append(obs_t)
+        exact_t = None
+        if kf is not None:
+            mean, var = kf.step(ObservationOperator.build(obs_t.assimilated_only(), prior.grid, prior.normalization, kind))
+            exact_t = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
+            exact.append(exact_t)
+        operator = ObservationOperator.build(obs_t, prior.grid, prior.normalization, kind)
+        aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t)])
+        inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
+        executor.run(units, {t: inputs}, on_result, on_progress)
+        aggregation.drain()
+    pair = (np.stack([e[0] for e in exact]), np.stack([e[1] for e in exact])) if kf is not None else None
+    return CycleOutcome(kept, pair)
+
+
+def reanalysis_units(store: RunStore) -> list[WorkUnit]:
+    """The member blocks whose trajectories are not all on disk (one unit each, at time 0)."""
+    done = store.done()
+    return [WorkUnit(0, tuple(range(lo, hi))) for lo, hi in store.layout.blocks() if not done[:, lo:hi].all()]
+
+
+def run_reanalysis(observations: Sequence[ObservationSet], store: RunStore, executor, aggregation,
+                   on_result: Callable[[Any, Any], None], on_progress: Callable[[Any], None] | None = None) -> None:
+    """Sample and write the missing trajectories, then reduce every time from the store."""
+    units = reanalysis_units(store)
+    if units:
+        executor.run(units, {0: TrajectoryInputs(tuple(observations))}, on_result, on_progress)
+    aggregation.catch_up()
