@@ -33,13 +33,16 @@ class RunResult:
 
 def _figures(config: RunConfig, out_dir: Path, store: RunStore, results: dict, times: Sequence,
              channels: Sequence[str]) -> list[Path]:
-    """Maps of mean and spread per time and the rank histogram over all times (PNG)."""
+    """Maps of mean and spread per time (at most `report.MAX_MAP_TIMES` of them) and the rank
+    histogram over all times (PNG)."""
     from ensemble_da.figures import plot_mean_spread, plot_rank_histogram
+    from ensemble_da.report import map_times
 
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     figures = []
-    for t, when in enumerate(times):
+    for t in map_times(len(times)):
+        when = times[t]
         stamp = np.datetime_as_string(when, unit="m")
         figures.append(plot_mean_spread(
             fig_dir / f"mean_spread_t{t}.png", store.group["ensemble_mean"][t], store.group["ensemble_spread"][t],

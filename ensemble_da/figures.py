@@ -169,3 +169,28 @@ def plot_spread_skill(
         ax.set_xlabel("rms spread")
     axes[0, 0].set_ylabel("rms error")
     return _save(fig, path, title, tight=True)
+
+
+def plot_time_series(path: Path, times: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarray]],
+                     title: str = "") -> Path:
+    """Metrics against analysis time, one panel per metric group (a cycled run or a reanalysis).
+
+    panels : panel title → {line label → values (time,)}; a label ending in "(expected)",
+    "(spread)" or "(background)" is drawn dashed in the colour of the line it belongs to (same channel name first).
+    """
+    names = list(panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    colours: dict[str, str] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, name in enumerate(names):
+        ax = axes[0, k]
+        for label, values in panels[name].items():
+            key = label.split(" ")[0]
+            colour = colours.setdefault(key, cycle[len(colours) % len(cycle)])
+            dashed = label.endswith(("(expected)", "(spread)", "(background)"))
+            ax.plot(times, values, ls="--" if dashed else "-", marker="" if len(times) > 40 else ".",
+                    color=colour, label=label)
+        ax.set_title(name)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.legend(fontsize=7)
+    return _save(fig, path, title, tight=True)

@@ -40,7 +40,7 @@ from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.stats import ObsFit, heldout_rank_rng, rank_counts
 
-__all__ = ["FinishedRun", "load_finished_run", "report_figures", "write_report", "REPORT_NAME", "TABLE_COLUMNS", "TERMINAL_KEYS"]
+__all__ = ["FinishedRun", "load_finished_run", "report_figures", "map_times", "write_report", "REPORT_NAME", "TABLE_COLUMNS", "TERMINAL_KEYS"]
 
 REPORT_NAME = "report.html"
 # The per-channel summary metrics, (metric prefix in summary.json, title), in display order: the
@@ -145,6 +145,47 @@ def _mean_metric(summary: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and v is not None and np.isfinite(v) else None
 
 
+# Panels of the time-series figure: (title, [(metric prefix, line suffix)]); a panel is drawn when
+# the run has any of its metrics.
+TIME_SERIES = [
+    ("RMSE vs truth and spread", [("rmse", ""), ("spread", " (spread)")]),
+    ("spread-skill ratio", [("ssr", "")]),
+    ("O−B and O−A RMS at assimilated obs", [("oa_rmse", " O−A"), ("ob_rmse", " O−B (background)")]),
+    ("Desroziers σ_o (dashed: configured)", [("desroziers_sigma_o", ""), ("desroziers_sigma_o_expected", " (expected)")]),
+    ("exact: ensemble / exact variance", [("exact_var_ratio", "")]),
+]
+# Longest run whose every time gets maps; longer runs get MAX_MAP_TIMES evenly spaced times.
+MAX_MAP_TIMES = 6
+
+
+def map_times(n: int) -> list[int]:
+    """The analysis times that get maps: all of a short run, else MAX_MAP_TIMES from first to last."""
+    if n <= MAX_MAP_TIMES:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, MAX_MAP_TIMES)})
+
+
+def _time_series(run: FinishedRun, times: np.ndarray, fig_dir: Path) -> tuple[Path, str]:
+    """The per-time metrics of summary.json as time series (one line per channel)."""
+    from ensemble_da import figures
+
+    by_time = list(run.summary.get("by_time", {}).values())
+    panels = {}
+    for title, lines in TIME_SERIES:
+        panel = {}
+        for prefix, suffix in lines:
+            for name in run.channels:
+                values = np.array([m.get(f"{prefix}/{name}", np.nan) for m in by_time], dtype=float)
+                if np.isfinite(values).any():
+                    panel[f"{name}{suffix}"] = values
+        if panel:
+            panels[title] = panel
+    mode = run.config.mode
+    path = figures.plot_time_series(fig_dir / "time_series.png", times, panels,
+                                    title=f"{run.config.run_name}: per analysis time (mode {mode})")
+    return path, f"metrics per analysis time (mode {mode}; MLflow has them with step = time index)"
+
+
 def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
     """Write the report's PNGs into `fig_dir`; returns (path, caption) in page order."""
     from ensemble_da import figures
@@ -155,7 +196,10 @@ def report_figures(run: FinishedRun, fig_dir: Path) -> list[tuple[Path, str]]:
     has_truth, has_background = "truth" in ds, "background_mean" in ds
     out: list[tuple[Path, str]] = []
     t_of_obs = _time_index(run)
-    for t, when in enumerate(times):
+    if len(times) > 1:
+        out.append(_time_series(run, times, fig_dir))
+    for t in map_times(len(times)):
+        when = times[t]
         stamp = np.datetime_as_string(when, unit="m")
         mean = ds["ensemble_mean"].isel(time=t).values
         fields = {"mean": mean, "spread": ds["ensemble_spread"].isel(time=t).values}
