@@ -8,7 +8,7 @@
     in-process): `analysis` (times alone), `cycle` and `reanalysis`: RMSE, CRPS, SSR against the
     truth trajectory, and each mode's distance to its own exact reference.
 
-    python benchmarks/time_modes.py [--members 64] [--times 12] [--nside 8] [--out DIR]
+    python benchmarks/time_modes.py [--members 64] [--times 12] [--nside 8] [--tables ab] [--out DIR]
 """
 
 from __future__ import annotations
@@ -99,13 +99,14 @@ def main() -> None:
     ap.add_argument("--nside", type=int, default=8)
     ap.add_argument("--windows", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tables", default="ab", help="which tables to measure: a, b or ab")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tree = config_tree(args.times, args.members, args.nside)
     cfg = RunConfig.model_validate({**tree, "mode": "cycle"})
-    a = table_a(cfg, args.windows)
+    a = table_a(cfg, args.windows) if "a" in args.tables else []
     out = args.out or Path(tempfile.mkdtemp(prefix="time-bench-"))
-    b = table_b(tree, out)
+    b = table_b(tree, out) if "b" in args.tables else []
     print(f"\n(a) cycle vs Kalman filter, nside {args.nside}, {args.members} members, {args.times} times "
           f"(errors from time L on; MC level 1/√M = {1 / np.sqrt(args.members):.3f})")
     print("| L | carried state | mean err (filter std) | beyond MC | var ratio (min–max) | s / member / time |")
