@@ -14,7 +14,9 @@ Ray cluster and keeps each busy with a small queue of work units.
   that dies is restarted and Ray re-runs its unit (same attempt, same claim). A replica whose
   node is gone is lost: its units are given to the other replicas at once (their attempts are
   abandoned in the claim ledger), and if Ray can place it again elsewhere it rejoins; with no
-  spare capacity the run finishes on the survivors.
+  spare capacity the run finishes on the survivors. The same holds while the replicas are still
+  loading their prior: one whose placement-group bundle has lost its node is lost at once (it
+  rejoins if Ray places it again), so start-up never waits on a replica that cannot come.
 - Stragglers: when a unit has run longer than `cluster.straggler_factor` × the median unit time
   and a replica is idle, the unit is issued again there; whichever attempt claims the block
   first writes it and is delivered, the other writes nothing (`actors.writer`); zarr writes
@@ -111,6 +113,9 @@ class Coordinator:
             for i in range(cl.replicas)
         ]
         self.stats = [ReplicaStats(i) for i in range(cl.replicas)]
+        # info() calls not yet answered (replicas loading their prior, or lost and maybe placed
+        # again) → replica index; the run's loop lets a late one join.
+        self.pending: dict[Any, int] = {r.info.remote(): i for i, r in enumerate(self.replicas)}
         self.retries = 0
         self.reissued = 0
         self.lost: set[int] = set()
@@ -128,12 +133,66 @@ class Coordinator:
                 raise exc.cause from None
             raise
 
+    def joined(self, r: int) -> bool:
+        """Replica r has loaded its prior and reported where it runs."""
+        return "pid" in self.stats[r].info
+
+    def bundle_nodes(self) -> dict[int, str | None]:
+        """Replica index → the alive Ray node holding its placement-group bundle (None: no alive node)."""
+        table = self._ray.util.placement_group_table(self.placement_group).get("bundles_to_node_id", {})
+        alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
+        return {i: table.get(i) if table.get(i) in alive else None for i in range(len(self.replicas))}
+
+    def mark_lost(self, r: int, node_id: str | None = None) -> None:
+        """Replica r is lost (its node is gone); an `info()` call watches for Ray placing it again."""
+        self.lost.add(r)
+        if node_id and "node_id" not in self.stats[r].info:
+            self.stats[r].info = {**self.stats[r].info, "index": r, "node_id": node_id}
+        if r not in self.pending.values():
+            self.pending[self.replicas[r].info.remote()] = r
+
+    def take_info(self, ref) -> bool:
+        """Record the answer of a pending `info()` call; False when its replica died instead."""
+        r = self.pending.pop(ref)
+        try:
+            info = self._get(ref)
+        except self._ray.exceptions.RayActorError:
+            self.lost.add(r)
+            return False
+        if self.joined(r):
+            self.stats[r].restarts += 1  # placed again after it was lost
+        self.stats[r].info = info
+        self.lost.discard(r)
+        return True
+
     def replica_info(self) -> list[dict[str, Any]]:
-        """Wait until every replica has loaded its prior; their pid, node, device, GPU ids."""
-        infos = self._get([r.info.remote() for r in self.replicas])
-        for s, info in zip(self.stats, infos):
-            s.info = info
-        return infos
+        """Wait until every replica has loaded its prior or is lost; their pid, node, device, GPU ids.
+
+        A replica whose bundle has no alive node (its node removed, no room to place it again)
+        does not hold up the start: it is lost and rejoins should Ray place it later. Raises
+        RuntimeError when no replica has loaded within `cluster.placement_timeout_s` of all being lost.
+        """
+        nodes = self.bundle_nodes()
+        last_node = dict(nodes)
+        all_lost_since = None
+        while any(r not in self.lost for r in self.pending.values()):
+            ready, _ = self._ray.wait(list(self.pending), num_returns=1, timeout=NODE_CHECK_S)
+            for ref in ready:
+                self.take_info(ref)
+            nodes = self.bundle_nodes()
+            for r in list(self.pending.values()):
+                if nodes[r] is None and r not in self.lost:
+                    self.mark_lost(r, last_node.get(r))
+                last_node[r] = nodes[r] or last_node.get(r)
+            if any(self.joined(r) for r in range(len(self.replicas))):
+                continue
+            all_lost = all(r in self.lost for r in range(len(self.replicas)))
+            all_lost_since = (all_lost_since or time.perf_counter()) if all_lost else None
+            if all_lost_since and time.perf_counter() - all_lost_since > self.config.cluster.placement_timeout_s:
+                raise RuntimeError("every model replica was lost while loading its prior; giving up")
+        if not any(self.joined(r) for r in range(len(self.replicas))):
+            raise RuntimeError("every model replica was lost while loading its prior; giving up")
+        return [s.info for s in self.stats]
 
     def run(
         self,
@@ -147,15 +206,33 @@ class Coordinator:
         stats_ref)` is called once per unit, in completion order, in this thread.
         `background`: unguided prior draws, nothing written; `on_result` gets the BlockStats
         themselves (per-block moments and H x: the driver reduces the background)."""
-        if not all(s.info for s in self.stats):
+        if any(r not in self.lost for r in self.pending.values()):
             self.replica_info()
         if not background and not self.store_checked:
             # The store exists now: every replica must reach it (shared mode) before writing.
-            self._get([r.check_store.remote() for r in self.replicas])
+            self.check_store([r for r in range(len(self.replicas)) if self.joined(r) and r not in self.lost])
             self.store_checked = True
         start = time.perf_counter()
         _Run(self, units, observations, on_result, on_progress, background).loop()
         self.run_seconds += time.perf_counter() - start
+
+    def check_store(self, replicas: Sequence[int]) -> None:
+        """Every replica in `replicas` can reach the run store (InputError if not); one whose node
+        goes meanwhile is lost instead of waited for."""
+        calls = {self.replicas[r].check_store.remote(): r for r in replicas}
+        while calls:
+            ready, _ = self._ray.wait(list(calls), num_returns=len(calls), timeout=NODE_CHECK_S)
+            for ref in ready:
+                r = calls.pop(ref)
+                try:
+                    self._get(ref)
+                except self._ray.exceptions.RayActorError:
+                    self.mark_lost(r)
+            nodes = self.bundle_nodes()
+            for ref, r in list(calls.items()):
+                if nodes[r] is None:
+                    calls.pop(ref)
+                    self.mark_lost(r)
 
     def _account(self, r: int, report: UnitReport, seconds: float) -> None:
         s = self.stats[r]
@@ -195,7 +272,7 @@ class _Run:
         self.missing: set[WorkUnit] = set(units)
         self.inflight: dict[Any, _Attempt] = {}
         self.per_replica: list[deque[_Attempt]] = [deque() for _ in co.replicas]
-        self.revive: dict[Any, int] = {}  # info() call on a lost replica → its index
+        self.revive = co.pending  # info() calls on replicas lost or still loading → their index
         self.failures = [0] * len(co.replicas)
         self.durations: list[float] = []
         self.next_id = 0
@@ -206,7 +283,8 @@ class _Run:
 
     # --- bookkeeping ---------------------------------------------------------------------
     def usable(self, r: int) -> bool:
-        return r not in self.co.lost and self.failures[r] < self.co.max_consecutive_failures
+        co = self.co
+        return co.joined(r) and r not in co.lost and self.failures[r] < co.max_consecutive_failures
 
     def live_attempts(self, unit: WorkUnit) -> list[_Attempt]:
         return [a for a in self.inflight.values() if a.unit == unit]
@@ -300,7 +378,7 @@ class _Run:
         for r, s in enumerate(self.co.stats):
             if r in self.co.lost or s.info.get("node_id") in alive or "node_id" not in s.info:
                 continue
-            self.co.lost.add(r)
+            self.co.mark_lost(r)
             attempts = list(self.per_replica[r])
             for a in attempts:
                 self.drop(a)
@@ -308,18 +386,11 @@ class _Run:
             for a in attempts:
                 self.co.retries += 1
                 self.requeue(a.unit)
-            # Should Ray place the replica again (spare capacity), it rejoins.
-            self.revive[self.co.replicas[r].info.remote()] = r
 
     def revived(self, ref) -> None:
-        r = self.revive.pop(ref)
-        try:
-            info = self.co._get(ref)
-        except self.ray.exceptions.RayActorError:
-            return
-        self.co.stats[r].info = info
-        self.co.stats[r].restarts += 1
-        self.co.lost.discard(r)
+        r = self.revive[ref]
+        if self.co.take_info(ref) and self.co.store_checked and not self.background:
+            self.co.check_store([r])
 
     def reissue_stragglers(self) -> None:
         """Issue again, on an idle replica, the units of a replica whose current unit has run

@@ -22,7 +22,7 @@ from typing import Generator, Mapping, Sequence
 
 import numpy as np
 
-from ensemble_da.config import GuidanceConfig, SamplerConfig, validate_tree
+from ensemble_da.config import DEFAULT_CYCLE_WINDOW, GuidanceConfig, SamplerConfig, validate_tree
 from ensemble_da.errors import InputError
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
@@ -80,7 +80,7 @@ def create_generator(
     members: int | Sequence[int] = 16,
     seed: int = 0,
     *,
-    window: int = 2,
+    window: int = DEFAULT_CYCLE_WINDOW,
     carry: bool = True,
     sampler: SamplerConfig | Mapping | None = None,
     guidance: GuidanceConfig | Mapping | None = None,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -71,6 +74,31 @@ def listening_addresses() -> set[str]:
     return found
 
 
+
+
+class SlowLoadingPrior:
+    """A `prior_factory` that builds the config's own prior (members equal a run without it),
+    but in a Ray replica only after `load_s` seconds, as a large checkpoint would load.
+
+    When a replica starts loading it writes an empty file named by its Ray node id into
+    `marks`, so a test knows which nodes hold replicas still starting. In the driver (the
+    process that made this object) it builds the prior at once.
+    """
+
+    def __init__(self, cfg: RunConfig, marks: Path, load_s: float):
+        self.model, self.grid = cfg.model, cfg.grid
+        self.marks, self.load_s = Path(marks), load_s
+        self.driver_pid = os.getpid()
+
+    def __call__(self, device):
+        from ensemble_da.priors import load_prior
+
+        if os.getpid() != self.driver_pid:
+            import ray
+
+            (self.marks / ray.get_runtime_context().get_node_id()).touch()
+            time.sleep(self.load_s)
+        return load_prior(self.model, self.grid)
 
 
 def run_interrupted(cfg: RunConfig, out, after: int = 2) -> None:

@@ -16,6 +16,8 @@ import pickle
 import shutil
 import signal
 import tempfile
+import threading
+import time
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -28,10 +30,17 @@ import psutil  # noqa: E402
 from actors.run import run_pipeline  # noqa: E402
 from actors.runtime import import_ray_loopback  # noqa: E402
 from ensemble_da.errors import InputError  # noqa: E402
-from ray_helpers import UNITS, assert_same_store, config, is_loopback, listening_addresses  # noqa: E402
+import ray_helpers  # noqa: E402
+from ray_helpers import (  # noqa: E402
+    UNITS, SlowLoadingPrior, assert_same_store, config, is_loopback, listening_addresses,
+)
 
 ray = import_ray_loopback()
 from ray.cluster_utils import Cluster  # noqa: E402
+
+# Ray workers cannot import this test folder: what they get from ray_helpers (the stand-in
+# prior factory) travels by value.
+ray.cloudpickle.register_pickle_by_value(ray_helpers)
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +115,55 @@ def test_replicas_on_distinct_gpus_and_nodes_equal_inprocess(cluster, baseline, 
         assert not any(isinstance(v, np.ndarray) for v in vars(rep).values())
         assert len(pickle.dumps(rep)) < member_bytes / 2
     assert result.summary["driver_bytes_received"] / 12 < member_bytes
+
+
+def _exactly_gpu_workers(cluster, n: int) -> None:
+    """Make the cluster have exactly `n` worker nodes (one logical GPU each): a node-loss test
+    must know the spare capacity, whatever the tests before it removed."""
+    while len(cluster.worker_nodes) < n:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+    while len(cluster.worker_nodes) > n:
+        cluster.remove_node(next(iter(cluster.worker_nodes)))
+    cluster.wait_for_nodes()
+
+
+def _within(seconds: float, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a thread; its result, or a test failure (not a hang) after `seconds`."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the run hung: still going after {seconds:g} s"
+    out["seconds"] = time.monotonic() - t0
+    if "error" in out:
+        raise out["error"]
+    return out["value"], out["seconds"]
+
+
+def _remove_nodes_while_loading(cluster, marks, replicas: int, remove: int, removed: list) -> threading.Thread:
+    """Once `replicas` replicas have begun loading their prior (SlowLoadingPrior marks), remove
+    (hard, as a crash) the nodes of the first `remove` of them, by node id."""
+
+    def target():
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) < replicas and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for node_id in sorted(p.name for p in marks.iterdir())[:remove]:
+            node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            cluster.remove_node(node, allow_graceful=False)
+            removed.append(node_id)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
 
 
 def _other_replica(result, executor):
@@ -202,3 +260,25 @@ def test_node_lost_without_spare_capacity_finishes_on_the_survivors(cluster, bas
     assert result.summary["replicas"][victim["index"]]["members"] == victim["members"]
     assert len(delivered) == len(set(delivered)) == UNITS
     assert_same_store(baseline, tmp_path / "run")
+
+
+def test_node_lost_while_replicas_start_finishes_on_the_survivors(cluster, baseline, tmp_path):
+    """Three replicas fill the three GPU nodes; one node is removed while the replicas are still
+    loading their prior (before any has reported in), and no node can take its replica."""
+    _exactly_gpu_workers(cluster, 3)
+    marks = tmp_path / "loading"
+    marks.mkdir()
+    cfg = config(address=cluster.address, replicas=3, gpus_per_replica=1)
+    removed: list[str] = []
+    remover = _remove_nodes_while_loading(cluster, marks, 3, 1, removed)
+    result, seconds = _within(120, run_pipeline, cfg, tmp_path / "run", progress=False,
+                              prior_factory=SlowLoadingPrior(cfg, marks, load_s=4.0))
+    remover.join(5)
+    assert len(removed) == 1 and len(cluster.worker_nodes) == 2
+    summary = result.summary
+    assert summary["replicas_lost"] == 1, summary["replicas"]
+    lost = [r for r in summary["replicas"] if r.get("node_id") == removed[0]]
+    assert len(lost) == 1 and lost[0]["members"] == 0
+    assert sum(r["members"] for r in summary["replicas"]) == 12
+    assert_same_store(baseline, tmp_path / "run")
+    print(f"run with a node lost at start-up: {seconds:.1f} s")
