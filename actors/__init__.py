@@ -5,8 +5,8 @@ Layout (one job per module; the run's steps, in order, are in `run`):
 - `run`           the `ensemble-da run` job: checks → inputs → runtime → background → store →
                   units → finish
 - `checks`        what is checked before the run directory is touched
-- `executor`      the executor and aggregation protocols, their in-process versions;
-                  `open_runtime` chooses in-process or Ray
+- `executor`      the executor and aggregation protocols, their in-process versions
+- `backends`      `open_runtime`: in-process or Ray, from `cluster.address`
 - `coordinator`   the Ray executor: placement, a queue of units per replica, node loss,
                   stragglers
 - `replica`       `ModelReplica`: samples a unit, writes its block, returns a small report and

@@ -1,20 +1,17 @@
-"""The executor protocol: how a run's work units get sampled and reduced, in this process or on Ray.
+"""The executor protocol: how a run's work units get sampled and reduced, and its in-process
+implementation (one `ModelReplica` and one `Aggregator` in this process, no Ray imported).
 
-`open_runtime(config)` picks from `cluster.address`: `inprocess` runs one `ModelReplica` and one
-`Aggregator` in this process (no Ray is imported); anything else runs the `Coordinator`'s Ray
-replicas with aggregator actors (`actors.ray_services`). Both give the same store and metrics
-for the same units: replicas write the same blocks, aggregators merge them in the same order.
+`actors.backends.open_runtime` picks the backend; the Ray one is `actors.ray_services`. Both give
+the same store and metrics for the same units: replicas write the same blocks, aggregators merge
+them in the same order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Protocol, Sequence
-
-import numpy as np
+from typing import Any, Callable, Protocol, Sequence
 
 from ensemble_da.assimilation import WorkUnit
 from ensemble_da.config import RunConfig
@@ -24,7 +21,7 @@ from actors.replica import ModelReplica, UnitReport
 from actors.writer import DirectSink, StoreWriter
 
 __all__ = ["Executor", "Aggregation", "ReplicaStats", "InProcessExecutor", "LocalAggregation", "Runtime",
-           "open_runtime"]
+           "start_inprocess"]
 
 
 @dataclass
@@ -169,21 +166,8 @@ class Runtime:
     close: Callable[[], None] = lambda: None
 
 
-def open_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None
-                 ) -> tuple[Callable[[], Runtime], ContextManager]:
-    """(start, session) for `cluster.address`: enter the session (Ray up, or nothing in-process)
-    first, then `start()` for the run store at `store_url` (path or URL)."""
-    if config.cluster.address == "inprocess":
-
-        def start() -> Runtime:
-            sink = DirectSink(store_url, StoreWriter(store_url))
-            return Runtime(lambda: InProcessExecutor(config, sink, prior_factory),
-                           lambda times, on_time: LocalAggregation(Aggregator(store_url, times, config.seed), on_time))
-
-        return start, contextlib.nullcontext()
-    from actors.ray_services import start_ray_runtime
-    from actors.runtime import ray_session
-
-    cl = config.cluster
-    session = ray_session(cl.address, num_cpus=int(np.ceil(cl.replicas * cl.cpus_per_replica)))
-    return (lambda: start_ray_runtime(config, store_url, prior_factory)), session
+def start_inprocess(config: RunConfig, store_url: str, prior_factory: Callable | None = None) -> Runtime:
+    """The in-process runtime for the run store at `store_url`."""
+    sink = DirectSink(store_url, StoreWriter(store_url))
+    return Runtime(lambda: InProcessExecutor(config, sink, prior_factory),
+                   lambda times, on_time: LocalAggregation(Aggregator(store_url, times, config.seed), on_time))

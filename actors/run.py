@@ -12,7 +12,7 @@
    MLflow once (by the driver, the only process that talks to MLflow);
 6. finish: observations group, figures, summary.json, store marked complete, report.html.
 
-One run, two executors (`actors.executor`): in-process and Ray give the same store.
+One run, two executors (`actors.backends`): in-process and Ray give the same store.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
 from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
-from actors.executor import open_runtime
+from actors.backends import open_runtime
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
 from actors.replica import UnitReport

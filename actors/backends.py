@@ -1,0 +1,29 @@
+"""Which runtime a run gets, from `cluster.address`: `inprocess` (actors.executor, no Ray) or a
+Ray cluster (actors.ray_services: the Coordinator's replicas and aggregator actors)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import numpy as np
+
+from ensemble_da.config import RunConfig
+
+from actors.executor import Runtime, start_inprocess
+
+__all__ = ["open_runtime"]
+
+
+def open_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None
+                 ) -> tuple[Callable[[], Runtime], ContextManager]:
+    """(start, session) for `cluster.address`: enter the session (Ray up, or nothing in-process)
+    first, then `start()` for the run store at `store_url` (path or URL)."""
+    if config.cluster.address == "inprocess":
+        return (lambda: start_inprocess(config, store_url, prior_factory)), contextlib.nullcontext()
+    from actors.ray_services import start_ray_runtime
+    from actors.runtime import ray_session
+
+    cl = config.cluster
+    session = ray_session(cl.address, num_cpus=int(np.ceil(cl.replicas * cl.cpus_per_replica)))
+    return (lambda: start_ray_runtime(config, store_url, prior_factory)), session
