@@ -7,11 +7,14 @@ units, and the run's `ObservationOperator` (y, sigma in the same units).
   localisation by great-circle distance and multiplicative inflation.
 - `optimal_interpolation`: OI / 3D-Var with the static (climatological) B, the closed-form
   update of `ensemble_da.exact` with the `gaussian_climatology` prior.
+- `cycle_ensemble_filter`: either filter cycled with a forecast model in the loop (the cycled
+  EnKF/LETKF that `mode: cycle` is compared with).
 """
 
+from ensemble_da.baselines.cycled import CycledEnsemble, EnsembleFilter, cycle_ensemble_filter
 from ensemble_da.baselines.enkf import stochastic_enkf
 from ensemble_da.baselines.letkf import letkf
 from ensemble_da.baselines.localization import gaspari_cohn, great_circle_km
 from ensemble_da.baselines.oi import optimal_interpolation
 
-__all__ = ["stochastic_enkf", "letkf", "gaspari_cohn", "great_circle_km", "optimal_interpolation"]
+__all__ = ["cycle_ensemble_filter", "EnsembleFilter", "CycledEnsemble", "stochastic_enkf", "letkf", "gaspari_cohn", "great_circle_km", "optimal_interpolation"]
