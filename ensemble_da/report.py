@@ -38,7 +38,7 @@ from ensemble_da.grid import HealpixGrid
 from ensemble_da.io import STORE_NAME, open_run
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
-from ensemble_da.stats import ObsFit, heldout_rank_rng, rank_counts
+from ensemble_da.stats import ObsFit, heldout_rank_rng, rank_counts, truth_rank_rng
 
 __all__ = ["FinishedRun", "load_finished_run", "report_figures", "map_times", "write_report", "REPORT_NAME", "TABLE_COLUMNS", "TERMINAL_KEYS"]
 
@@ -130,7 +130,7 @@ def _truth_ranks(run: FinishedRun) -> np.ndarray:
     nt, m, nc, npix = analysis.shape
     step = max(1, min(npix, _SLICE_BYTES // (4 * m * nc)))
     counts = np.zeros((nc, m + 1), dtype=np.int64)
-    rng = np.random.default_rng([run.config.seed, 1])
+    rng = truth_rank_rng(run.config.seed)
     for t in range(nt):
         for lo in range(0, npix, step):
             ens = analysis.isel(time=t, cell=slice(lo, lo + step)).values

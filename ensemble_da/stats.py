@@ -29,6 +29,7 @@ __all__ = [
     "time_metrics",
     "heldout_noise_rng",
     "heldout_rank_rng",
+    "truth_rank_rng",
     "BlockStats",
     "OrderedReduction",
     "rms",
@@ -218,16 +219,28 @@ class OrderedReduction:
         return ObsFit(obs, np.concatenate(self.hx))
 
 
+# Streams of the scores' own draws: SeedSequence([seed, t, stream]) with a stream id far from
+# any member id (members use [seed, t, m]; and [seed, t] is the same entropy as [seed, t, 0]).
+HELDOUT_NOISE_STREAM = 2**31 - 3
+HELDOUT_RANK_STREAM = 2**31 - 4
+TRUTH_RANK_STREAM = 2**31 - 5
+
+
 def heldout_noise_rng(seed: int, t_index: int) -> np.random.Generator:
     """The stream of observation noise added to members for the held-out CRPS of time `t_index`
     (one definition, so in-memory and distributed runs report the same score)."""
-    return np.random.default_rng([seed, t_index])
+    return np.random.default_rng(np.random.SeedSequence([seed, t_index, HELDOUT_NOISE_STREAM]))
 
 
 def heldout_rank_rng(seed: int, t_index: int) -> np.random.Generator:
     """The stream of observation noise and tie-breaks of the held-out rank histogram of time
     `t_index` (one definition, so a run's own histogram and its report's agree)."""
-    return np.random.default_rng([seed, t_index, 1])
+    return np.random.default_rng(np.random.SeedSequence([seed, t_index, HELDOUT_RANK_STREAM]))
+
+
+def truth_rank_rng(seed: int) -> np.random.Generator:
+    """The tie-break stream of the report's rank histogram of the truth among the members."""
+    return np.random.default_rng(np.random.SeedSequence([seed, TRUTH_RANK_STREAM]))
 
 
 def rms(a: np.ndarray) -> float:
