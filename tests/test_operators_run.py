@@ -6,6 +6,7 @@ import json
 
 import healpy as hp
 import numpy as np
+import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
@@ -72,3 +73,54 @@ def test_wind_speed_run_goes_on_without_an_exact_posterior(tmp_path):
     speeds = np.stack([np.hypot(hp.get_interp_val(m[0], lon, lat, nest=True, lonlat=True),
                                 hp.get_interp_val(m[1], lon, lat, nest=True, lonlat=True)) for m in mean])
     np.testing.assert_allclose(obs["hx_mean"].values, speeds.mean(0), rtol=1e-5)
+
+
+def test_column_run_exact_posterior_is_dense_gaussian_conditioning_of_its_observations(tmp_path):
+    """The run's exact_mean/exact_spread against x ~ N(m, S Σ S) conditioned on the store's assimilated
+    observations through a column W built here from healpy's weights (Σ element by element,
+    tests/test_priors_gaussian.py). Tolerance 1e-5 relative: the store keeps float32 fields; both
+    sides are float64 direct solves of a well-conditioned 576-dimensional system."""
+    from ensemble_da.config import ModelConfig
+    from test_priors_gaussian import dense_covariance
+
+    _, ds, obs = run(tmp_path, COLUMN)
+    weights = {"T850": 0.5, "T500": 0.3, "T300": 0.2}
+    model = ModelConfig(kind="gaussian", channels=list(weights), length_scale_km=2500,
+                        mean={"T850": 275.0, "T500": 255.0, "T300": 230.0}, std={"T850": 6.0, "T500": 5.0, "T300": 4.0})
+    if model.channel_correlation is None:
+        model.channel_correlation = np.eye(3).tolist()
+    nside, npix = 4, 192
+    used = obs["assimilated"].values
+    lon, lat = obs["lon"].values[used], obs["lat"].values[used]
+    y, s_o = obs["value"].values[used], obs["sigma"].values[used]
+    w = np.zeros((len(lon), 3 * npix))
+    pix, interp = hp.get_interp_weights(nside, lon, lat, nest=True, lonlat=True)
+    for c, weight in enumerate(weights.values()):
+        for k in range(4):
+            np.add.at(w, (np.arange(len(lon)), c * npix + pix[k]), weight * interp[k])
+    s = np.repeat([6.0, 5.0, 4.0], npix)
+    m = np.repeat([275.0, 255.0, 230.0], npix)
+    cov = s[:, None] * dense_covariance(nside, model) * s[None, :]
+    gain = cov @ w.T @ np.linalg.inv(w @ cov @ w.T + np.diag(s_o**2))
+    mean_ref = m + gain @ (y - w @ m)
+    spread_ref = np.sqrt(np.diag(cov - gain @ w @ cov))
+    np.testing.assert_allclose(ds["exact_mean"].isel(time=0).values.reshape(-1), mean_ref, rtol=1e-5)
+    np.testing.assert_allclose(ds["exact_spread"].isel(time=0).values.reshape(-1), spread_ref, rtol=1e-5)
+
+
+BAD_PLUGIN = BASE.format(channels="[U850, V850]", mean="{U850: 8.0, V850: -2.0}", std="{U850: 4.0, V850: 3.0}",
+                         label="U850", operator='{kind: python, object: "plugin_operators:{name}"}')
+
+
+@pytest.mark.parametrize("name,message", [
+    ("wrong_shape", "returned shape"),
+    ("nan", "returned NaN or inf on the probe state"),
+    ("through_numpy", "is not differentiable with respect to the state"),
+])
+def test_bad_plugin_through_the_cli_is_one_error_line_and_exit_2(tmp_path, name, message):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(BAD_PLUGIN.replace("{name}", name))
+    result = CliRunner().invoke(app, ["run", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: observations.operator.object") and message in lines[0]
