@@ -29,7 +29,7 @@ import ensemble_da
 from ensemble_da.assimilation import WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig
 from ensemble_da.diagnostics import Background
-from ensemble_da.exact import ExactPosteriorTooLarge
+from ensemble_da.exact import ExactPosteriorUnavailable
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
 from ensemble_da.obs.operators import ObservationOperator
 
@@ -111,7 +111,7 @@ def run_pipeline(
         operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
         try:
             exact = _exact_references(config, prior, inputs.observations)
-        except ExactPosteriorTooLarge as exc:
+        except ExactPosteriorUnavailable as exc:
             exact = None  # a reference for the analysis, not part of it: the run goes on without it
             print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
                   file=sys.stderr)

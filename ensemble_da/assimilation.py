@@ -240,7 +240,7 @@ def assimilate(
 
     def at_obs(obs: ObservationSet, x: np.ndarray) -> ObsFit:
         op = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, kind)
-        return ObsFit(obs, op.apply_numpy(x.astype(np.float64)))
+        return ObsFit(obs, op.observe(x.astype(np.float64)))
 
     observations, backgrounds, background = list(inputs.observations), [], None
     if config.diagnostics.background:

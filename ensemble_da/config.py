@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ensemble_da.errors import InputError
 
@@ -24,6 +24,9 @@ __all__ = [
     "GuidanceConfig",
     "EnsembleConfig",
     "ObservationsConfig",
+    "OperatorConfig",
+    "OPERATOR_KINDS",
+    "operator_config",
     "ClusterConfig",
     "TrackingConfig",
     "DiagnosticsConfig",
@@ -224,12 +227,120 @@ class EnsembleConfig(_Strict):
         return v
 
 
+OPERATOR_KINDS = ("nearest", "bilinear", "column", "footprint", "wind_speed", "python")
+
+
+class _OperatorConfig(_Strict):
+    def __str__(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), default_flow_style=True, sort_keys=False).strip()
+
+
+class PointOperatorConfig(_OperatorConfig):
+    """`operator: {kind: nearest | bilinear}` (or the bare name): the observation's own channel at its location."""
+
+    kind: Literal["nearest", "bilinear"]
+
+
+class ColumnOperatorConfig(_OperatorConfig):
+    """`operator: {kind: column, weights: {channel: w}}`: y = Σ_c w_c · bilinear(x_c), physical units."""
+
+    kind: Literal["column"]
+    weights: dict[str, float]
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or not any(w != 0 for w in v.values()) or not all(np.isfinite(w) for w in v.values()):
+            raise ValueError(f"column weights must map channels to finite numbers, not all zero; got {v}")
+        return v
+
+
+class FootprintOperatorConfig(_OperatorConfig):
+    """`operator: {kind: footprint, radius_km: r}`: the observation's channel averaged over the
+    cells whose centres lie within r km (healpy.query_disc)."""
+
+    kind: Literal["footprint"]
+    radius_km: float
+
+    @field_validator("radius_km")
+    @classmethod
+    def _radius(cls, v: float) -> float:
+        if not 0 < v < 20000:
+            raise ValueError(f"radius_km must be in (0, 20000), got {v}")
+        return v
+
+
+class WindSpeedOperatorConfig(_OperatorConfig):
+    """`operator: {kind: wind_speed, level: 850}`: √(U² + V²) of the bilinear U850, V850 (nonlinear);
+    `level: surface` reads uas, vas."""
+
+    kind: Literal["wind_speed"]
+    level: int | Literal["surface"]
+
+
+class PythonOperatorConfig(_OperatorConfig):
+    """`operator: {kind: python, object: "module:callable"}`: a torch function h(x, locations,
+    **options) of the member batch in physical units (ensemble_da/obs/operators/plugin.py);
+    `scale` is the unit of its observations in guidance (y_n = y / scale)."""
+
+    kind: Literal["python"]
+    object: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    scale: float = 1.0
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"scale must be > 0, got {v}")
+        return v
+
+
+OperatorConfig = Annotated[
+    PointOperatorConfig | ColumnOperatorConfig | FootprintOperatorConfig | WindSpeedOperatorConfig | PythonOperatorConfig,
+    Field(discriminator="kind"),
+]
+_NEEDS = {"column": "weights: {channel: w}", "footprint": "radius_km", "wind_speed": "level", "python": 'object: "module:callable"'}
+
+
+def _operator_shape(v: Any) -> Any:
+    """The checks before a kind is known: a bare name must be a point kind, a mapping needs a known kind."""
+    kinds = " | ".join(OPERATOR_KINDS)
+    if isinstance(v, str):
+        if v in ("nearest", "bilinear"):
+            return v
+        if v in _NEEDS:
+            raise ValueError(f"operator {v} needs settings: write operator: {{kind: {v}, {_NEEDS[v]}}}")
+        raise ValueError(f"unknown operator kind {v!r} ({kinds})")
+    if isinstance(v, dict) and v.get("kind") not in OPERATOR_KINDS:
+        raise ValueError(f"operator needs kind: one of {kinds} (got {v.get('kind')!r})")
+    return v
+
+
+def operator_config(spec: str | dict | BaseModel) -> BaseModel:
+    """`observations.operator` (a kind name, a mapping or a config model) as its config model;
+    InputError (one line) when it is not a valid operator."""
+    if isinstance(spec, BaseModel):
+        return spec
+    try:
+        spec = _operator_shape(spec)
+        return TypeAdapter(OperatorConfig).validate_python({"kind": spec} if isinstance(spec, str) else spec)
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, ValidationError):
+            err = exc.errors()[0]
+            msg = f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}"
+        else:
+            msg = str(exc)
+        raise InputError(f"observations.operator: {msg.removeprefix('Value error, ')}") from None
+
+
 class ObservationsConfig(_Strict):
     source: Literal["synthetic", "era5", "stations"] = "synthetic"
     path: str | list[str] | None = None
     channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
     num_obs: int = 200
-    operator: Literal["nearest", "bilinear"] = "bilinear"
+    # A point kind by name, or a mapping {kind: ..., ...} (DESIGN.md §5; `OPERATOR_KINDS`).
+    operator: Literal["nearest", "bilinear"] | OperatorConfig = "bilinear"
     strategy: Literal["random", "uniform", "land_only", "ocean_only"] = "random"
     heldout_fraction: float = 0.1
     sigma: dict[str, float] = Field(default_factory=dict)
@@ -249,6 +360,11 @@ class ObservationsConfig(_Strict):
     time_format: str | None = None
     # Station-table times written day first (13/01/2020) when no time_format is given.
     dayfirst: bool = False
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _operator(cls, v: Any) -> Any:
+        return _operator_shape(v)
 
     @field_validator("sigma")
     @classmethod
@@ -338,8 +454,7 @@ class CycleConfig(_Strict):
     window: slots L of the window prior (consecutive analysis times). `cycle` samples, at time k,
     the window k−L+1..k given the observations in it and (with `carry`) the member's own state
     just before the window; null is 3 for `cycle` (README "Time" table (a): its mean error beyond
-    Monte-Carlo error against the Kalman filter is 0.06 filter std, 2: 0.10, 1: 0.19) and the
-    whole run for `reanalysis` (one window: exact for gaussian_markov).
+    Monte-Carlo error against the Kalman filter is 0.06 filter std, 2: 0.10, 1: 0.19) and the whole run for `reanalysis` (one window: exact for gaussian_markov).
     A reanalysis window shorter than the run composes window scores (SDA, Rozet & Louppe 2023).
     carry: condition the window on the member's earlier state (false: every window starts from the
     stationary prior and forgets the observations before it, as appa's filter does).

@@ -32,10 +32,11 @@ from scipy.sparse.csgraph import connected_components
 
 from ensemble_da.errors import InputError
 from ensemble_da.memory import check_fits
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
 
-__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge"]
+__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge",
+           "ExactPosteriorUnavailable"]
 
 _DROP = 1e-12
 _COLUMN_CHUNK = 256
@@ -85,7 +86,12 @@ class _BlockInverse:
         return out
 
 
-class ExactPosteriorTooLarge(InputError):
+class ExactPosteriorUnavailable(InputError):
+    """There is no closed-form posterior for this run: it would not fit in memory, or the
+    observation operator is nonlinear. A run goes on without exact_* outputs (a warning)."""
+
+
+class ExactPosteriorTooLarge(ExactPosteriorUnavailable):
     """The closed-form posterior would not fit in this machine's memory (raised before allocating)."""
 
 
@@ -202,12 +208,19 @@ def _observation_form(
     return mean, prior_var.reshape(-1) - (gt**2).sum(0)
 
 
-def exact_posterior(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
-    """Exact posterior mean and per-element variance (normalised units), each (channel, cell)."""
+def exact_posterior(prior: GaussianPrior, op: Operator) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior mean and per-element variance (normalised units), each (channel, cell),
+    for any linear operator (its `matrix()`: point, column, footprint rows).
+
+    Raises ExactPosteriorUnavailable for a nonlinear operator (the posterior is not Gaussian).
+    """
+    if not op.linear:
+        raise ExactPosteriorUnavailable(f"no exact posterior with the nonlinear observation operator "
+                                        f"{getattr(op, 'kind', type(op).__name__)}")
     return kalman_update(prior.basis, op.matrix(), op.y, op.sigma, prior.prior_mean())
 
 
-def exact_posterior_physical(prior: GaussianPrior, op: ObservationOperator) -> tuple[np.ndarray, np.ndarray]:
+def exact_posterior_physical(prior: GaussianPrior, op: Operator) -> tuple[np.ndarray, np.ndarray]:
     """Exact posterior mean and spread (std) in physical units, each (channel, cell)."""
     mean, var = exact_posterior(prior, op)
     return prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var)

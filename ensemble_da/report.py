@@ -119,7 +119,7 @@ def _members_at_obs(run: FinishedRun, t: int, obs: ObservationSet) -> np.ndarray
     analysis = run.store["analysis"]
     step = max(1, _SLICE_BYTES // (4 * analysis.shape[2] * analysis.shape[3]))
     return np.concatenate([
-        op.apply_numpy(analysis.isel(time=t, member=slice(lo, lo + step)).values.astype(np.float64))
+        op.observe(analysis.isel(time=t, member=slice(lo, lo + step)).values.astype(np.float64))
         for lo in range(0, analysis.shape[1], step)
     ])
 

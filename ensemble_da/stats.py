@@ -115,10 +115,10 @@ class BlockStats:
 
     @classmethod
     def of(cls, analysis: np.ndarray, operator, cg_residual_max: float = float("nan")) -> "BlockStats":
-        """Statistics of `analysis` float32 (member, channel, cell) with `operator` (an
-        ObservationOperator over all observations of the time)."""
+        """Statistics of `analysis` float32 (member, channel, cell), physical units, with `operator`
+        (an observation operator over all observations of the time; its `observe` reads physical fields)."""
         block = np.asarray(analysis, dtype=np.float64)
-        return cls(EnsembleMoments.of(block), operator.apply_numpy(block), float(cg_residual_max))
+        return cls(EnsembleMoments.of(block), operator.observe(block), float(cg_residual_max))
 
 
 def rank_counts(ensemble: np.ndarray, truth: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

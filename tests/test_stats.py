@@ -156,7 +156,7 @@ class _Pick:
     def __init__(self, idx):
         self.idx = idx
 
-    def apply_numpy(self, x):
+    def observe(self, x):
         return x.reshape(x.shape[0], -1)[:, self.idx]
 
 

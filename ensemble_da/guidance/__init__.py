@@ -10,14 +10,14 @@ from ensemble_da.guidance.base import GuidedDenoiser
 from ensemble_da.guidance.dps import DPSGuidance
 from ensemble_da.guidance.mmps import MMPSGuidance
 from ensemble_da.guidance.regression import RegressionGuidance
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Denoiser
 
 __all__ = ["GuidedDenoiser", "RegressionGuidance", "DPSGuidance", "MMPSGuidance", "guided_denoiser"]
 
 
 def guided_denoiser(
-    prior: Denoiser, operator: ObservationOperator, cfg: GuidanceConfig, autocast: bool = True
+    prior: Denoiser, operator: Operator, cfg: GuidanceConfig, autocast: bool = True
 ) -> Denoiser:
     """The prior guided by `operator`'s observations with the method of `cfg` (`none`: the prior)."""
     if cfg.method == "none":

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
 __all__ = ["GuidedDenoiser"]
@@ -24,15 +24,15 @@ class GuidedDenoiser:
     ----------
     denoiser : Denoiser
         The prior.
-    operator : ObservationOperator
-        H, the observations y and their error std s (normalised units), shapes (obs,).
+    operator : Operator
+        h (linear or not), the observations y and their error std s (normalised units), shapes (obs,).
     autocast : bool
         Run the prior's forward under bf16 autocast when on CUDA.
     """
 
     handles_autocast = True
 
-    def __init__(self, denoiser: Denoiser, operator: ObservationOperator, autocast: bool = True):
+    def __init__(self, denoiser: Denoiser, operator: Operator, autocast: bool = True):
         self.denoiser = denoiser
         self.operator = operator
         self.autocast = autocast

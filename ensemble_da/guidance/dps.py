@@ -7,6 +7,8 @@ takes one norm over the whole batch, which couples members). As a denoiser:
 
 so the probability-flow step z ← z + (σ' − σ)(z − D_y)/σ is corrected by −ζ σ (σ − σ') ∇_z ‖·‖.
 Norms are in normalised units and ignore s; DPS is a heuristic and is not exact for any prior.
+A nonlinear operator h (H D replaced by h(D)) needs only its forward: autograd differentiates
+through h and D in the same VJP.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ensemble_da.guidance.base import GuidedDenoiser
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
 __all__ = ["DPSGuidance"]
@@ -23,7 +25,7 @@ __all__ = ["DPSGuidance"]
 class DPSGuidance(GuidedDenoiser):
     """DPS with step size `zeta`; the residual norm is per member."""
 
-    def __init__(self, denoiser: Denoiser, operator: ObservationOperator, zeta: float = 1.0, autocast: bool = True):
+    def __init__(self, denoiser: Denoiser, operator: Operator, zeta: float = 1.0, autocast: bool = True):
         super().__init__(denoiser, operator, autocast)
         self.zeta = zeta
 

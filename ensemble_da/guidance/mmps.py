@@ -9,6 +9,11 @@ which assumes the matrix symmetric positive definite, i.e. J symmetric) or GMRES
 J: a learned network's Jacobian is not symmetric), each applying Jᵀ by one VJP through the
 denoiser. Exact for a Gaussian prior and linear H once the solver has converged. The largest
 relative solver residual of the calls so far is kept for reporting.
+
+A nonlinear operator h is linearised at the denoised state, H = J_h(D(z, σ)) per member
+(`Operator.linearize`: torch.func JVP and VJP), and the residual is y − h(D): the Gaussian
+moment-matched likelihood of Rozet et al. with h expanded to first order about D. It is then
+no longer exact even for a Gaussian prior.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from ensemble_da.guidance.base import GuidedDenoiser
 from ensemble_da.guidance.cg import conjugate_gradient
 from ensemble_da.guidance.gmres import gmres
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
 __all__ = ["MMPSGuidance"]
@@ -34,7 +39,7 @@ class MMPSGuidance(GuidedDenoiser):
     def __init__(
         self,
         denoiser: Denoiser,
-        operator: ObservationOperator,
+        operator: Operator,
         cg_iters: int = 3,
         autocast: bool = True,
         solver: Literal["cg", "gmres"] = "cg",
@@ -53,12 +58,15 @@ class MMPSGuidance(GuidedDenoiser):
     def linear_system(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None):
         """The MMPS system at (z, σ): (d, matvec, rhs, correction).
 
-        d = D(z, σ) with its graph; matvec(v) = diag(s²) v + σ² H Jᵀ Hᵀ v and rhs = y − H d, both
-        (batch, obs) float64; correction(v) = Jᵀ Hᵀ v with the shape of z.
+        d = D(z, σ) with its graph; matvec(v) = diag(s²) v + σ² H Jᵀ Hᵀ v and rhs = y − h(d), both
+        (batch, obs) float64; correction(v) = Jᵀ Hᵀ v with the shape of z. For a nonlinear h, H is
+        its Jacobian J_h at d (detached, float64), applied by JVP and its transpose by VJP.
         """
         z, d = self.denoise_with_graph(z, sigma, condition)
         y, s2 = self.observations(d.double())
         s2_sigma = sigma.double()[:, None] ** 2
+        # H at D(z, σ): H itself when linear, J_H there (torch.func, per member) when not.
+        lin = self.operator.linearize(d.detach().double())
 
         def vjp(u: torch.Tensor) -> torch.Tensor:
             """Jᵀ u for u with the shape of z."""
@@ -67,10 +75,10 @@ class MMPSGuidance(GuidedDenoiser):
             return g
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            return s2 * v + s2_sigma * self.operator(vjp(self.operator.adjoint(v)).double())
+            return s2 * v + s2_sigma * lin.jvp(vjp(lin.vjp(v)).double())
 
-        rhs = y - self.operator(d.detach().double())
-        return d, matvec, rhs, lambda v: vjp(self.operator.adjoint(v))
+        rhs = y - lin.value
+        return d, matvec, rhs, lambda v: vjp(lin.vjp(v))
 
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
         d, matvec, rhs, correction = self.linear_system(z, sigma, condition)

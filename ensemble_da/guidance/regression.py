@@ -4,6 +4,8 @@
 
 the gradient taken by one VJP through the denoiser. Unlike the seed sketch, the gradient is with
 respect to the noisy state through D, and it is not rescaled, so the observation error s matters.
+A nonlinear operator h (H D replaced by h(D)) needs only its forward: autograd differentiates
+through h and D in the same VJP.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ensemble_da.guidance.base import GuidedDenoiser
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
 __all__ = ["RegressionGuidance"]
@@ -23,7 +25,7 @@ class RegressionGuidance(GuidedDenoiser):
     def __init__(
         self,
         denoiser: Denoiser,
-        operator: ObservationOperator,
+        operator: Operator,
         scale: float = 1.0,
         gamma: float = 1e-2,
         autocast: bool = True,

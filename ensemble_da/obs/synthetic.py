@@ -72,6 +72,6 @@ def observe_truth(
     sigma = channel_sigmas(cfg, list(cfg.channels))[np.arange(n) % len(cfg.channels)]
     template = ObservationSet(time=time, lat=lat, lon=lon, channel=names, value=np.zeros(n), sigma=sigma)
     op = ObservationOperator.build(template, grid, normalization, cfg.operator)
-    value = op.apply_numpy(np.asarray(truth, dtype=np.float64)[None])[0] + rng.standard_normal(n) * sigma
+    value = op.observe(np.asarray(truth, dtype=np.float64)[None])[0] + rng.standard_normal(n) * sigma
     obs = ObservationSet(time=time, lat=lat, lon=lon, channel=names, value=value, sigma=sigma)
     return obs.with_heldout(cfg.heldout_fraction, rng)
