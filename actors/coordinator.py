@@ -234,7 +234,9 @@ class Coordinator:
                     calls.pop(ref)
                     self.mark_lost(r)
 
-    def _account(self, r: int, report: UnitReport, seconds: float) -> None:
+    def _account(self, r: int, report: UnitReport, seconds: float, delivered: bool) -> None:
+        """Count a finished attempt: its time always, its members only when it is the one delivered
+        (a re-issued straggler's twin is work, not members)."""
         s = self.stats[r]
         pid = int(report.diagnostics.get("pid", 0))
         if s.info and pid and pid != s.info.get("pid"):
@@ -242,7 +244,7 @@ class Coordinator:
             s.restarts += 1
             self.retries += 1
             s.info = {**s.info, "pid": pid}
-        s.members += len(report.unit.members)
+        s.members += len(report.unit.members) if delivered else 0
         s.busy_seconds += seconds
 
     def shutdown(self) -> None:
@@ -352,8 +354,9 @@ class _Run:
         co.bytes_received += len(pickle.dumps(report))
         seconds = float(report.diagnostics.get("seconds", 0.0))
         self.durations.append(seconds)
-        co._account(a.replica, report, seconds)
-        if report.written and a.unit in self.missing:
+        delivered = report.written and a.unit in self.missing
+        co._account(a.replica, report, seconds, delivered)
+        if delivered:
             self.missing.discard(a.unit)
             self.on_result(report, self.ray.get(a.stats) if self.background else a.stats)
         elif not report.written and a.unit in self.missing:
