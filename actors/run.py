@@ -54,6 +54,7 @@ def run_pipeline(
     progress: bool = True,
     on_unit: Callable[[UnitReport, Any], None] | None = None,
     prior_factory: Callable | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
 
@@ -73,6 +74,8 @@ def run_pipeline(
     prior_factory : callable(device) -> Denoiser, optional
         The prior of the driver (inputs) and of every replica instead of the one `config.model`
         describes (benchmarks use a stand-in denoiser); must be picklable for Ray.
+    tags : dict, optional
+        Extra MLflow tags of the run (a sweep's child runs get `mlflow.parentRunId`).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -120,7 +123,7 @@ def run_pipeline(
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
         time_aware = config.mode != "analysis"
         state = RunState(out_dir)
-        tracker = _start_tracking(config, out_dir, state)
+        tracker = _start_tracking(config, out_dir, state, tags)
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
         if config.mode == "cycle":
@@ -260,7 +263,7 @@ def _exact_references(config: RunConfig, prior, observations) -> tuple | None:
     return rts_smoother(prior, ops).physical(prior)
 
 
-def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
+def _start_tracking(config: RunConfig, out_dir: Path, state: RunState, tags: dict[str, str] | None = None):
     """The run's MLflow run (continued on `--resume` when tracked at the same URI), params and tags."""
     from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri, run_tags
 
@@ -270,5 +273,5 @@ def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
     tree = config.model_dump(mode="json")
     tracker.log_params(flatten(tree))
     tracker.set_tags({"run_dir": str(out_dir.resolve()), "ensemble_da_version": ensemble_da.__version__,
-                      **run_tags(tree)})
+                      **run_tags(tree), **(tags or {})})
     return tracker
