@@ -38,6 +38,7 @@ from actors.background import draw_background
 from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.executor import open_runtime
+from actors.grow import check_grow, grow_store
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
 from actors.replica import UnitReport
@@ -81,9 +82,10 @@ def run_pipeline(
     out_dir = Path(out_dir)
     # 1. checks
     check_cluster(config)
-    check_out_dir(out_dir, resume)
+    grow_from = check_grow(config, out_dir) if resume else None  # more members for a finished run
+    check_out_dir(out_dir, resume, grow=grow_from is not None)
     if resume:
-        check_resume_config(config, out_dir)
+        check_resume_config(config, out_dir, free=("ensemble.members",) if grow_from is not None else ())
     # 2. prior and inputs
     from ensemble_da.obs.inputs import prepare_inputs
     from ensemble_da.priors import load_prior
@@ -121,8 +123,12 @@ def run_pipeline(
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
+        if grow_from is not None:
+            store = grow_store(store, config, out_dir)
         time_aware = config.mode != "analysis"
         state = RunState(out_dir)
+        if grow_from is not None:
+            state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
         tracker = _start_tracking(config, out_dir, state, tags)
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
