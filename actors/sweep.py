@@ -176,7 +176,7 @@ def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
 def _session(plan: SweepPlan):
     """One Ray session for the whole sweep when every run asks for a local Ray."""
     addresses = {r.config.cluster.address for r in plan.runs}
-    if addresses == {"local"}:
+    if addresses == {"local"} and not all(r.finished for r in plan.runs):
         from actors.runtime import ray_session
 
         cpus = max(int(-(-r.config.cluster.replicas * r.config.cluster.cpus_per_replica // 1)) for r in plan.runs)
