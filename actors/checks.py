@@ -72,14 +72,15 @@ def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
                          "(its members are the same: they depend only on seed, time and member)")
 
 
-def check_out_dir(out_dir: Path, resume: bool) -> None:
-    """A new run needs a new (or empty) directory; a resumed one an existing run directory."""
+def check_out_dir(out_dir: Path, resume: bool, grow: bool = False) -> None:
+    """A new run needs a new (or empty) directory; a resumed one an existing run directory
+    (complete only when it `grow`s: more members for a finished run)."""
     if resume:
         if not (out_dir / "config.yaml").is_file() or not (out_dir / STORE_NAME / "zarr.json").is_file():
             raise InputError(f"--resume: {out_dir} is not a run directory (no config.yaml / {STORE_NAME})")
         import zarr
 
-        if zarr.open_group(str(out_dir / STORE_NAME), mode="r").attrs.get("complete"):
+        if not grow and zarr.open_group(str(out_dir / STORE_NAME), mode="r").attrs.get("complete"):
             raise InputError(f"--resume: the run in {out_dir} is complete, nothing to resume (its outputs are left as they are)")
     elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"output directory {out_dir} already exists; choose another --out or add --resume")
@@ -104,11 +105,11 @@ def _stored_config(out_dir: Path) -> RunConfig:
     return config_from_tree(tree or {}, str(path))
 
 
-def check_resume_config(given: RunConfig, out_dir: Path) -> None:
-    """`--resume` must use the config of the run in `out_dir`, except RESUME_FREE_KEYS."""
+def check_resume_config(given: RunConfig, out_dir: Path, free: tuple[str, ...] = ()) -> None:
+    """`--resume` must use the config of the run in `out_dir`, except RESUME_FREE_KEYS (and `free`)."""
     a, b = _flat(_stored_config(out_dir).model_dump(mode="json")), _flat(given.model_dump(mode="json"))
     for key in sorted(set(a) | set(b)):
-        if key.startswith(RESUME_FREE_KEYS):
+        if key.startswith(RESUME_FREE_KEYS + tuple(free)):
             continue
         if a.get(key) != b.get(key):
             raise InputError(

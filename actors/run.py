@@ -38,6 +38,7 @@ from actors.background import draw_background
 from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.backends import open_runtime
+from actors.grow import check_grow, grow_store
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
 from actors.replica import UnitReport
@@ -54,6 +55,7 @@ def run_pipeline(
     progress: bool = True,
     on_unit: Callable[[UnitReport, Any], None] | None = None,
     prior_factory: Callable | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
 
@@ -73,14 +75,17 @@ def run_pipeline(
     prior_factory : callable(device) -> Denoiser, optional
         The prior of the driver (inputs) and of every replica instead of the one `config.model`
         describes (benchmarks use a stand-in denoiser); must be picklable for Ray.
+    tags : dict, optional
+        Extra MLflow tags of the run (a sweep's child runs get `mlflow.parentRunId`).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     # 1. checks
     check_cluster(config)
-    check_out_dir(out_dir, resume)
+    grow_from = check_grow(config, out_dir) if resume else None  # more members for a finished run
+    check_out_dir(out_dir, resume, grow=grow_from is not None)
     if resume:
-        check_resume_config(config, out_dir)
+        check_resume_config(config, out_dir, free=("ensemble.members",) if grow_from is not None else ())
     # 2. prior and inputs
     from ensemble_da.obs.inputs import prepare_inputs
     from ensemble_da.priors import load_prior
@@ -118,9 +123,13 @@ def run_pipeline(
         # 4. store and tracking
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
+        if grow_from is not None:
+            store = grow_store(store, config, out_dir)
         time_aware = config.mode != "analysis"
         state = RunState(out_dir)
-        tracker = _start_tracking(config, out_dir, state)
+        if grow_from is not None:
+            state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
+        tracker = _start_tracking(config, out_dir, state, tags)
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
         if config.mode == "cycle":
@@ -260,7 +269,7 @@ def _exact_references(config: RunConfig, prior, observations) -> tuple | None:
     return rts_smoother(prior, ops).physical(prior)
 
 
-def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
+def _start_tracking(config: RunConfig, out_dir: Path, state: RunState, tags: dict[str, str] | None = None):
     """The run's MLflow run (continued on `--resume` when tracked at the same URI), params and tags."""
     from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri, run_tags
 
@@ -270,5 +279,5 @@ def _start_tracking(config: RunConfig, out_dir: Path, state: RunState):
     tree = config.model_dump(mode="json")
     tracker.log_params(flatten(tree))
     tracker.set_tags({"run_dir": str(out_dir.resolve()), "ensemble_da_version": ensemble_da.__version__,
-                      **run_tags(tree)})
+                      **run_tags(tree), **(tags or {})})
     return tracker

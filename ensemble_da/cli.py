@@ -90,6 +90,31 @@ def run(
 
 
 @app.command()
+def sweep(
+    config: Optional[Path] = typer.Argument(None, help="Run config YAML, may hold a sweep: section (default: the demo)."),
+    grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... (values parsed as YAML); repeatable: all combinations."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default runs/sweep-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: run only unfinished runs."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Run every combination of a grid of config values in one session; write DIR/runs/<NN>/, sweep.parquet/.csv/.html."""
+    with cli_errors(debug), reader_notes():
+        from datetime import datetime
+
+        from actors.sweep import plan_sweep, run_sweep
+
+        if resume and out is None:
+            raise InputError("--resume needs --out DIR (the sweep directory to continue)")
+        out = out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        plan = plan_sweep(config, grid, out)
+        table = run_sweep(plan, resume=resume, progress=True)
+        keys = list(plan.grid)
+        shown = keys + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
+        print(table[shown].to_string(index=False))
+        print(f"sweep directory: {out} (sweep.parquet, sweep.csv, sweep.html)")
+
+
+@app.command()
 def osse(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the packaged demo)."),
     out: Path = typer.Option(..., "--out", help="New directory for the OSSE files (must not exist or be empty)."),

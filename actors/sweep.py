@@ -1,0 +1,320 @@
+"""`ensemble-da sweep`: every combination of a grid of config values, run in one session.
+
+A sweep is planned first: the grid (`--grid KEY=V1,V2,...`, values parsed as YAML, or a
+`sweep:` section of the config file) is expanded into its combinations and every combination's
+config is validated, so an unknown key, a value the config rejects or an empty list is one
+`InputError` before anything runs. Then the runs go one after another through `run_pipeline`
+into `DIR/runs/<NN>/` (each a complete run directory, the members those of a standalone run
+with the same settings), inside ONE Ray session when the configs use `cluster.address: local`
+(`ray_session` leaves an existing connection open, so each run reuses it). The MLflow runs of
+the sweep are children (tag `mlflow.parentRunId`) of one parent run in one experiment, tracked
+in `DIR/mlflow.db` unless `tracking.uri` (or MLFLOW_TRACKING_URI) says otherwise.
+
+Outputs: `sweep.json` (the plan, for `--resume`), `sweep.parquet` and `sweep.csv` (one row per
+run: a typed column per swept key, a column per summary.json metric, `run_dir`, `run_id`) and
+`sweep.html` (metric-vs-parameter plots and the table).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ensemble_da.config import RunConfig, apply_overrides, default_config_path, validate_tree
+from ensemble_da.errors import InputError
+from ensemble_da.io import STORE_NAME
+
+from actors.run_state import write_json
+
+__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "SWEEP_FILE"]
+
+SWEEP_FILE = "sweep.json"
+# Metric families plotted in sweep.html (every summary metric is in the table).
+PLOTTED = ("rmse/", "spread/", "ssr/", "crps/", "oa_rmse/", "heldout_oa_rmse/", "exact_mean_err/", "exact_var_ratio/")
+
+
+@dataclass
+class SweepRun:
+    index: int
+    params: dict[str, Any]
+    config: RunConfig
+    out_dir: Path
+
+    @property
+    def finished(self) -> bool:
+        return (self.out_dir / "summary.json").is_file() and _store_complete(self.out_dir)
+
+
+@dataclass
+class SweepPlan:
+    out_dir: Path
+    grid: dict[str, list]
+    runs: list[SweepRun]
+    tracking_uri: str
+    experiment: str
+
+
+def _store_complete(run_dir: Path) -> bool:
+    if not (run_dir / STORE_NAME / "zarr.json").is_file():
+        return False
+    import zarr
+
+    return bool(zarr.open_group(str(run_dir / STORE_NAME), mode="r").attrs.get("complete"))
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """`KEY=V1,V2,...` items into {key: [values]} (each value parsed as YAML)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--grid expects KEY=V1,V2,..., got {item!r}")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if not key:
+            raise InputError(f"--grid {item!r}: no key")
+        if key in grid:
+            raise InputError(f"--grid {key}: given twice")
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise InputError(f"--grid {key}: empty list of values")
+        values = []
+        for p in parts:
+            try:
+                values.append(yaml.safe_load(p))
+            except yaml.YAMLError as exc:
+                raise InputError(f"--grid {key}: value {p!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        grid[key] = values
+    return grid
+
+
+def _read_tree(config_path: Path | None) -> tuple[dict, dict[str, list], str]:
+    """The config file's tree without its `sweep:` section, that section's grid, and the source name."""
+    path = Path(config_path) if config_path is not None else default_config_path()
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise InputError(f"{path}: top level must be a mapping of config keys")
+    section = tree.pop("sweep", None) or {}
+    if not isinstance(section, dict):
+        raise InputError(f"{path}: sweep: must be a mapping KEY: [values]")
+    grid = {}
+    for key, values in section.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise InputError(f"{path}: sweep: {key}: empty list of values")
+        grid[str(key)] = values
+    return tree, grid, str(path)
+
+
+def _validate(tree: dict, params: dict[str, Any], source: str) -> RunConfig:
+    import copy
+
+    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    t = copy.deepcopy(tree)
+    try:
+        apply_overrides(t, overrides)
+        return validate_tree(RunConfig, t, source, overrides)
+    except InputError as exc:
+        raise InputError(str(exc).replace("--set ", "--grid ")) from None
+
+
+def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path) -> SweepPlan:
+    """Expand and validate the sweep (InputError before anything runs)."""
+    tree, grid, source = _read_tree(config_path)
+    for key, values in parse_grid(grid_items).items():
+        grid[key] = values  # the command line wins over the file's sweep: section
+    if not grid:
+        raise InputError("sweep: no grid (give --grid KEY=V1,V2,... or a sweep: section in the config file)")
+    keys = list(grid)
+    runs = []
+    combos = list(itertools.product(*(grid[k] for k in keys)))
+    width = max(2, len(str(len(combos) - 1)))
+    for i, combo in enumerate(combos):
+        params = dict(zip(keys, combo))
+        cfg = _validate(tree, params, source)
+        runs.append(SweepRun(i, params, cfg, out_dir / "runs" / f"{i:0{width}d}"))
+    from ensemble_da.tracking import resolve_tracking_uri
+
+    first = runs[0].config
+    uri = resolve_tracking_uri(first.tracking.uri, out_dir)
+    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment)
+
+
+def _plan_record(plan: SweepPlan) -> dict[str, Any]:
+    return {"grid": plan.grid, "runs": [{"index": r.index, "params": r.params, "run_dir": str(r.out_dir),
+                                         "config": r.config.to_yaml()} for r in plan.runs]}
+
+
+def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
+    path = plan.out_dir / SWEEP_FILE
+    if resume:
+        if not path.is_file():
+            raise InputError(f"--resume: {plan.out_dir} is not a sweep directory (no {SWEEP_FILE})")
+        stored = json.loads(path.read_text())
+        if [r["config"] for r in stored["runs"]] != [r.config.to_yaml() for r in plan.runs]:
+            raise InputError(f"--resume: the grid or config differs from the sweep in {plan.out_dir} "
+                             f"(see its {SWEEP_FILE})")
+        return stored
+    if plan.out_dir.exists() and (not plan.out_dir.is_dir() or any(plan.out_dir.iterdir())):
+        raise InputError(f"output directory {plan.out_dir} already exists; choose another --out or add --resume")
+    return {}
+
+
+@contextlib.contextmanager
+def _session(plan: SweepPlan):
+    """One Ray session for the whole sweep when every run asks for a local Ray."""
+    addresses = {r.config.cluster.address for r in plan.runs}
+    if addresses == {"local"} and not all(r.finished for r in plan.runs):
+        from actors.runtime import ray_session
+
+        cpus = max(int(-(-r.config.cluster.replicas * r.config.cluster.cpus_per_replica // 1)) for r in plan.runs)
+        with ray_session("local", num_cpus=cpus):
+            yield
+    else:
+        yield
+
+
+def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None):
+    """Run the planned sweep; returns the table (pandas DataFrame). Runs already finished are
+    skipped with `resume`; a run left part-way is resumed."""
+    from ensemble_da.tracking import Tracker
+
+    from actors.run import run_pipeline
+
+    stored = _check_resume(plan, resume)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    record = _plan_record(plan)
+    tracker = Tracker(plan.tracking_uri, plan.experiment, f"{plan.runs[0].config.run_name}-sweep", plan.out_dir,
+                      run_id=stored.get("parent_run_id") if stored.get("tracking_uri") == plan.tracking_uri else None)
+    record.update(parent_run_id=tracker.run_id, tracking_uri=plan.tracking_uri)
+    write_json(plan.out_dir / SWEEP_FILE, record)
+    tracker.log_params({f"grid.{k}": json.dumps(v) for k, v in plan.grid.items()} | {"runs": str(len(plan.runs))})
+    tracker.set_tags({"run_dir": str(plan.out_dir.resolve()), "sweep": "parent"})
+    wall = {}
+    status = "FAILED"
+    try:
+        with _progress(progress, len(plan.runs)) as show, _session(plan):
+            done = sum(r.finished for r in plan.runs)
+            show(done, "")
+            for run in plan.runs:
+                if run.finished:
+                    continue
+                show(done, f"run {run.out_dir.name}: " + ", ".join(f"{k}={v}" for k, v in run.params.items()))
+                cfg = run.config.model_copy(deep=True)
+                cfg.tracking.uri = plan.tracking_uri
+                part_way = (run.out_dir / STORE_NAME / "zarr.json").is_file()
+                t0 = time.perf_counter()
+                run_pipeline(cfg, run.out_dir, resume=part_way, progress=False, prior_factory=prior_factory,
+                             tags={"mlflow.parentRunId": tracker.run_id or "", "sweep_index": str(run.index),
+                                   **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}})
+                wall[run.index] = time.perf_counter() - t0
+                done += 1
+                show(done, "")
+        table = sweep_table(plan)
+        write_outputs(plan, table)
+        tracker.log_artifacts([plan.out_dir / n for n in ("sweep.csv", "sweep.parquet", "sweep.html")])
+        status = "FINISHED"
+        return table
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        yield lambda d, text: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=Console(stderr=True)) as prog:
+        task = prog.add_task("", total=total)
+        yield lambda d, text: prog.update(task, completed=d, description=text)
+
+
+def sweep_table(plan: SweepPlan):
+    """One row per run: the swept keys (typed), every numeric summary.json metric, run_dir, run_id."""
+    import pandas as pd
+
+    rows = []
+    for run in plan.runs:
+        summary = json.loads((run.out_dir / "summary.json").read_text())
+        metrics = {k: v for k, v in summary.items()
+                   if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows.append({**run.params, **metrics, "run_dir": str(run.out_dir), "run_id": summary.get("run_id")})
+    table = pd.DataFrame(rows)
+    for key in plan.grid:  # typed: ints stay integers, strings strings
+        values = [r.params[key] for r in plan.runs]
+        if all(isinstance(v, bool) for v in values):
+            table[key] = table[key].astype(bool)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            table[key] = table[key].astype("int64")
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            table[key] = table[key].astype("float64")
+        else:
+            table[key] = table[key].map(lambda v: v if isinstance(v, str) else json.dumps(v)).astype(str)
+    return table
+
+
+def write_outputs(plan: SweepPlan, table) -> None:
+    table.to_csv(plan.out_dir / "sweep.csv", index=False)
+    table.to_parquet(plan.out_dir / "sweep.parquet", index=False)
+    (plan.out_dir / "sweep.html").write_text(sweep_html(plan, table))
+
+
+def sweep_html(plan: SweepPlan, table) -> str:
+    """Metric-vs-parameter panels (one per plotted metric and swept key), then the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [c for c in table.columns if any(c.startswith(p) for p in PLOTTED)]
+    keys = list(plan.grid)
+    parts = [f"<h1>Sweep: {len(table)} runs</h1>"]
+    for key in keys:
+        if not metrics:
+            break
+        others = [k for k in keys if k != key]
+        ncol = min(4, len(metrics))
+        nrow = -(-len(metrics) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+        groups = table.groupby(others) if others else [((), table)]
+        for ax, metric in zip(axes.flat, metrics):
+            for label, sub in groups:
+                sub = sub.sort_values(key)
+                lab = ", ".join(f"{k}={v}" for k, v in zip(others, label if isinstance(label, tuple) else (label,)))
+                ax.plot(sub[key].astype(str) if sub[key].dtype == object else sub[key], sub[metric], "o-",
+                        label=lab or None)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel(key, fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        if others:
+            axes.flat[0].legend(fontsize=6)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        parts.append(f"<h2>metrics vs {key}</h2><img src='data:image/png;base64,"
+                     f"{base64.b64encode(buf.getvalue()).decode()}'>")
+    parts.append("<h2>table</h2>" + table.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+    return "<!doctype html><html><head><meta charset='utf-8'><title>sweep</title></head><body>" \
+           + "".join(parts) + "</body></html>"

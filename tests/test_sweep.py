@@ -1,0 +1,187 @@
+"""`ensemble-da sweep` (every combination of a config grid in one Ray session) and growing a
+finished run's ensemble with `--resume --set ensemble.members=N`."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from ensemble_da.cli import app  # noqa: E402
+from ensemble_da.io import open_run  # noqa: E402
+from ray_helpers import assert_same_store  # noqa: E402
+
+# nside 8, 8 sampler steps (below the resolved range: this checks bookkeeping, not calibration),
+# one time, 4 members in one unit.
+TREE = dict(
+    run_name="uq", seed=5, times=["2020-01-01T00:00"], grid=dict(nside=8),
+    model=dict(kind="gaussian", channels=["T850", "T500", "T300"],
+               mean=dict(T850=275.0, T500=255.0, T300=230.0), std=dict(T850=6.0, T500=5.0, T300=4.0),
+               length_scale_km=2000),
+    sampler=dict(steps=8), guidance=dict(method="mmps", cg_iters=2), ensemble=dict(members=4),
+    observations=dict(num_obs=40, sigma=dict(T850=0.5, T500=0.5, T300=0.5)),
+    cluster=dict(address="inprocess", replicas=1, members_per_unit=4, device="cpu"),
+)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    def write(**changes):
+        tree = json.loads(json.dumps(TREE))
+        for key, value in changes.items():
+            node = tree
+            *head, last = key.split(".")
+            for k in head:
+                node = node.setdefault(k, {})
+            node[last] = value
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return path
+    return write
+
+
+@pytest.mark.slow
+def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
+    ray_tmp = tempfile.mkdtemp(prefix="eda-ray-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    from actors.runtime import import_ray_loopback
+
+    ray = import_ray_loopback()
+    inits = []
+    real_init = ray.init
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (inits.append(k), real_init(*a, **k))[1])
+    config = cfg_file(**{"cluster.address": "local"})
+    out = tmp_path / "sweep"
+    result = invoke("sweep", config, "--grid", "observations.sigma.T850=0.5,2.0", "--grid", "seed=1,2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(inits) == 1  # one Ray session for the four runs
+    assert not sys.modules["ray"].is_initialized()
+
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert len(table) == 4
+    assert table["seed"].dtype == np.int64 and table["observations.sigma.T850"].dtype == np.float64
+    assert sorted(zip(table["observations.sigma.T850"], table["seed"])) == [(0.5, 1), (0.5, 2), (2.0, 1), (2.0, 2)]
+    for col in ("rmse/T850", "ssr/T850", "spread/T500", "run_dir", "run_id"):
+        assert col in table.columns
+    csv = pd.read_csv(out / "sweep.csv")
+    assert list(csv.columns) == list(table.columns)
+    html = (out / "sweep.html").read_text()
+    assert "data:image/png;base64" in html and "rmse/T850" in html
+    for run_dir in table["run_dir"]:
+        for name in ("config.yaml", "analysis.zarr", "summary.json", "report.html"):
+            assert (Path(run_dir) / name).exists()
+
+    # MLflow: one parent, four children in one experiment.
+    state = json.loads((out / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_id for r in children) == sorted(table["run_id"])
+    assert all(r.info.status == "FINISHED" for r in children) and parent.info.status == "FINISHED"
+
+    # One run of the sweep equals a standalone `ensemble-da run` with its settings, bit for bit.
+    row = table[(table["observations.sigma.T850"] == 2.0) & (table["seed"] == 2)].iloc[0]
+    alone = tmp_path / "alone"
+    res = invoke("run", config, "--set", "observations.sigma.T850=2.0", "--set", "seed=2",
+                 "--set", "cluster.address=inprocess", "--out", alone)
+    assert res.exit_code == 0, res.output
+    assert_same_store(alone, Path(row["run_dir"]))
+
+    # --resume of a finished sweep runs nothing and rewrites the same table.
+    again = invoke("sweep", config, "--grid", "observations.sigma.T850=0.5,2.0", "--grid", "seed=1,2",
+                   "--out", out, "--resume")
+    assert again.exit_code == 0, again.output
+    assert len(inits) == 1  # nothing to run: no Ray started
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "sweep.parquet"), table)
+
+
+def test_sweep_resume_runs_only_unfinished(cfg_file, tmp_path):
+    config = cfg_file()
+    out = tmp_path / "sweep"
+    assert invoke("sweep", config, "--grid", "seed=1,2", "--out", out).exit_code == 0
+    table = pd.read_parquet(out / "sweep.parquet")
+    kept = (out / "runs" / "00" / "summary.json").stat().st_mtime_ns
+    shutil.rmtree(out / "runs" / "01")
+    result = invoke("sweep", config, "--grid", "seed=1,2", "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (out / "runs" / "00" / "summary.json").stat().st_mtime_ns == kept
+    new = pd.read_parquet(out / "sweep.parquet")
+    metrics = [c for c in table.columns if "/" in c and not c.startswith("mmps_residual/")]
+    pd.testing.assert_frame_equal(new[metrics], table[metrics])
+
+
+def test_sweep_grid_from_the_config_file(cfg_file, tmp_path):
+    config = cfg_file()
+    tree = yaml.safe_load(config.read_text())
+    tree["sweep"] = {"guidance.method": ["mmps", "dps"]}
+    config.write_text(yaml.safe_dump(tree))
+    from actors.sweep import plan_sweep
+
+    plan = plan_sweep(config, [], tmp_path / "s")
+    assert [r.params for r in plan.runs] == [{"guidance.method": "mmps"}, {"guidance.method": "dps"}]
+    assert plan.runs[1].config.guidance.method == "dps"
+
+
+@pytest.mark.parametrize("grid, needle", [
+    (["ensemble.memberz=1,2"], "error: --grid ensemble.memberz: unknown config key 'ensemble.memberz'"),
+    (["ensemble.members=0,2"], "error: --grid ensemble.members: bad value for 'ensemble.members' (0)"),
+    (["seed="], "error: --grid seed: empty list of values"),
+    (["seed"], "error: --grid expects KEY=V1,V2,..."),
+    ([], "error: sweep: no grid"),
+])
+def test_bad_grid_is_one_error_line_before_anything_runs(grid, needle, cfg_file, tmp_path):
+    config = cfg_file()
+    args = ["sweep", config, *[x for g in grid for x in ("--grid", g)], "--out", tmp_path / "s"]
+    result = invoke(*args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(needle), result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_grow_8_to_16_members(cfg_file, tmp_path):
+    config = cfg_file(**{"ensemble.members": 8})
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    assert invoke("run", config, "--out", grown).exit_code == 0
+    before = open_run(grown).analysis.values.copy()
+    result = invoke("run", "--out", grown, "--resume", "--set", "ensemble.members=16")
+    assert result.exit_code == 0, result.output
+    assert "8 sampled now" in result.output
+    assert invoke("run", config, "--set", "ensemble.members=16", "--out", fresh).exit_code == 0
+    after = open_run(grown)
+    assert after.analysis.shape[1] == 16
+    assert after.analysis.values[:, :8].tobytes() == before.tobytes()  # the first members as they were
+    assert_same_store(fresh, grown)  # members, statistics, observation-space stats and every metric
+    summary = json.loads((grown / "summary.json").read_text())
+    assert summary["members_done"] == 16 and summary["members_sampled"] == 8
+    assert yaml.safe_load((grown / "config.yaml").read_text())["ensemble"]["members"] == 16
+
+    # Fewer members than the run has: one error line, nothing touched.
+    stamp = {p: p.stat().st_mtime_ns for p in grown.rglob("*") if p.is_file()}
+    refused = invoke("run", "--out", grown, "--resume", "--set", "ensemble.members=12")
+    assert refused.exit_code == 2
+    assert refused.output.strip().splitlines() == [
+        f"error: --resume: ensemble.members=12 is fewer than the 16 members of the run in {grown}; "
+        "an ensemble can only grow (its outputs are left as they are)"]
+    assert {p: p.stat().st_mtime_ns for p in grown.rglob("*") if p.is_file()} == stamp
