@@ -135,6 +135,7 @@ class Assimilator:
             device=self.device,
             progress=progress,
             diagnostics=diagnostics,
+            check_inputs=False,  # the run's own checks ran before (plug-in check, QC)
         )
         diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)

@@ -35,6 +35,7 @@ __all__ = [
     "default_config_path",
     "apply_overrides",
     "load_yaml_model",
+    "read_yaml_file",
     "validate_tree",
     "GAUSSIAN_KEYS",
     "ignored_model_warnings",
@@ -627,17 +628,69 @@ def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
     return validate_tree(RunConfig, tree, source)
 
 
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> dict:
+    """The mapping of keys in the YAML file at `path`; one-line InputErrors for what a hand-edited
+    file meets: a key given twice (both lines named), a tab in the indentation (line named), other
+    YAML errors (line named), an empty or comments-only file, a top level that is not a mapping."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise InputError(f"{path}: duplicate key {dup.key!r} at line {dup.first} and line {dup.second} "
+                         "(YAML would keep the last one silently); keep one") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        upto = mark.line + 1 if mark is not None else len(text.splitlines())
+        for n, line in enumerate(text.splitlines()[:upto], start=1):
+            indent = line[: len(line) - len(line.lstrip(" \t"))]
+            if "\t" in indent:
+                raise InputError(f"{path}: line {n} is indented with a tab character (YAML indents with spaces "
+                                 f"only): {line.strip()!r}") from None
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
+    if tree is None:
+        raise InputError(f"{path}: the {what} is empty (no keys, only blank lines or comments)")
+    if not isinstance(tree, dict):
+        raise InputError(f"{path}: top level must be a mapping of config keys")
+    return tree
+
 def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | None = None, what: str = "config file") -> M:
     """Read YAML at `path`, apply `a.b=value` overrides and validate into `model` (InputError on bad input)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise InputError(f"{path}: top level must be a mapping of config keys")
+    tree = read_yaml_file(path, what)
     apply_overrides(tree, overrides or [])
     return validate_tree(model, tree, str(path), overrides)
 

@@ -45,6 +45,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 
 __all__ = ["STORE_NAME", "CHUNK_BYTES", "StoreLayout", "RunStore", "unit_blocks", "cells_per_chunk", "open_run",
+           "open_observations",
            "is_complete"]
 
 STORE_NAME = "analysis.zarr"
@@ -331,7 +332,12 @@ def is_complete(path: str | Path) -> bool:
 
 
 def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bool = False) -> xr.Dataset:
-    """Open a run store (or its `observations` group) with xarray; InputError if it is incomplete."""
+    """Open a run store with xarray; InputError if it is incomplete.
+
+    `path`: the run directory or its `analysis.zarr`. `group="observations"` opens the store's
+    observations (dim `obs`: time, lat, lon, channel, value, sigma, assimilated, hx_mean, hx_spread,
+    and hb_mean, hb_spread with a background), as `open_observations(path)` does.
+    """
     path = Path(path)
     if path.is_dir() and (path / STORE_NAME).is_dir():
         path = path / STORE_NAME
@@ -341,6 +347,11 @@ def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bo
     if not complete and not allow_incomplete:
         raise InputError(f"{path}: the run is incomplete (interrupted?); resume it with --resume")
     return _plain_strings(xr.open_zarr(str(path), group=group, consolidated=complete))
+
+
+def open_observations(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
+    """The `observations` group of a run store (DESIGN.md §7): `open_run(path, group="observations")`."""
+    return open_run(path, group="observations", allow_incomplete=allow_incomplete)
 
 
 def _plain_strings(ds: xr.Dataset) -> xr.Dataset:

@@ -11,21 +11,34 @@ config path) calls exactly this.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ensemble_da.channels import channel_info
 from ensemble_da.config import GuidanceConfig, SamplerConfig
 from ensemble_da.errors import InputError
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
+from ensemble_da.obs.qc import describe_observation
 from ensemble_da.obs.synthetic import TRUTH_STREAM
 from ensemble_da.priors.base import Condition, Denoiser, allows_autocast, time_condition
 from ensemble_da.sampling import DivergenceError, KarrasSchedule, edm_sample, member_generator
 
-__all__ = ["sample_posterior", "divergence_message"]
+__all__ = ["sample_posterior", "divergence_message", "prior_innovations", "INNOVATION_K", "LARGE_INNOVATION"]
+
+# Before sampling, `sample_posterior` refuses an observation whose innovation against the prior
+# is beyond this many prior-plus-observation standard deviations. For a correct observation of a
+# Gaussian prior, |d| > 6 has probability 2e-9, so 10⁵ observations give a false alarm once in
+# ~5000 calls; the prior std used is an upper bound (below), which makes it rarer still.
+INNOVATION_K = 6.0
+# A divergence message names the largest normalised innovation when it is beyond this.
+LARGE_INNOVATION = 5.0
+# Denoisers already through the protocol check (`priors.plugin.check_denoiser`), by identity.
+_CHECKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 _FIXES = {
     "none": "the unguided prior diverges: raise sampler.steps; for a learned prior check model.path and sampler.sigma_max",
@@ -35,9 +48,12 @@ _FIXES = {
 
 
 def divergence_message(
-    exc: DivergenceError, guidance: GuidanceConfig, sampler: SamplerConfig, t_index: int, members: list[int]
+    exc: DivergenceError, guidance: GuidanceConfig, sampler: SamplerConfig, t_index: int, members: list[int],
+    innovation: str | None = None,
 ) -> DivergenceError:
-    """`exc` restated for a user: guidance settings, analysis-time index, member ids, a suggested fix."""
+    """`exc` restated for a user: guidance settings, analysis-time index, member ids, a suggested fix.
+    `innovation`: the observation with the largest normalised innovation when it is large
+    (`describe_innovation`); the fix then points at it, not at the sampler."""
     g = guidance
     params = {"regression": f", gamma={g.gamma:g}", "dps": f", zeta={g.zeta:g}",
               "mmps": f", solver={g.solver}, cg_iters={g.cg_iters}"}.get(g.method, "")
@@ -50,8 +66,70 @@ def divergence_message(
                if g.gamma > 0 else "set guidance.gamma > 0 (e.g. 0.1), raise sampler.steps, or use guidance.method mmps")
     if "non-finite" in exc.detail:
         fix = f"check that the prior's denoiser returns finite values at every σ (run with guidance.method=none); else {fix}"
+    if innovation is not None:
+        fix = (f"observation {innovation} has the largest normalised innovation: check it (units, channel, "
+               f"location) or leave it out; if it is right, {fix}")
     out.args = (f"{exc} [{where}]; sampling stopped. Fix: {fix}",)
     return out
+
+
+def prior_innovations(
+    denoiser: Denoiser, operator: ObservationOperator, condition: Condition | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Innovations of the observations against the prior, normalised units: (y − H μ, d), each (obs,),
+    with d_i = (y − H μ)_i / √(s_i² + sigma_i²) in prior-plus-observation standard deviations.
+
+    μ ≈ E[z] is the denoiser at σ = sigma_max applied to the zero state (D(z, σ) → E[z] as σ grows;
+    exact for the Gaussian priors); s_i is H applied to the prior std per cell (`prior_spread()`
+    when the prior has one, else 1, the normalisation's unit): an upper bound on the std of (H z)_i.
+    """
+    n_channels, npix = len(denoiser.normalization.channels), denoiser.grid.npix
+    with torch.no_grad():
+        z = torch.zeros((1, n_channels, npix), device=device)
+        mean = denoiser(z, torch.full((1,), float(denoiser.sigma_max), device=device), condition)
+    mean = mean.detach().double().cpu().numpy().reshape(1, n_channels, npix)
+    spread = np.ones((1, n_channels, npix))
+    if callable(getattr(denoiser, "prior_spread", None)):
+        spread = (np.asarray(denoiser.prior_spread(), np.float64).reshape(n_channels, npix)
+                  / denoiser.normalization.scale[:, None])[None]
+    innovation = operator.y - operator.apply_numpy(mean)[0]
+    return innovation, innovation / np.sqrt(operator.apply_numpy(spread)[0] ** 2 + operator.sigma**2)
+
+
+def describe_innovation(denoiser: Denoiser, operator: ObservationOperator, innovation: np.ndarray, d: np.ndarray,
+                        i: int, points: ObservationSet | None = None) -> str:
+    """`T850 = 340 K at lat 10, lon 20 (innovation +65 K = 10.8 prior+obs std)` for observation i
+    (`points`: the observations `operator` was built from, for their locations)."""
+    norm = denoiser.normalization
+    c = int(operator.flat[i, 0]) // operator.npix
+    channel, scale = norm.channels[c], float(norm.scale[c])
+    if points is not None:
+        what = describe_observation(str(points.channel[i]), float(points.value[i]), float(points.lat[i]), float(points.lon[i]))
+    else:
+        value = float(norm.center[c] + scale * operator.y[i])
+        what = describe_observation(channel, value, cell=int(operator.flat[i, 0]) % operator.npix)
+    try:
+        units = " " + channel_info(channel).units
+    except InputError:
+        units = ""
+    return f"{what} (innovation {innovation[i] * scale:+.3g}{units} = {abs(d[i]):.3g} prior+obs std)"
+
+
+def _check_protocol(denoiser: Denoiser, device: torch.device) -> None:
+    """The plug-in protocol check of the CLI (`check_denoiser`, its messages), once per denoiser."""
+    try:
+        if denoiser in _CHECKED:
+            return
+    except TypeError:  # not weak-referenceable / hashable: checked on every call
+        pass
+    from ensemble_da.priors.plugin import check_denoiser
+
+    check_denoiser(denoiser, f"denoiser {type(denoiser).__name__}", None, device)
+    try:
+        _CHECKED.add(denoiser)
+    except TypeError:
+        pass
 
 
 def _settings(model, value, name: str):
@@ -83,6 +161,8 @@ def sample_posterior(
     device: str | torch.device | None = None,
     progress: Callable[[int], None] | None = None,
     diagnostics: dict[str, float] | None = None,
+    innovation_k: float | None = INNOVATION_K,
+    check_inputs: bool = True,
 ) -> np.ndarray:
     """Sample posterior members p(x | y) with a diffusion prior and likelihood guidance.
 
@@ -116,6 +196,13 @@ def sample_posterior(
         Called with the number of members finished after each batch.
     diagnostics : dict, optional
         Filled with `cg_residual_max` (MMPS: largest relative CG residual).
+    innovation_k : float or None
+        Refuse (InputError) an observation whose innovation against the prior, y − H E[z], is
+        beyond `innovation_k` prior-plus-observation standard deviations (`prior_innovations`);
+        None skips this check. Default `INNOVATION_K` = 6.
+    check_inputs : bool
+        Run the checks below before sampling (the config path, `Assimilator`, has run the CLI's
+        own before and passes False).
 
     Returns
     -------
@@ -125,10 +212,17 @@ def sample_posterior(
     Raises
     ------
     InputError
-        Bad settings or observations of channels the prior does not have.
+        Bad settings; observations of channels the prior does not have; the CLI's checks with
+        the CLI's messages: an observation value outside its channel's physical bounds (e.g. T
+        outside 150–350 K; non-finite values and locations are refused by `ObservationSet`
+        itself), a denoiser that fails the plug-in protocol check (`priors.plugin.check_denoiser`:
+        attributes, one call at sigma_max giving finite output of z's shape); an observation
+        beyond `innovation_k` prior-plus-observation std of the prior (named with its value,
+        channel, location and innovation).
     DivergenceError
         A member left the sane range (non-finite, or |z| > 20 prior std): one line naming the
-        method, σ, step and members, with a suggested fix.
+        method, σ, step and members, with a suggested fix (the observation with the largest
+        normalised innovation, when it is beyond `LARGE_INNOVATION` = 5 std).
     """
     ids = list(range(members)) if isinstance(members, (int, np.integer)) else [int(m) for m in members]
     if not ids:
@@ -139,10 +233,26 @@ def sample_posterior(
     if condition is None and time is not None:
         condition = time_condition(np.datetime64(time, "s"))
     autocast = sampler.autocast == "bf16" and allows_autocast(denoiser)
+    points = None
     if isinstance(observations, ObservationSet):
-        observations = ObservationOperator.build(
-            observations.assimilated_only(), denoiser.grid, denoiser.normalization, operator
-        )
+        if check_inputs:
+            observations.check_bounds()
+        points = observations.assimilated_only()
+        observations = ObservationOperator.build(points, denoiser.grid, denoiser.normalization, operator)
+    if check_inputs:
+        _check_protocol(denoiser, device)
+    guided_obs = observations is not None and guidance.method != "none"
+    innovations = None
+    if check_inputs and guided_obs and innovation_k is not None:
+        innovations = prior_innovations(denoiser, observations, condition, device)
+        far = np.abs(innovations[1]) > innovation_k
+        if far.any():
+            i = int(np.argmax(np.abs(innovations[1])))
+            raise InputError(
+                f"observation {describe_innovation(denoiser, observations, *innovations, i, points)} is beyond "
+                f"{innovation_k:g} prior+obs std of the prior ({int(far.sum())} of {len(far)} observations are); "
+                "check it (units, channel, location) or leave it out (innovation_k=None skips this check)"
+            )
     guided = denoiser
     if observations is not None and guidance.method != "none":
         guided = guided_denoiser(denoiser, observations, guidance, autocast=autocast)
@@ -162,7 +272,14 @@ def sample_posterior(
                 autocast=autocast,
             )
         except DivergenceError as exc:
-            raise divergence_message(exc, guidance, sampler, t_index, [block[r] for r in exc.rows]) from None
+            hint = None
+            if guided_obs:
+                if innovations is None:
+                    innovations = prior_innovations(denoiser, observations, condition, device)
+                i = int(np.argmax(np.abs(innovations[1])))
+                if abs(innovations[1][i]) > LARGE_INNOVATION:
+                    hint = describe_innovation(denoiser, observations, *innovations, i, points)
+            raise divergence_message(exc, guidance, sampler, t_index, [block[r] for r in exc.rows], hint) from None
         out.append(denoiser.normalization.denormalize(z.double().cpu().numpy()).astype(np.float32))
         if progress is not None:
             progress(len(block))

@@ -16,7 +16,7 @@ class BrokenDenoiser:
 
     def __init__(self, below: float, value: float):
         self.grid = HealpixGrid(1)
-        self.normalization = Normalization(("T850",), [0.0], [1.0])
+        self.normalization = Normalization(("T850",), [275.0], [1.0])
         self.sigma_min, self.sigma_max = 0.002, 80.0
         self.below, self.value = below, value
 
@@ -70,7 +70,7 @@ def test_mmps_gmres_reports_a_denoiser_that_returns_nan_instead_of_crashing():
     from ensemble_da.posterior import sample_posterior
 
     den = BrokenDenoiser(below=1.0, value=float("nan"))
-    op = ObservationOperator.at_cells(np.array([0, 5]), np.array(["T850", "T850"]), np.array([1.0, -1.0]),
+    op = ObservationOperator.at_cells(np.array([0, 5]), np.array(["T850", "T850"]), np.array([276.0, 274.0]),
                                       0.5, den.grid, den.normalization)
     with pytest.raises(DivergenceError) as info:
         sample_posterior(den, op, 3, 0, sampler={"steps": 8}, guidance={"method": "mmps", "solver": "gmres"})

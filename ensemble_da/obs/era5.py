@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,12 @@ from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.formats import open_datasets
 from ensemble_da.obs.strategies import Domain
 from ensemble_da.obs.variables import era5_variable, implied_units, lookup_file_variable, unit_conversion
+
+_LOG = logging.getLogger("ensemble_da.obs")
+# The time coordinate's attribute that keeps a non-standard CF calendar the file's dates were read from.
+CALENDAR_ATTR = "ensemble_da_calendar"
+CALENDAR_FIX = ("use analysis times that exist in that calendar, or convert the file to the standard calendar "
+                "first (xarray: ds.convert_calendar('standard', align_on='date'))")
 
 __all__ = [
     "expand_paths",
@@ -244,7 +251,55 @@ def _check_dates(values: np.ndarray, name: str, var: xr.DataArray, path: str) ->
         raise InputError(f"{path}: {name} is not a CF-decodable date (dtype {values.dtype}, units {var.attrs.get('units')!r})")
 
 
+def _cftime_to_datetime64(date) -> np.datetime64:
+    """The same date and time of day in the standard calendar; NaT where it has no such date
+    (30 February of a 360_day calendar)."""
+    try:
+        return np.datetime64(pd.Timestamp(date.year, date.month, date.day, date.hour, date.minute, date.second,
+                                          date.microsecond), "ns")
+    except ValueError:
+        return np.datetime64("NaT", "ns")
+
+
+def _decode_calendars(ds: xr.Dataset, path: str) -> tuple[xr.Dataset, str | None]:
+    """Time coordinates that xarray decoded to cftime dates (a CF calendar other than the standard
+    one: CMIP's `noleap`, `360_day`, ...) as datetime64 of the same dates, as xarray's
+    `convert_calendar(..., align_on="date")` does; times with no such date in the standard calendar
+    are left out (a note says so). Returns the dataset and the calendar (None: none converted)."""
+    calendar = None
+    for name in ("valid_time", "time"):
+        if name not in ds.variables:
+            continue
+        values = ds[name].values
+        if values.dtype != object or values.size == 0 or not hasattr(values.flat[0], "calendar"):
+            continue
+        calendar = str(values.flat[0].calendar)
+        converted = np.array([_cftime_to_datetime64(d) for d in values.ravel()], "datetime64[ns]").reshape(values.shape)
+        missing = np.isnat(converted)
+        if missing.any():
+            if ds[name].ndim != 1 or ds[name].dims[0] not in ds.dims:
+                raise InputError(f"{path}: {name} holds dates of the {calendar!r} calendar that the standard calendar "
+                                 f"does not have (e.g. {values.ravel()[missing.ravel()][0]}); {CALENDAR_FIX}")
+            dim = ds[name].dims[0]
+            _LOG.info("%s: %s is in the %r calendar; %d time(s) that the standard calendar does not have (e.g. %s) "
+                      "left out", path, name, calendar, int(missing.sum()), values[missing][0])
+            ds = ds.isel({dim: np.flatnonzero(~missing)})
+            converted = converted[~missing]
+        ds = ds.assign_coords({name: (ds[name].dims, converted)})
+        _LOG.info("%s: %s is in the %r calendar: its dates are read as the same dates of the standard calendar",
+                  path, name, calendar)
+    return ds, calendar
+
+
 def _normalize_time(ds: xr.Dataset, path: str) -> xr.Dataset:
+    ds, calendar = _decode_calendars(ds, path)
+    ds = _normalize_time_axis(ds, path)
+    if calendar is not None:
+        ds["time"].attrs[CALENDAR_ATTR] = calendar
+    return ds
+
+
+def _normalize_time_axis(ds: xr.Dataset, path: str) -> xr.Dataset:
     if "valid_time" in ds.dims:  # new CDS: the dim already holds valid times
         if "step" in ds.dims or "time" in ds.dims:
             raise InputError(f"{path}: both 'valid_time' and a 'time'/'step' dim ({_dims_text(ds)}); expected one time axis")
@@ -280,6 +335,18 @@ def _normalize_time(ds: xr.Dataset, path: str) -> xr.Dataset:
     else:
         ds = ds.isel({d: xr.Variable("time", i) for d, i in zip(lead, index)})
     return ds.assign_coords(time=("time", valid_all[chosen]))
+
+
+def _date_exists(t: np.datetime64, calendar: str) -> bool:
+    """Whether the date of `t` exists in the CF `calendar` (30 January does not in 360_day)."""
+    import cftime
+
+    ts = pd.Timestamp(t)
+    try:
+        cftime.datetime(ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, calendar=calendar)
+    except ValueError:
+        return False
+    return True
 
 
 def _normalize_members(ds: xr.Dataset, path: str) -> xr.Dataset:
@@ -528,6 +595,10 @@ class GriddedSource:
             if best is None or dt[k] < best[0]:
                 best = (float(dt[k]), var, k)
         assert best is not None
+        calendar = best[1].data["time"].attrs.get(CALENDAR_ATTR)
+        if calendar is not None and not _date_exists(t, calendar):
+            raise InputError(f"{best[1].path}: analysis time {format_time(t)} does not exist in the file's {calendar!r} "
+                             f"calendar; {CALENDAR_FIX}")
         if best[0] > tolerance_hours:
             nearest = format_time(best[1].times[best[2]])
             raise InputError(

@@ -6,6 +6,7 @@ Each observation is (time, lat, lon, channel, value, sigma) in physical units, p
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
@@ -15,8 +16,11 @@ import xarray as xr
 from ensemble_da.channels import channel_info
 from ensemble_da.errors import InputError
 from ensemble_da.grid import check_lonlat
+from ensemble_da.obs.qc import check_observations, observation_problems, problem_message
 
 __all__ = ["ObservationSet"]
+
+_LOG = logging.getLogger("ensemble_da.obs")
 
 
 def _column(name: str, values, n: int, dtype) -> np.ndarray:
@@ -60,28 +64,33 @@ class ObservationSet:
         if n == 0:
             raise InputError("observation set is empty")
         assimilated = True if self.assimilated is None else self.assimilated
-        lat, lon = check_lonlat(
-            _column("lat", self.lat, n, np.float64), _column("lon", self.lon, n, np.float64)
-        )
+        raw_lat, raw_lon = _column("lat", self.lat, n, np.float64), _column("lon", self.lon, n, np.float64)
+        channel = _column("channel", self.channel, n, str)
+        value = _column("value", self.value, n, np.float64)
+        # the CLI's QC checks of non-finite values and locations, with its messages (obs/qc.py);
+        # physical bounds are checked where values are known to be observations (`check_bounds`)
+        problems = observation_problems(value, raw_lat, raw_lon, channel, strict=False)
+        if problems["nonfinite"].any():
+            i = int(np.flatnonzero(problems["nonfinite"])[0])
+            raise InputError(problem_message("nonfinite", channel[i], value[i], raw_lat[i], raw_lon[i]))
+        lat, lon = check_lonlat(raw_lat, raw_lon)
+        wrapped = (raw_lon < -180.0) | (raw_lon >= 360.0)
+        if wrapped.any():
+            i = int(np.flatnonzero(wrapped)[0])
+            _LOG.info("%d observation longitude%s outside [-180, 360) wrapped to [0, 360), e.g. %g -> %g (%s at lat %g)",
+                      int(wrapped.sum()), "s" * (int(wrapped.sum()) != 1), raw_lon[i], lon[i], channel[i], lat[i])
         cols = dict(
             time=_column("time", self.time, n, "datetime64[ns]"),
             lat=lat,
             lon=lon,
-            channel=_column("channel", self.channel, n, str),
-            value=_column("value", self.value, n, np.float64),
+            channel=channel,
+            value=value,
             sigma=_column("sigma", self.sigma, n, np.float64),
             assimilated=_column("assimilated", assimilated, n, bool),
         )
         time = cols["time"]
         if np.isnat(time).any():
             raise InputError("observation time is missing (NaT)")
-        bad = ~np.isfinite(cols["value"])
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"observation value is not finite ({cols['value'][i]}) for {cols['channel'][i]} "
-                f"at lat {lat[i]:g}, lon {lon[i]:g}"
-            )
         bad = ~(cols["sigma"] > 0)
         if bad.any():
             raise InputError(f"observation sigma must be > 0, got {cols['sigma'][bad][0]}")
@@ -93,6 +102,12 @@ class ObservationSet:
 
     def __len__(self) -> int:
         return len(self.value)
+
+    def check_bounds(self) -> "ObservationSet":
+        """InputError (the CLI's QC message) for the first value outside its channel's physical
+        bounds (`channel_info(c).bounds`, e.g. T outside 150–350 K); returns self."""
+        check_observations(self.value, self.lat, self.lon, self.channel)
+        return self
 
     @property
     def channels(self) -> list[str]:

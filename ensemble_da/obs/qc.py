@@ -14,10 +14,17 @@ sigma (physical units):
 Points outside a regional file's grid are counted as `outside_domain` by the reader, station
 reports of variables that were not asked for as `other_variable`.
 Hard errors (|lat| > 90, sigma ≤ 0) are raised by the readers, not counted here.
+
+The first two checks are one implementation for the CLI and the Python API: `observation_problems`
+finds the rows that fail them and `problem_message` says what is wrong with one row. The run's
+QC removes those rows and says so in one `note:` line per reason (the `ensemble_da.obs` logger)
+that quotes the first row's message; the API (`ObservationSet`, `ObservationOperator.at_cells`,
+`sample_posterior`) raises `InputError` with that same message (`check_observations`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Literal
 
@@ -25,8 +32,79 @@ import numpy as np
 import pandas as pd
 
 from ensemble_da.channels import channel_info
+from ensemble_da.errors import InputError
 
-__all__ = ["QCCounts", "DuplicatePolicy", "quality_control"]
+__all__ = ["QCCounts", "DuplicatePolicy", "quality_control", "observation_problems", "problem_message",
+           "check_observations", "describe_observation"]
+
+_LOG = logging.getLogger("ensemble_da.obs")
+
+
+def describe_observation(channel: str, value: float, lat: float | None = None, lon: float | None = None,
+                         cell: int | None = None) -> str:
+    """`T850 = 470 K at lat 10, lon 20` (or `at cell 12`): one observation, for messages."""
+    try:
+        units = f" {channel_info(str(channel)).units}"
+    except InputError:
+        units = ""
+    where = f" at lat {lat:g}, lon {lon:g}" if lat is not None else (f" at cell {cell}" if cell is not None else "")
+    return f"{channel} = {value:g}{units}{where}"
+
+
+def _bounds(channel: str, strict: bool) -> tuple[float, float] | None:
+    if strict:
+        return channel_info(channel).bounds
+    try:
+        return channel_info(channel).bounds
+    except InputError:  # a channel we have no bounds for (e.g. a model's own `rlut`): nothing to check
+        return None
+
+
+def observation_problems(value, lat, lon, channel, strict: bool = True) -> dict[str, np.ndarray]:
+    """The QC checks 1–2 of the module docstring: {"nonfinite": bad rows, "out_of_bounds": bad rows}
+    as boolean masks over the observations (a non-finite row is not also out of bounds). `lat`,
+    `lon` may be None (observations at cells). `strict`: unknown channels are InputErrors (else
+    they have no bounds)."""
+    value = np.asarray(value, dtype=np.float64)
+    channel = np.broadcast_to(np.asarray(channel, dtype=str), value.shape)
+    finite = np.isfinite(value)
+    for coord in (lat, lon):
+        if coord is not None:
+            finite &= np.isfinite(np.asarray(coord, dtype=np.float64))
+    outside = np.zeros(value.shape, bool)
+    for ch in pd.unique(channel[finite]):
+        bounds = _bounds(str(ch), strict)
+        if bounds is not None:
+            sel = finite & (channel == ch)
+            outside[sel] = ~((value[sel] >= bounds[0]) & (value[sel] <= bounds[1]))
+    return {"nonfinite": ~finite, "out_of_bounds": outside}
+
+
+def problem_message(reason: str, channel: str, value: float, lat: float | None = None, lon: float | None = None,
+                    cell: int | None = None) -> str:
+    """What is wrong with one observation that fails QC check `reason` (the CLI's note quotes it,
+    the API raises it)."""
+    if reason == "nonfinite":
+        if not np.isfinite(value):
+            where = f" at lat {lat:g}, lon {lon:g}" if lat is not None else (f" at cell {cell}" if cell is not None else "")
+            return f"observation value is not finite ({value}) for {channel}{where}"
+        return f"observation location is not finite (lat {lat:g}, lon {lon:g}) for {describe_observation(channel, value)}"
+    lo, hi = channel_info(str(channel)).bounds
+    units = channel_info(str(channel)).units
+    return (f"observation {describe_observation(channel, value, lat, lon, cell)} is outside the physical bounds "
+            f"of {channel} ({lo:g} to {hi:g} {units})")
+
+
+def check_observations(value, lat, lon, channel, cell=None, strict: bool = True) -> None:
+    """InputError with `problem_message` for the first observation that fails QC checks 1–2."""
+    problems = observation_problems(value, lat, lon, channel, strict)
+    for reason, bad in problems.items():
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            at = lambda a: None if a is None else float(np.asarray(a, dtype=np.float64).reshape(-1)[i])  # noqa: E731
+            c = None if cell is None else int(np.asarray(cell).reshape(-1)[i])
+            ch = str(np.broadcast_to(np.asarray(channel, dtype=str), np.shape(value))[i])
+            raise InputError(problem_message(reason, ch, at(value), at(lat), at(lon), c))
 
 DuplicatePolicy = Literal["merge", "first", "reject"]
 
@@ -86,20 +164,18 @@ def quality_control(
     counts = QCCounts() if counts is None else QCCounts(**counts.as_dict())
     if counts.read == 0:
         counts.read = len(table)
-    finite = np.isfinite(table["value"].to_numpy(np.float64))
-    finite &= np.isfinite(table["lat"].to_numpy(np.float64)) & np.isfinite(table["lon"].to_numpy(np.float64))
-    counts.nonfinite += int((~finite).sum())
-    table = table[finite]
-
-    inside = np.ones(len(table), bool)
-    value = table["value"].to_numpy(np.float64)
-    channel = table["channel"].to_numpy()
-    for ch in pd.unique(channel):
-        lo, hi = channel_info(str(ch)).bounds
-        sel = channel == ch
-        inside[sel] = (value[sel] >= lo) & (value[sel] <= hi)
-    counts.out_of_bounds += int((~inside).sum())
-    table = table[inside]
+    problems = observation_problems(table["value"].to_numpy(np.float64), table["lat"].to_numpy(np.float64),
+                                    table["lon"].to_numpy(np.float64), table["channel"].to_numpy())
+    keep = np.ones(len(table), bool)
+    for reason, bad in problems.items():
+        n = int(bad.sum())
+        setattr(counts, reason, getattr(counts, reason) + n)
+        if n:
+            row = table.iloc[int(np.flatnonzero(bad)[0])]
+            message = problem_message(reason, str(row["channel"]), float(row["value"]), float(row["lat"]), float(row["lon"]))
+            _LOG.info("quality control removed %d observation%s (%s); the first: %s", n, "s" * (n != 1), reason, message)
+        keep &= ~bad
+    table = table[keep]
 
     before = len(table)
     table = _resolve_repeats(table, policy)

@@ -8,7 +8,24 @@ from ensemble_da.config import GridConfig, ModelConfig
 from ensemble_da.errors import InputError
 from ensemble_da.priors.base import Condition, Denoiser, time_condition
 
-__all__ = ["Denoiser", "Condition", "load_prior", "time_condition"]
+__all__ = ["Denoiser", "Condition", "load_prior", "time_condition", "GaussianPrior", "GaussianMarkovPrior",
+           "ClimatologyPrior", "check_denoiser"]
+
+_LAZY = {
+    "GaussianPrior": "ensemble_da.priors.gaussian",
+    "GaussianMarkovPrior": "ensemble_da.priors.gaussian_markov",
+    "ClimatologyPrior": "ensemble_da.priors.climatology",
+    "check_denoiser": "ensemble_da.priors.plugin",
+}
+
+
+def __getattr__(name: str):
+    # The priors themselves load on first use (`from ensemble_da.priors import GaussianPrior`).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ensemble_da.priors' has no attribute {name!r}")
 
 
 def load_prior(model: ModelConfig, grid: GridConfig, device: str | torch.device = "cpu") -> Denoiser:

@@ -27,6 +27,7 @@ from ensemble_da.config import operator_config
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.observation_set import ObservationSet
+from ensemble_da.obs.qc import check_observations
 from ensemble_da.obs.operators.base import Linearization
 from ensemble_da.obs.operators.column import column_rows
 from ensemble_da.obs.operators.footprint import footprint_rows
@@ -131,7 +132,8 @@ class ObservationOperator:
         """H that reads whole cells: observation i is `values[i]` ± `sigma[i]` (physical units)
         of channel `channels[i]` at NEST cell `cells[i]`; all arrays with shape (obs,).
 
-        InputError for a cell outside the grid or a channel the prior does not have.
+        InputError for a cell outside the grid, a channel the prior does not have, a non-finite
+        value or one outside its channel's physical bounds (the CLI's quality control, same message).
         """
         cells = np.asarray(cells, dtype=np.int64).reshape(-1)
         if cells.size == 0:
@@ -142,8 +144,8 @@ class ObservationOperator:
         ch = normalization.index(np.broadcast_to(np.asarray(channels, dtype=str), cells.shape).tolist())
         values = np.broadcast_to(np.asarray(values, dtype=np.float64), cells.shape)
         sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), cells.shape)
-        if not np.all(np.isfinite(values)):
-            raise InputError("observation values must be finite")
+        # the CLI's QC checks (non-finite, physical bounds) with its messages (obs/qc.py)
+        check_observations(values, None, None, np.asarray(normalization.channels)[ch], cell=cells, strict=False)
         if not np.all(sigma > 0):
             raise InputError(f"observation sigma must be > 0, got {float(sigma.min())}")
         return cls(
