@@ -1,6 +1,11 @@
 # Two commands on a fresh machine: `make demo` (the main job on the embedded default) and
 # `make test`. Each creates the virtualenv it needs (CPU torch; no CUDA build is pulled).
 PYTHON ?= python3.11
+# The CPU build only, on every Python: from the configured indexes first, then PyTorch's CPU
+# index. When neither has one, stop with an error instead of falling back to PyPI's CUDA build
+# (~6 GB); `make TORCH=torch==2.13.0` accepts that build on purpose.
+TORCH ?= torch==2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
@@ -16,7 +21,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q '$(TORCH)' 2>/dev/null \
+	  || $(VENV)/bin/pip install -q '$(TORCH)' --extra-index-url $(TORCH_CPU_INDEX) \
+	  || { echo "error: no $(TORCH) wheel for $$($(VENV)/bin/python -V) in the configured indexes or $(TORCH_CPU_INDEX); nothing was installed from CUDA builds. Install a CPU torch 2.13.0 into $(VENV) and re-run, or run 'make TORCH=torch==2.13.0 ...' to accept PyPI's CUDA build (~6 GB)." >&2; exit 2; }
 	$(VENV)/bin/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
