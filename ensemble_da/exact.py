@@ -35,7 +35,7 @@ from ensemble_da.memory import check_fits
 from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
 
-__all__ = ["kalman_update", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge",
+__all__ = ["kalman_update", "kalman_update_with_bias", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge",
            "ExactPosteriorUnavailable"]
 
 _DROP = 1e-12
@@ -224,3 +224,39 @@ def exact_posterior_physical(prior: GaussianPrior, op: Operator) -> tuple[np.nda
     """Exact posterior mean and spread (std) in physical units, each (channel, cell)."""
     mean, var = exact_posterior(prior, op)
     return prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var)
+
+
+def kalman_update_with_bias(
+    basis: SpectralBasis,
+    h: sp.spmatrix,
+    y: np.ndarray,
+    sigma: np.ndarray,
+    predictors: np.ndarray,
+    prior_sigma: np.ndarray,
+    prior_mean: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The joint posterior of (z, β) given y = H z + P β + e, β ~ N(0, diag(b²)) (`obs.bias`).
+
+    By p(z, β | y) = p(β | y) p(z | β, y), from k + 2 `kalman_update`s (k = len(β)): with
+    S = H Σ Hᵀ + diag(s²) and S⁻¹ v = R⁻¹ (v − H g(v)), g(v) the update's mean increment for data v,
+
+        C_β = (B⁻¹ + Pᵀ S⁻¹ P)⁻¹ ,  β̄ = C_β Pᵀ S⁻¹ (y − H μ) ,
+        E[z | y] = mean of the update with y − P β̄ ,  var = var(z | β, y) + diag(G C_β Gᵀ) ,
+
+    G = [g(P e_j)] (state, k). Shapes as `kalman_update`; predictors (obs, k), prior_sigma (k,).
+    Returns mean, var (channel, cell) of z and mean (k,), covariance (k, k) of β.
+    """
+    shape = basis.diag_covariance().shape
+    h = sp.csr_matrix(h, dtype=np.float64)
+    sigma = np.asarray(sigma, np.float64)
+    p = np.asarray(predictors, np.float64)
+    mu = np.zeros(int(np.prod(shape))) if prior_mean is None else np.asarray(prior_mean, np.float64).reshape(-1)
+    g = np.stack([kalman_update(basis, h, p[:, j], sigma)[0].reshape(-1) for j in range(p.shape[1])], 1)
+    s_inv_p = (p - h @ g) / sigma[:, None] ** 2  # S⁻¹ P
+    d = np.asarray(y, np.float64) - h @ mu
+    cov = np.linalg.inv(np.diag(1.0 / np.asarray(prior_sigma, np.float64) ** 2) + p.T @ s_inv_p)
+    cov = 0.5 * (cov + cov.T)
+    beta = cov @ (s_inv_p.T @ d)
+    mean, var = kalman_update(basis, h, np.asarray(y, np.float64) - p @ beta, sigma, prior_mean)
+    var = var.reshape(-1) + np.einsum("sk,kl,sl->s", g, cov, g)
+    return mean, var.reshape(shape), beta, cov

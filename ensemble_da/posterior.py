@@ -21,6 +21,7 @@ from ensemble_da.channels import channel_info
 from ensemble_da.config import GuidanceConfig, SamplerConfig
 from ensemble_da.errors import InputError
 from ensemble_da.guidance import MMPSGuidance, guided_denoiser
+from ensemble_da.obs.bias import ObservationBias
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator, OperatorKind
 from ensemble_da.obs.qc import describe_observation
@@ -163,6 +164,7 @@ def sample_posterior(
     diagnostics: dict[str, float] | None = None,
     innovation_k: float | None = INNOVATION_K,
     check_inputs: bool = True,
+    bias: ObservationBias | None = None,
 ) -> np.ndarray:
     """Sample posterior members p(x | y) with a diffusion prior and likelihood guidance.
 
@@ -203,6 +205,10 @@ def sample_posterior(
     check_inputs : bool
         Run the checks below before sampling (the config path, `Assimilator`, has run the CLI's
         own before and passes False).
+    bias : ObservationBias, optional
+        A bias model of the observations (`ensemble_da.obs.bias`, built for the operator's
+        observations in its order): marginalised in the guidance (mmps, regression; dps refuses
+        it); draw each member's β afterwards with `ensemble_da.obs.bias.draw_bias`.
 
     Returns
     -------
@@ -255,7 +261,7 @@ def sample_posterior(
             )
     guided = denoiser
     if observations is not None and guidance.method != "none":
-        guided = guided_denoiser(denoiser, observations, guidance, autocast=autocast)
+        guided = guided_denoiser(denoiser, observations, guidance, autocast=autocast, bias=bias)
     schedule = KarrasSchedule.from_config(sampler)
     out = []
     for lo in range(0, len(ids), sampler.batch_size):

@@ -11,6 +11,8 @@ import contextlib
 
 import torch
 
+from ensemble_da.errors import InputError
+from ensemble_da.obs.bias import ObservationBias
 from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
@@ -28,13 +30,20 @@ class GuidedDenoiser:
         h (linear or not), the observations y and their error std s (normalised units), shapes (obs,).
     autocast : bool
         Run the prior's forward under bf16 autocast when on CUDA.
+    bias : ObservationBias, optional
+        A bias model of the observations (`obs.bias`): the error covariance becomes
+        diag(s²) + P B Pᵀ (β marginalised; draw β per member afterwards).
     """
 
     handles_autocast = True
 
-    def __init__(self, denoiser: Denoiser, operator: Operator, autocast: bool = True):
+    def __init__(self, denoiser: Denoiser, operator: Operator, autocast: bool = True,
+                 bias: ObservationBias | None = None):
+        if bias is not None and len(bias.predictors) != len(operator):
+            raise InputError(f"the bias model has {len(bias.predictors)} observations, the operator {len(operator)}")
         self.denoiser = denoiser
         self.operator = operator
+        self.bias = bias
         self.autocast = autocast
         self.grid = denoiser.grid
         self.normalization = denoiser.normalization

@@ -25,6 +25,7 @@ import torch
 from ensemble_da.guidance.base import GuidedDenoiser
 from ensemble_da.guidance.cg import conjugate_gradient
 from ensemble_da.guidance.gmres import gmres
+from ensemble_da.obs.bias import ObservationBias
 from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.base import Condition, Denoiser
 
@@ -43,8 +44,9 @@ class MMPSGuidance(GuidedDenoiser):
         cg_iters: int = 3,
         autocast: bool = True,
         solver: Literal["cg", "gmres"] = "cg",
+        bias: ObservationBias | None = None,
     ):
-        super().__init__(denoiser, operator, autocast)
+        super().__init__(denoiser, operator, autocast, bias)
         self.cg_iters = cg_iters
         self.solve = _SOLVERS[solver]
         self.last_relative_residual: torch.Tensor | None = None
@@ -58,7 +60,8 @@ class MMPSGuidance(GuidedDenoiser):
     def linear_system(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None):
         """The MMPS system at (z, σ): (d, matvec, rhs, correction).
 
-        d = D(z, σ) with its graph; matvec(v) = diag(s²) v + σ² H Jᵀ Hᵀ v and rhs = y − h(d), both
+        d = D(z, σ) with its graph; matvec(v) = R v + σ² H Jᵀ Hᵀ v (R = diag(s²), plus P B Pᵀ
+        with a bias model) and rhs = y − h(d), both
         (batch, obs) float64; correction(v) = Jᵀ Hᵀ v with the shape of z. For a nonlinear h, H is
         its Jacobian J_h at d (detached, float64), applied by JVP and its transpose by VJP.
         """
@@ -75,7 +78,8 @@ class MMPSGuidance(GuidedDenoiser):
             return g
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            return s2 * v + s2_sigma * lin.jvp(vjp(lin.vjp(v)).double())
+            out = s2 * v + s2_sigma * lin.jvp(vjp(lin.vjp(v)).double())
+            return out if self.bias is None else out + self.bias.covariance_matvec(v)
 
         rhs = y - lin.value
         return d, matvec, rhs, lambda v: vjp(lin.vjp(v))
