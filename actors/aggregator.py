@@ -27,7 +27,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ensemble_da.assimilation import WorkUnit
+from ensemble_da.config import BiasConfig
 from ensemble_da.io import RunStore
+from ensemble_da.obs.bias import bias_statistics
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.stats import BlockStats, OrderedReduction, fair_crps, heldout_noise_rng, rank_counts, time_metrics
 
@@ -42,7 +44,9 @@ class TimeInputs:
     """What the aggregator of one analysis time needs besides the blocks.
 
     observations: all of the time's observations; operator: H over them (for blocks read back
-    on resume); truth: (channel, cell) or None; exact: (mean, spread) each (channel, cell) or None.
+    on resume); truth: (channel, cell) or None; exact: (mean, spread) each (channel, cell) or None;
+    bias: the observations' bias model (`observations.bias`) or None, with exact_bias its exact
+    posterior's metrics (`exact_bias_mean/<name>`, ...) when known.
     """
 
     t_index: int
@@ -50,6 +54,8 @@ class TimeInputs:
     operator: object
     truth: np.ndarray | None = None
     exact: tuple[np.ndarray, np.ndarray] | None = None
+    bias: BiasConfig | None = None
+    exact_bias: dict[str, float] | None = None
 
 
 @dataclass
@@ -150,6 +156,9 @@ class Aggregator:
                                    heldout_noise_rng=heldout_noise_rng(self.seed, t))
         if np.isfinite(red.cg_residual_max):
             metrics["mmps_residual/max"] = float(red.cg_residual_max)
+        if ti.bias is not None:
+            metrics.update(bias_statistics(ti.observations, fit.hx, ti.bias, self.seed, t))
+            metrics.update(ti.exact_bias or {})
         result = TimeResult(t, metrics, fit.hx_mean, fit.hx_spread, ranks)
         self.results[t] = result
         red.hx = []

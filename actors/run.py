@@ -144,7 +144,8 @@ def run_pipeline(
         # A cycled run learns each time's observations (after its QC) only when the time comes.
         times = [] if config.mode == "cycle" else [
             TimeInputs(t, obs, operators[t], None if inputs.truth is None else inputs.truth[t],
-                       None if exact is None else (exact[0][t], exact[1][t]))
+                       None if exact is None else (exact[0][t], exact[1][t]), config.observations.bias,
+                       None if exact is None or exact.bias is None else exact.bias[t])
             for t, obs in enumerate(inputs.observations)
         ]
         status = "FAILED"
@@ -259,7 +260,7 @@ def _exact_references(config: RunConfig, prior, observations) -> tuple | None:
     time alone (analysis), the RTS smoother (reanalysis); a cycle's filter runs with the cycle."""
     kind = config.observations.operator
     if config.mode == "analysis":
-        return exact_posteriors(prior, observations, kind)
+        return exact_posteriors(prior, observations, kind, config.observations.bias)
     from ensemble_da.kalman import rts_smoother
     from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
 

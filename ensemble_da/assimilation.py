@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from ensemble_da.config import RunConfig
+from ensemble_da.config import BiasConfig, RunConfig
 from ensemble_da.cycling import CycleStep, analyse_cycle
 from ensemble_da.errors import InputError
 from ensemble_da.diagnostics import Background, BackgroundQC, heldout_rank_histogram
-from ensemble_da.exact import exact_posterior_physical, has_exact_posterior
+from ensemble_da.exact import exact_biased_posterior_physical, exact_posterior_physical, has_exact_posterior
 from ensemble_da.grid import HealpixGrid
+from ensemble_da.obs.bias import bias_model, bias_statistics, exact_bias_metrics
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
 from ensemble_da.obs.operators import ObservationOperator
@@ -28,7 +29,7 @@ from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
 from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, time_metrics
 
-__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors",
+__all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors", "ExactReference",
            "CycleInputs", "TrajectoryInputs"]
 
 
@@ -123,9 +124,11 @@ class Assimilator:
         if condition is None:
             condition = time_condition(cfg.analysis_times()[t_index])
         diagnostics: dict[str, float] = {}
+        op = None if obs is None else self.operator(obs)
+        bias_cfg = cfg.observations.bias
         x = sample_posterior(
             self.prior,
-            None if obs is None else self.operator(obs),
+            op,
             members,
             cfg.seed,
             sampler=cfg.sampler,
@@ -136,6 +139,7 @@ class Assimilator:
             progress=progress,
             diagnostics=diagnostics,
             check_inputs=False,  # the run's own checks ran before (plug-in check, QC)
+            bias=None if op is None or bias_cfg is None else bias_model(obs.assimilated_only(), op.sigma, bias_cfg),
         )
         diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
@@ -182,18 +186,36 @@ class Assimilator:
         return MarkovForecast(self._time_prior()).forecast(previous, t_index, members, self.config.seed)
 
 
+class ExactReference(NamedTuple):
+    """Exact posterior mean and spread, float64 (time, channel, cell), physical units; with an
+    observation bias model, `bias` holds each time's exact β metrics (`exact_bias_mean/<name>`, ...)."""
+
+    mean: np.ndarray
+    spread: np.ndarray
+    bias: list[dict[str, float]] | None = None
+
+
 def exact_posteriors(
-    prior: Denoiser, observations: Sequence[ObservationSet], kind: str
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact posterior mean and spread, float64 (time, channel, cell), of each time's assimilated
-    observations under operator `kind` (`ensemble_da.exact`); None when the prior is not Gaussian."""
+    prior: Denoiser, observations: Sequence[ObservationSet], kind: str, bias: BiasConfig | None = None
+) -> ExactReference | None:
+    """The exact posterior of each time's assimilated observations under operator `kind`
+    (`ensemble_da.exact`), jointly with the observation bias of `bias` when given; None when
+    the prior is not Gaussian."""
     if not has_exact_posterior(prior):
         return None
-    pairs = [
-        exact_posterior_physical(prior, ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind))
-        for o in observations
-    ]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    means, spreads, metrics = [], [], []
+    for o in observations:
+        points = o.assimilated_only()
+        op = ObservationOperator.build(points, prior.grid, prior.normalization, kind)
+        if bias is None:
+            mean, spread = exact_posterior_physical(prior, op)
+        else:
+            model = bias_model(points, op.sigma, bias)
+            mean, spread, beta, cov = exact_biased_posterior_physical(prior, op, model.predictors, model.prior_sigma)
+            metrics.append(exact_bias_metrics(model.names, beta, cov))
+        means.append(mean)
+        spreads.append(spread)
+    return ExactReference(np.stack(means), np.stack(spreads), metrics if bias is not None else None)
 
 
 @dataclass
@@ -250,7 +272,8 @@ def assimilate(
                                          [at_obs(obs, xb) for obs, xb in zip(observations, backgrounds)],
                                          config.diagnostics.qc_sigma_k)
         observations = background.observations
-    exact = exact_posteriors(assimilator.prior, observations, kind)
+    bias_cfg = config.observations.bias
+    exact = exact_posteriors(assimilator.prior, observations, kind, bias_cfg)
     out, metrics, fits, diags, ranks = [], [], [], [], []
     for t, obs in enumerate(observations):
         block = assimilator.sample(obs, t, members, progress=progress)
@@ -266,6 +289,10 @@ def assimilate(
             None if exact is None else (exact[0][t], exact[1][t]),
             heldout_noise_rng(config.seed, t),
         )
+        if bias_cfg is not None:
+            m.update(bias_statistics(obs, fit.hx, bias_cfg, config.seed, t))
+            if exact is not None:
+                m.update(exact.bias[t])
         ranks.append(heldout_rank_histogram(channels, fit, heldout_rank_rng(config.seed, t)))
         if background is not None:
             m.update(background.time_metrics(t, channels, fit.hx_mean))

@@ -335,6 +335,46 @@ def operator_config(spec: str | dict | BaseModel) -> BaseModel:
         raise InputError(f"observations.operator: {msg.removeprefix('Value error, ')}") from None
 
 
+class BiasConfig(_Strict):
+    """`observations.bias`: a bias of the observations estimated jointly with the state, VarBC-like
+    (DESIGN.md §5, `ensemble_da.obs.bias`): one parameter per observed channel and predictor.
+
+    kind: `constant` (one bias per channel) or `linear` (a constant plus `predictors`:
+    `latitude`, latitude / 90°; `value`, the observed value standardised per channel).
+    prior_sigma: prior std of each parameter, physical units of the channel (per unit predictor).
+    truth: OSSE only, the constant bias per channel added to the synthetic observations
+    (physical units), e.g. `{T850: 1.5}`.
+    """
+
+    kind: Literal["constant", "linear"] = "constant"
+    prior_sigma: float = 1.0
+    predictors: list[Literal["latitude", "value"]] = Field(default_factory=list)
+    truth: dict[str, float] | None = None
+
+    @field_validator("prior_sigma")
+    @classmethod
+    def _prior_sigma(cls, v: float) -> float:
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"prior_sigma must be a finite number > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> "BiasConfig":
+        if self.kind == "constant" and self.predictors:
+            raise ValueError("predictors are for kind linear (kind constant has one constant per channel)")
+        if self.kind == "linear" and not self.predictors:
+            self.predictors = ["latitude"]
+        if self.truth is not None:
+            for name, b in self.truth.items():
+                if not np.isfinite(b):
+                    raise ValueError(f"truth for {name} must be finite, got {b}")
+        return self
+
+    def predictor_names(self) -> tuple[str, ...]:
+        """The predictors of each channel's parameters, `constant` first."""
+        return ("constant", *self.predictors)
+
+
 class ObservationsConfig(_Strict):
     source: Literal["synthetic", "era5", "stations"] = "synthetic"
     path: str | list[str] | None = None
@@ -361,6 +401,8 @@ class ObservationsConfig(_Strict):
     time_format: str | None = None
     # Station-table times written day first (13/01/2020) when no time_format is given.
     dayfirst: bool = False
+    # A bias estimated jointly with the state (null: unbiased observations). BiasConfig.
+    bias: BiasConfig | None = None
 
     @field_validator("operator", mode="before")
     @classmethod
@@ -374,6 +416,16 @@ class ObservationsConfig(_Strict):
             if not s > 0:
                 raise ValueError(f"sigma for {name} must be > 0, got {s}")
         return v
+
+    @model_validator(mode="after")
+    def _bias_truth(self) -> "ObservationsConfig":
+        if self.bias is not None and self.bias.truth is not None:
+            if self.source != "synthetic":
+                raise ValueError("bias.truth is for synthetic observations (an OSSE); real observations bring their own bias")
+            unknown = sorted(set(self.bias.truth) - set(self.channels))
+            if unknown:
+                raise ValueError(f"bias.truth names {unknown}, not among the observed channels {self.channels}")
+        return self
 
     @field_validator("osse_grid_deg")
     @classmethod
@@ -504,6 +556,18 @@ class RunConfig(_Strict):
             except ValueError:
                 raise ValueError(f"not an ISO time: {t!r}") from None
         return v
+
+    @model_validator(mode="after")
+    def _bias(self) -> "RunConfig":
+        if self.observations.bias is None:
+            return self
+        if self.mode != "analysis":
+            raise ValueError(f"observations.bias is for mode analysis; in mode {self.mode} the bias estimate "
+                             "does not yet carry from one time to the next")
+        if self.guidance.method == "dps":
+            raise ValueError("observations.bias needs guidance.method mmps or regression: dps ignores the "
+                             "observation error covariance, so it cannot account for the bias")
+        return self
 
     @model_validator(mode="after")
     def _time_aware(self) -> "RunConfig":

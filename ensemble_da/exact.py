@@ -35,7 +35,7 @@ from ensemble_da.memory import check_fits
 from ensemble_da.obs.operators import Operator
 from ensemble_da.priors.gaussian import GaussianPrior, SpectralBasis
 
-__all__ = ["kalman_update", "kalman_update_with_bias", "exact_posterior", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge",
+__all__ = ["kalman_update", "kalman_update_with_bias", "exact_posterior", "exact_biased_posterior_physical", "exact_posterior_physical", "has_exact_posterior", "ExactPosteriorTooLarge",
            "ExactPosteriorUnavailable"]
 
 _DROP = 1e-12
@@ -260,3 +260,15 @@ def kalman_update_with_bias(
     mean, var = kalman_update(basis, h, np.asarray(y, np.float64) - p @ beta, sigma, prior_mean)
     var = var.reshape(-1) + np.einsum("sk,kl,sl->s", g, cov, g)
     return mean, var.reshape(shape), beta, cov
+
+
+def exact_biased_posterior_physical(prior: GaussianPrior, op: Operator, predictors: np.ndarray, prior_sigma: np.ndarray
+                                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`kalman_update_with_bias` for `prior` and a linear `op`: state mean and spread in physical
+    units (channel, cell), β mean (k,) and covariance (k, k) (β's units, `obs.bias`)."""
+    if not op.linear:
+        raise ExactPosteriorUnavailable(f"no exact posterior with the nonlinear observation operator "
+                                        f"{getattr(op, 'kind', type(op).__name__)}")
+    mean, var, beta, cov = kalman_update_with_bias(prior.basis, op.matrix(), op.y, op.sigma, predictors, prior_sigma,
+                                                   prior.prior_mean())
+    return (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var), beta, cov)

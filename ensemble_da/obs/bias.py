@@ -31,7 +31,8 @@ import torch
 from ensemble_da.errors import InputError
 from ensemble_da.obs.observation_set import ObservationSet
 
-__all__ = ["ObservationBias", "BiasPredictor", "BIAS_STREAM", "bias_generator", "draw_bias"]
+__all__ = ["ObservationBias", "BiasPredictor", "BIAS_STREAM", "bias_generator", "draw_bias", "bias_model", "bias_statistics",
+           "exact_bias_metrics"]
 
 BiasPredictor = Literal["constant", "latitude", "value"]
 
@@ -132,3 +133,39 @@ def draw_bias(bias: ObservationBias, operator, z: np.ndarray, seed: int, t_index
     residual = np.asarray(operator.y, np.float64)[None] - hz
     return bias.draw(residual, np.asarray(operator.sigma, np.float64) ** 2,
                      [bias_generator(seed, t_index, m) for m in members])
+
+
+def bias_model(obs: ObservationSet, sigma_normalised: np.ndarray | None, cfg) -> ObservationBias:
+    """The model of `observations.bias` (BiasConfig `cfg`) for the assimilated observations `obs`;
+    `sigma_normalised` their normalised error std (H's order), None for physical units
+    (predictors per physical unit of y: what `bias_statistics` needs)."""
+    sigma = np.asarray(obs.sigma, np.float64) if sigma_normalised is None else sigma_normalised
+    return ObservationBias.build(obs, sigma, cfg.prior_sigma, cfg.predictor_names())
+
+
+def bias_statistics(obs: ObservationSet, hx: np.ndarray, cfg, seed: int, t_index: int) -> dict[str, float]:
+    """`bias_mean/<name>` and `bias_spread/<name>` (ddof 1) of one time: member m's β drawn from
+    β | x_m, y (`ObservationBias.draw`) with the residuals y − H x_m at the assimilated
+    observations of `obs`, physical units. hx: (member, obs), member ids 0..M−1 in order, at
+    every observation of `obs`. The same β as a normalised-units draw: the posterior is unit-free."""
+    a = np.asarray(obs.assimilated, bool)
+    assimilated = obs.assimilated_only()
+    model = bias_model(assimilated, None, cfg)
+    residual = np.asarray(assimilated.value, np.float64)[None] - np.asarray(hx, np.float64)[:, a]
+    beta = model.draw(residual, np.asarray(assimilated.sigma, np.float64) ** 2,
+                      [bias_generator(seed, t_index, m) for m in range(hx.shape[0])])
+    out = {}
+    for j, name in enumerate(model.names):
+        out[f"bias_mean/{name}"] = float(beta[:, j].mean())
+        if len(beta) > 1:
+            out[f"bias_spread/{name}"] = float(beta[:, j].std(ddof=1))
+    return out
+
+
+def exact_bias_metrics(names: Sequence[str], mean: np.ndarray, cov: np.ndarray) -> dict[str, float]:
+    """`exact_bias_mean/<name>` and `exact_bias_spread/<name>` of the exact β posterior."""
+    out = {}
+    for j, name in enumerate(names):
+        out[f"exact_bias_mean/{name}"] = float(mean[j])
+        out[f"exact_bias_spread/{name}"] = float(np.sqrt(cov[j, j]))
+    return out

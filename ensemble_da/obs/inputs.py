@@ -131,8 +131,11 @@ def _draw_locations(
 
 
 def _gridded_observations(
-    config: RunConfig, source: GriddedSource, channels: list[str], add_noise: bool
+    config: RunConfig, source: GriddedSource, channels: list[str], add_noise: bool,
+    bias: dict[str, float] | None = None,
 ) -> tuple[list[ObservationSet], list[QCCounts]]:
+    """Each time's observations of `source`; `bias` (an OSSE's `observations.bias.truth`) adds a
+    constant per channel, physical units."""
     cfg = config.observations
     source.require(channels)
     sigmas = channel_sigma_map(config, channels)
@@ -153,6 +156,8 @@ def _gridded_observations(
         sigma = np.array([sigmas[c] for c in ch])
         if add_noise:
             value = value + rng.standard_normal(n) * sigma
+        if bias:
+            value = value + np.array([bias.get(c, 0.0) for c in ch])
         table = pd.DataFrame(dict(time=valid, lat=lat, lon=lon, channel=ch, value=value, sigma=sigma))[inside]
         table, c = quality_control(table, cfg.duplicate_policy, QCCounts(read=n, outside_domain=int((~inside).sum())))
         if table.empty:
@@ -218,7 +223,8 @@ def _synthetic_inputs(config: RunConfig, layout: StateLayout, truths: np.ndarray
     with tempfile.TemporaryDirectory(prefix="ensemble_da_osse_") as tmp:
         files = generate_osse(config, truths, layout.grid, list(layout.normalization.channels), tmp)
         with GriddedSource.open([str(p) for p in files.era5]) as source:
-            sets, counts = _gridded_observations(config, source, channels, add_noise)
+            bias = config.observations.bias
+            sets, counts = _gridded_observations(config, source, channels, add_noise, bias and bias.truth)
         truth = read_healpix_truth(
             str(files.truth), list(layout.normalization.channels), config.analysis_times(), layout.grid, 0.0
         )
