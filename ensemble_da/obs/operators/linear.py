@@ -16,7 +16,7 @@ kinds (`points`, `column`, `footprint`) give an `ObservationOperator`, the nonli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -155,6 +155,32 @@ class ObservationOperator:
             sigma=sigma / normalization.scale[ch],
             n_channels=len(normalization.channels),
             npix=grid.npix,
+        )
+
+    @classmethod
+    def concatenate(cls, operators: "Sequence[ObservationOperator]") -> "ObservationOperator":
+        """One operator reading the observations of `operators` in turn (same state shape):
+        rows padded to the widest with weight-0 entries. ValueError for different states."""
+        ops = list(operators)
+        if not ops or len({(o.n_channels, o.npix) for o in ops}) != 1:
+            raise ValueError("concatenate needs at least one operator, all on the same (channel, cell) state")
+        width = max(o.flat.shape[1] for o in ops)
+
+        def pad(a: np.ndarray, value) -> np.ndarray:
+            return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=value)
+
+        physical = None
+        if any(o.physical_weights is not None for o in ops):
+            physical = np.concatenate([pad(o.weights if o.physical_weights is None else o.physical_weights, 0.0)
+                                       for o in ops])
+        return cls(
+            flat=np.concatenate([pad(o.flat, 0) for o in ops]),
+            weights=np.concatenate([pad(o.weights, 0.0) for o in ops]),
+            y=np.concatenate([o.y for o in ops]),
+            sigma=np.concatenate([o.sigma for o in ops]),
+            n_channels=ops[0].n_channels,
+            npix=ops[0].npix,
+            physical_weights=physical,
         )
 
     def __len__(self) -> int:
