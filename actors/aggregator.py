@@ -27,11 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ensemble_da.assimilation import WorkUnit
-from ensemble_da.config import BiasConfig
+from ensemble_da.config import ObservationsConfig
 from ensemble_da.io import RunStore
 from ensemble_da.obs.bias import bias_statistics
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import BlockStats, OrderedReduction, fair_crps, heldout_noise_rng, rank_counts, time_metrics
+from ensemble_da.stats import (BlockStats, OrderedReduction, fair_crps, heldout_noise_rng, rank_counts, set_metrics,
+                               time_metrics)
 
 __all__ = ["Aggregator", "TimeInputs", "TimeResult", "score_cells", "CELL_SLICE_BYTES"]
 
@@ -45,8 +46,8 @@ class TimeInputs:
 
     observations: all of the time's observations; operator: H over them (for blocks read back
     on resume); truth: (channel, cell) or None; exact: (mean, spread) each (channel, cell) or None;
-    bias: the observations' bias model (`observations.bias`) or None, with exact_bias its exact
-    posterior's metrics (`exact_bias_mean/<name>`, ...) when known.
+    sets: the run's observation sets (their per-set metrics and bias models), or None; exact_bias
+    the exact posterior's bias metrics (`exact_bias_mean/<name>`, ...) when known.
     """
 
     t_index: int
@@ -54,7 +55,7 @@ class TimeInputs:
     operator: object
     truth: np.ndarray | None = None
     exact: tuple[np.ndarray, np.ndarray] | None = None
-    bias: BiasConfig | None = None
+    sets: Sequence[ObservationsConfig] | None = None
     exact_bias: dict[str, float] | None = None
 
 
@@ -156,9 +157,10 @@ class Aggregator:
                                    heldout_noise_rng=heldout_noise_rng(self.seed, t))
         if np.isfinite(red.cg_residual_max):
             metrics["mmps_residual/max"] = float(red.cg_residual_max)
-        if ti.bias is not None:
-            metrics.update(bias_statistics(ti.observations, fit.hx, ti.bias, self.seed, t))
-            metrics.update(ti.exact_bias or {})
+        if ti.sets is not None:
+            metrics.update(set_metrics(list(self.layout.channels), m, fit, self.seed, t))
+            metrics.update(bias_statistics(ti.observations, fit.hx, ti.sets, self.seed, t))
+        metrics.update(ti.exact_bias or {})
         result = TimeResult(t, metrics, fit.hx_mean, fit.hx_spread, ranks)
         self.results[t] = result
         red.hx = []

@@ -139,11 +139,10 @@ class ModelReplica:
         those that passed background QC."""
         key = (t_index, background)
         if key not in self._operators:
-            from ensemble_da.obs.operators import ObservationOperator
+            from ensemble_da.obs.operators import build_operator
 
             a = self.assimilator
-            self._operators[key] = ObservationOperator.build(
-                obs, a.grid, a.normalization, self.config.observations.operator)
+            self._operators[key] = build_operator(obs, a.grid, a.normalization, self.config.observation_sets())
         return self._operators[key]
 
     def check_store(self) -> None:

@@ -26,12 +26,12 @@ from typing import Any, Callable
 import numpy as np
 
 import ensemble_da
-from ensemble_da.assimilation import WorkUnit, exact_posteriors
+from ensemble_da.assimilation import ExactReference, WorkUnit, exact_posteriors
 from ensemble_da.config import RunConfig
 from ensemble_da.diagnostics import Background
 from ensemble_da.exact import ExactPosteriorUnavailable
 from ensemble_da.io import STORE_NAME, RunStore, StoreLayout
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import build_operator
 
 from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
@@ -94,7 +94,7 @@ def run_pipeline(
     prior = prior_factory("cpu") if prior_factory is not None else load_prior(config.model, config.grid)
     check_time_mode(config, prior, resume)
     inputs = prepare_inputs(config, prior, osse_truths(prior, config))
-    kind = config.observations.operator
+    sets = config.observation_sets()
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
     # 3. executor session
@@ -113,7 +113,7 @@ def run_pipeline(
                 executor.shutdown()
             runtime.close()
             raise
-        operators = [ObservationOperator.build(o, prior.grid, prior.normalization, kind) for o in inputs.observations]
+        operators = [build_operator(o, prior.grid, prior.normalization, sets) for o in inputs.observations]
         try:
             exact = _exact_references(config, prior, inputs.observations)
         except ExactPosteriorUnavailable as exc:
@@ -144,7 +144,7 @@ def run_pipeline(
         # A cycled run learns each time's observations (after its QC) only when the time comes.
         times = [] if config.mode == "cycle" else [
             TimeInputs(t, obs, operators[t], None if inputs.truth is None else inputs.truth[t],
-                       None if exact is None else (exact[0][t], exact[1][t]), config.observations.bias,
+                       None if exact is None else (exact[0][t], exact[1][t]), sets,
                        None if exact is None or exact.bias is None else exact.bias[t])
             for t, obs in enumerate(inputs.observations)
         ]
@@ -207,7 +207,7 @@ def run_pipeline(
             if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
-            qc = inputs.qc.metrics()
+            qc = inputs.qc_metrics()
             if cycled is not None:
                 inputs = dataclasses.replace(inputs, observations=cycled.observations)
                 if cycled.exact is not None:
@@ -255,19 +255,19 @@ def _open_store(config: RunConfig, out_dir: Path, resume: bool, inputs, channels
     )
 
 
-def _exact_references(config: RunConfig, prior, observations) -> tuple | None:
+def _exact_references(config: RunConfig, prior, observations) -> ExactReference | None:
     """Exact (mean, spread) per time, physical (time, channel, cell), known before sampling: each
     time alone (analysis), the RTS smoother (reanalysis); a cycle's filter runs with the cycle."""
-    kind = config.observations.operator
+    sets = config.observation_sets()
     if config.mode == "analysis":
-        return exact_posteriors(prior, observations, kind, config.observations.bias)
+        return exact_posteriors(prior, observations, sets)
     from ensemble_da.kalman import rts_smoother
     from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
 
     if config.mode == "cycle" or not isinstance(prior, GaussianMarkovPrior):
         return None
-    ops = [ObservationOperator.build(o.assimilated_only(), prior.grid, prior.normalization, kind) for o in observations]
-    return rts_smoother(prior, ops).physical(prior)
+    ops = [build_operator(o.assimilated_only(), prior.grid, prior.normalization, sets) for o in observations]
+    return ExactReference(*rts_smoother(prior, ops).physical(prior))
 
 
 def _start_tracking(config: RunConfig, out_dir: Path, state: RunState, tags: dict[str, str] | None = None):

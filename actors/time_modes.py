@@ -28,7 +28,7 @@ from ensemble_da.diagnostics import Background
 from ensemble_da.exact import ExactPosteriorTooLarge
 from ensemble_da.io import RunStore, unit_blocks
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import build_operator
 from ensemble_da.stats import OrderedReduction
 
 from actors.aggregator import TimeInputs
@@ -67,7 +67,7 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
     """Every time of a cycled run in order (module docstring), each time's background appended to
     `background` before its analysis; returns the run's `CycleOutcome`."""
     blocks = unit_blocks(config.ensemble.members, config.cluster.members_per_unit)
-    kind = config.observations.operator
+    sets = config.observation_sets()
     window = config.window_length()
     kf = _kalman_filter(prior)
     kept: list[ObservationSet] = []
@@ -90,10 +90,10 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
         kept.append(obs_t)
         exact_t = None
         if kf is not None:
-            mean, var = kf.step(ObservationOperator.build(obs_t.assimilated_only(), prior.grid, prior.normalization, kind))
+            mean, var = kf.step(build_operator(obs_t.assimilated_only(), prior.grid, prior.normalization, sets))
             exact_t = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
             exact.append(exact_t)
-        operator = ObservationOperator.build(obs_t, prior.grid, prior.normalization, kind)
+        operator = build_operator(obs_t, prior.grid, prior.normalization, sets)
         aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t)])
         inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
         executor.run(units, {t: inputs}, on_result, on_progress)

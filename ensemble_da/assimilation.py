@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ensemble_da.config import BiasConfig, RunConfig
+from ensemble_da.config import ObservationsConfig, RunConfig
 from ensemble_da.cycling import CycleStep, analyse_cycle
 from ensemble_da.errors import InputError
 from ensemble_da.diagnostics import Background, BackgroundQC, heldout_rank_histogram
@@ -24,10 +24,11 @@ from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.bias import bias_model, bias_statistics, exact_bias_metrics
 from ensemble_da.obs.inputs import RunInputs
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import build_operator
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors import Denoiser, load_prior, time_condition
-from ensemble_da.stats import EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, time_metrics
+from ensemble_da.stats import (EnsembleMoments, ObsFit, fair_crps, heldout_noise_rng, heldout_rank_rng, set_metrics,
+                               time_metrics)
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors", "ExactReference",
            "CycleInputs", "TrajectoryInputs"]
@@ -97,11 +98,10 @@ class Assimilator:
         self.grid: HealpixGrid = self.prior.grid
         self.normalization = self.prior.normalization
 
-    def operator(self, obs: ObservationSet) -> ObservationOperator:
-        """H for the assimilated observations of `obs`, in the prior's normalised units."""
-        return ObservationOperator.build(
-            obs.assimilated_only(), self.grid, self.normalization, self.config.observations.operator
-        )
+    def operator(self, obs: ObservationSet):
+        """H for the assimilated observations of `obs` (each set by its own operator), in the
+        prior's normalised units."""
+        return build_operator(obs.assimilated_only(), self.grid, self.normalization, self.config.observation_sets())
 
     def sample(
         self,
@@ -125,7 +125,6 @@ class Assimilator:
             condition = time_condition(cfg.analysis_times()[t_index])
         diagnostics: dict[str, float] = {}
         op = None if obs is None else self.operator(obs)
-        bias_cfg = cfg.observations.bias
         x = sample_posterior(
             self.prior,
             op,
@@ -139,7 +138,7 @@ class Assimilator:
             progress=progress,
             diagnostics=diagnostics,
             check_inputs=False,  # the run's own checks ran before (plug-in check, QC)
-            bias=None if op is None or bias_cfg is None else bias_model(obs.assimilated_only(), op.sigma, bias_cfg),
+            bias=None if op is None else bias_model(obs.assimilated_only(), op.sigma, cfg.observation_sets()),
         )
         diagnostics = {"seconds": time.perf_counter() - start, **diagnostics}
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
@@ -196,26 +195,26 @@ class ExactReference(NamedTuple):
 
 
 def exact_posteriors(
-    prior: Denoiser, observations: Sequence[ObservationSet], kind: str, bias: BiasConfig | None = None
+    prior: Denoiser, observations: Sequence[ObservationSet], sets: Sequence[ObservationsConfig]
 ) -> ExactReference | None:
-    """The exact posterior of each time's assimilated observations under operator `kind`
-    (`ensemble_da.exact`), jointly with the observation bias of `bias` when given; None when
-    the prior is not Gaussian."""
+    """The exact posterior of each time's assimilated observations, each set read by its own
+    operator (`ensemble_da.exact`), jointly with the sets' observation bias where they have one;
+    None when the prior is not Gaussian."""
     if not has_exact_posterior(prior):
         return None
     means, spreads, metrics = [], [], []
     for o in observations:
         points = o.assimilated_only()
-        op = ObservationOperator.build(points, prior.grid, prior.normalization, kind)
-        if bias is None:
+        op = build_operator(points, prior.grid, prior.normalization, sets)
+        model = bias_model(points, op.sigma, sets)
+        if model is None:
             mean, spread = exact_posterior_physical(prior, op)
         else:
-            model = bias_model(points, op.sigma, bias)
             mean, spread, beta, cov = exact_biased_posterior_physical(prior, op, model.predictors, model.prior_sigma)
             metrics.append(exact_bias_metrics(model.names, beta, cov))
         means.append(mean)
         spreads.append(spread)
-    return ExactReference(np.stack(means), np.stack(spreads), metrics if bias is not None else None)
+    return ExactReference(np.stack(means), np.stack(spreads), metrics or None)
 
 
 @dataclass
@@ -259,10 +258,10 @@ def assimilate(
     assimilator = assimilator or Assimilator(config)
     members = list(range(config.ensemble.members))
     channels = list(assimilator.normalization.channels)
-    kind = config.observations.operator
+    sets = config.observation_sets()
 
     def at_obs(obs: ObservationSet, x: np.ndarray) -> ObsFit:
-        op = ObservationOperator.build(obs, assimilator.grid, assimilator.normalization, kind)
+        op = build_operator(obs, assimilator.grid, assimilator.normalization, sets)
         return ObsFit(obs, op.observe(x.astype(np.float64)))
 
     observations, backgrounds, background = list(inputs.observations), [], None
@@ -272,8 +271,7 @@ def assimilate(
                                          [at_obs(obs, xb) for obs, xb in zip(observations, backgrounds)],
                                          config.diagnostics.qc_sigma_k)
         observations = background.observations
-    bias_cfg = config.observations.bias
-    exact = exact_posteriors(assimilator.prior, observations, kind, bias_cfg)
+    exact = exact_posteriors(assimilator.prior, observations, sets)
     out, metrics, fits, diags, ranks = [], [], [], [], []
     for t, obs in enumerate(observations):
         block = assimilator.sample(obs, t, members, progress=progress)
@@ -289,10 +287,10 @@ def assimilate(
             None if exact is None else (exact[0][t], exact[1][t]),
             heldout_noise_rng(config.seed, t),
         )
-        if bias_cfg is not None:
-            m.update(bias_statistics(obs, fit.hx, bias_cfg, config.seed, t))
-            if exact is not None:
-                m.update(exact.bias[t])
+        m.update(set_metrics(channels, EnsembleMoments.of(x), fit, config.seed, t))
+        m.update(bias_statistics(obs, fit.hx, sets, config.seed, t))
+        if exact is not None and exact.bias is not None:
+            m.update(exact.bias[t])
         ranks.append(heldout_rank_histogram(channels, fit, heldout_rank_rng(config.seed, t)))
         if background is not None:
             m.update(background.time_metrics(t, channels, fit.hx_mean))

@@ -5,13 +5,15 @@ Unknown keys are errors; every error is an `InputError` naming the key and the v
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from ensemble_da.errors import InputError
 
@@ -376,6 +378,8 @@ class BiasConfig(_Strict):
 
 
 class ObservationsConfig(_Strict):
+    # The set's name (a run may list several sets: per-set QC counts, metrics and bias).
+    name: str = "obs"
     source: Literal["synthetic", "era5", "stations"] = "synthetic"
     path: str | list[str] | None = None
     channels: list[str] = Field(default_factory=lambda: ["T850", "T500", "T300"])
@@ -417,6 +421,13 @@ class ObservationsConfig(_Strict):
                 raise ValueError(f"sigma for {name} must be > 0, got {s}")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", v):
+            raise ValueError(f"name must be a letter then up to 31 letters, digits, _ or -, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _bias_truth(self) -> "ObservationsConfig":
         if self.bias is not None and self.bias.truth is not None:
@@ -454,6 +465,15 @@ class ObservationsConfig(_Strict):
         if v < 1:
             raise ValueError(f"num_obs must be >= 1, got {v}")
         return v
+
+
+# `observations:` is one set (a mapping) or a list of sets; the tag tells pydantic which, so an
+# error names the key once (`_loc` drops the tag) instead of once per union member.
+_ONE_SET, _SET_LIST = "one set", "list of sets"
+ObservationSets = Annotated[
+    Union[Annotated[ObservationsConfig, Tag(_ONE_SET)], Annotated[list[ObservationsConfig], Tag(_SET_LIST)]],
+    Discriminator(lambda v: _SET_LIST if isinstance(v, list) else _ONE_SET),
+]
 
 
 class ClusterConfig(_Strict):
@@ -540,7 +560,8 @@ class RunConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
-    observations: ObservationsConfig = Field(default_factory=ObservationsConfig)
+    # One observation set, or a list of named sets assimilated together (DESIGN.md §5).
+    observations: ObservationSets = Field(default_factory=ObservationsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
@@ -558,8 +579,30 @@ class RunConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _sets(self) -> "RunConfig":
+        if not isinstance(self.observations, list):
+            return self
+        if not self.observations:
+            raise ValueError("observations: an empty list; give one set or a list of named sets")
+        names = [s.name for s in self.observations]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"observations: set names must differ, {repeated} repeated (give each set a name)")
+        synthetic = {s.source == "synthetic" for s in self.observations}
+        if len(synthetic) > 1:
+            raise ValueError("observations: synthetic sets (an OSSE) cannot be mixed with sets read from files")
+        truths = {s.truth_path for s in self.observations} - {None}
+        if len(truths) > 1:
+            raise ValueError(f"observations: the sets name different truth_path files {sorted(truths)}; give it once")
+        return self
+
+    def observation_sets(self) -> list[ObservationsConfig]:
+        """The run's observation sets, one or more."""
+        return list(self.observations) if isinstance(self.observations, list) else [self.observations]
+
+    @model_validator(mode="after")
     def _bias(self) -> "RunConfig":
-        if self.observations.bias is None:
+        if all(s.bias is None for s in self.observation_sets()):
             return self
         if self.mode != "analysis":
             raise ValueError(f"observations.bias is for mode analysis; in mode {self.mode} the bias estimate "
@@ -664,9 +707,19 @@ def _override_source(loc: str, overrides: list[str], source: str) -> str:
     return source
 
 
+def _loc(parts: tuple) -> str:
+    """An error location as a dotted key: union tags left out, list items as `[i]`."""
+    out = ""
+    for p in parts:
+        if p in (_ONE_SET, _SET_LIST) or str(p).startswith("function-"):
+            continue
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 def _format_validation(exc: ValidationError, source: str, overrides: list[str] | None = None) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = _loc(err["loc"])
     source = _override_source(loc, overrides or [], source)
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"

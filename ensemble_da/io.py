@@ -114,8 +114,9 @@ class StoreLayout:
 def _observations_dataset(obs: xr.Dataset) -> xr.Dataset:
     """`ObservationSet.to_dataset()` with fixed-width strings (see the module docstring)."""
     obs = obs.copy()
-    if "channel" in obs:
-        obs["channel"] = ("obs", fixed_width_strings(obs["channel"].values), obs["channel"].attrs)
+    for name in ("channel", "set"):
+        if name in obs:
+            obs[name] = ("obs", fixed_width_strings(obs[name].values), obs[name].attrs)
     return obs
 
 

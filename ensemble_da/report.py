@@ -37,7 +37,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.io import STORE_NAME, open_run
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.obs.operators import ObservationOperator
+from ensemble_da.obs.operators import build_operator
 from ensemble_da.stats import ObsFit, heldout_rank_rng, rank_counts, truth_rank_rng
 
 __all__ = ["FinishedRun", "load_finished_run", "report_figures", "map_times", "write_report", "REPORT_NAME", "TABLE_COLUMNS", "TERMINAL_KEYS"]
@@ -115,7 +115,7 @@ def _members_at_obs(run: FinishedRun, t: int, obs: ObservationSet) -> np.ndarray
     needs no normalisation: unit scales are used)."""
     channels = run.channels
     unit = Normalization(tuple(channels), np.zeros(len(channels)), np.ones(len(channels)))
-    op = ObservationOperator.build(obs, HealpixGrid(run.config.grid.nside), unit, run.config.observations.operator)
+    op = build_operator(obs, HealpixGrid(run.config.grid.nside), unit, run.config.observation_sets())
     analysis = run.store["analysis"]
     step = max(1, _SLICE_BYTES // (4 * analysis.shape[2] * analysis.shape[3]))
     return np.concatenate([
@@ -308,8 +308,8 @@ def write_report(run_dir: str | Path) -> Path:
         "analysis times": ", ".join(times),
         "prior": cfg.model.kind, "guidance": cfg.guidance.method, "nside": cfg.grid.nside,
         "members": run.store.sizes["member"],
-        "observations": f"{n_obs} ({n_assim} assimilated, {n_obs - n_assim} held out), source {cfg.observations.source}, "
-                        f"operator {cfg.observations.operator}",
+        "observations": f"{n_obs} ({n_assim} assimilated, {n_obs - n_assim} held out); " + "; ".join(
+            f"set {o.name}: source {o.source}, operator {o.operator}" for o in cfg.observation_sets()),
         "background ensemble": "yes" if "background_mean" in run.store else "no",
         "wall time": f"{s.get('wall_time_s', float('nan')):.1f} s",
         "MLflow": f"{s.get('tracking_uri')} run {s.get('run_id')}" if not s.get("tracking_error") else

@@ -27,6 +27,7 @@ __all__ = [
     "heldout_spread_skill",
     "ObsFit",
     "time_metrics",
+    "set_metrics",
     "heldout_noise_rng",
     "heldout_rank_rng",
     "truth_rank_rng",
@@ -301,4 +302,21 @@ def time_metrics(
             e_mean, e_spread = exact
             out[f"exact_mean_err/{name}"] = rms((moments.mean[c] - e_mean[c]) / e_spread[c])
             out[f"exact_var_ratio/{name}"] = float(var[c].mean() / np.mean(e_spread[c] ** 2))
+    return out
+
+
+def set_metrics(channels: Sequence[str], moments: EnsembleMoments, fit: ObsFit, seed: int, t_index: int
+                ) -> dict[str, float]:
+    """Observation-space metrics of each observation set, `<set>/oa_rmse/<C>` and the other
+    `time_metrics` keys that depend on the observations, when `fit` holds more than one set;
+    held-out CRPS noise from `heldout_noise_rng(seed, t_index)`, drawn per set."""
+    names = fit.obs.set_names
+    if len(names) < 2:
+        return {}
+    out: dict[str, float] = {}
+    for name in names:
+        mask = fit.obs.set_name == name
+        sub = ObsFit(fit.obs.subset(mask), fit.hx[:, mask])
+        m = time_metrics(channels, moments, sub, heldout_noise_rng=heldout_noise_rng(seed, t_index))
+        out.update({f"{name}/{k}": v for k, v in m.items() if not k.startswith("spread/")})
     return out

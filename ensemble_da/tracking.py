@@ -31,12 +31,16 @@ STORE_LOCK_TIMEOUT_S = 300.0
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config → {"a.b.c": "value"}; lists and None as their YAML-ish text."""
+    """Nested config → {"a.b.c": "value"}; a list of sections by each one's `name` (else its index),
+    other lists and None as their YAML-ish text."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):  # a list of sections (observation sets): by name, else index
+                out.update(flatten(item, f"{name}.{item.get('name', i)}."))
         else:
             out[name] = str(value)[:MAX_PARAM_LENGTH]
     return out
@@ -53,13 +57,15 @@ def resolve_tracking_uri(configured: str | None, run_dir: Path) -> str:
 
 def run_tags(config: Mapping[str, Any]) -> dict[str, str]:
     """Tags that make runs of one experiment comparable at a glance (from the resolved config tree):
-    prior kind, guidance method, nside, members, observation source."""
+    prior kind, guidance method, nside, members, observation source (`name:source` per set of several)."""
+    obs = config["observations"]
     return {
         "prior": str(config["model"]["kind"]),
         "guidance": str(config["guidance"]["method"]),
         "nside": str(config["grid"]["nside"]),
         "members": str(config["ensemble"]["members"]),
-        "observations": str(config["observations"]["source"]),
+        "observations": ",".join(f"{o.get('name', 'obs')}:{o['source']}" for o in obs) if isinstance(obs, list)
+                        else str(obs["source"]),
     }
 
 

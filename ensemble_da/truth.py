@@ -58,4 +58,4 @@ def draw_truths(prior: Denoiser, config: RunConfig) -> np.ndarray:
 def osse_truths(prior: Denoiser, config: RunConfig) -> np.ndarray | None:
     """The truths a run's inputs need (the caller above priors and readers draws them, DESIGN.md
     §2): drawn when `observations.source` is synthetic, else None."""
-    return draw_truths(prior, config) if config.observations.source == "synthetic" else None
+    return draw_truths(prior, config) if config.observation_sets()[0].source == "synthetic" else None

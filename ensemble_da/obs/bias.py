@@ -135,22 +135,43 @@ def draw_bias(bias: ObservationBias, operator, z: np.ndarray, seed: int, t_index
                      [bias_generator(seed, t_index, m) for m in members])
 
 
-def bias_model(obs: ObservationSet, sigma_normalised: np.ndarray | None, cfg) -> ObservationBias:
-    """The model of `observations.bias` (BiasConfig `cfg`) for the assimilated observations `obs`;
-    `sigma_normalised` their normalised error std (H's order), None for physical units
-    (predictors per physical unit of y: what `bias_statistics` needs)."""
-    sigma = np.asarray(obs.sigma, np.float64) if sigma_normalised is None else sigma_normalised
-    return ObservationBias.build(obs, sigma, cfg.prior_sigma, cfg.predictor_names())
+def bias_model(obs: ObservationSet, sigma_normalised: np.ndarray | None, sets) -> ObservationBias | None:
+    """The bias model of the run's observation sets (`ObservationsConfig`s, each with its own
+    `bias:`) for the assimilated observations `obs`, block by block (sets without a bias have no
+    parameters; None when no set has one). `sigma_normalised`: their normalised error std (H's
+    order), None for physical units (predictors per physical unit of y: `bias_statistics`).
+    With several sets a parameter is named `<set>/<name>`."""
+    sets = list(sets) if isinstance(sets, (list, tuple)) else [sets]
+    if all(s.bias is None for s in sets):
+        return None
+    sigma = np.asarray(obs.sigma, np.float64) if sigma_normalised is None else np.asarray(sigma_normalised, np.float64)
+    blocks, names, prior = [], [], []
+    for i, rows in obs.set_rows([s.name for s in sets]):
+        cfg = sets[i].bias
+        if cfg is None:
+            continue
+        sub = ObservationBias.build(obs.subset(rows), sigma[rows], cfg.prior_sigma, cfg.predictor_names())
+        p = np.zeros((len(obs), len(sub)))
+        p[rows] = sub.predictors
+        blocks.append(p)
+        names += [f"{sets[i].name}/{n}" if len(sets) > 1 else n for n in sub.names]
+        prior.append(sub.prior_sigma)
+    if not blocks:
+        return None
+    return ObservationBias(np.hstack(blocks), np.concatenate(prior), tuple(names))
 
 
-def bias_statistics(obs: ObservationSet, hx: np.ndarray, cfg, seed: int, t_index: int) -> dict[str, float]:
+def bias_statistics(obs: ObservationSet, hx: np.ndarray, sets, seed: int, t_index: int) -> dict[str, float]:
     """`bias_mean/<name>` and `bias_spread/<name>` (ddof 1) of one time: member m's β drawn from
     β | x_m, y (`ObservationBias.draw`) with the residuals y − H x_m at the assimilated
     observations of `obs`, physical units. hx: (member, obs), member ids 0..M−1 in order, at
-    every observation of `obs`. The same β as a normalised-units draw: the posterior is unit-free."""
+    every observation of `obs`. The same β as a normalised-units draw: the posterior is unit-free.
+    Empty when no set has a bias model."""
     a = np.asarray(obs.assimilated, bool)
     assimilated = obs.assimilated_only()
-    model = bias_model(assimilated, None, cfg)
+    model = bias_model(assimilated, None, sets)
+    if model is None:
+        return {}
     residual = np.asarray(assimilated.value, np.float64)[None] - np.asarray(hx, np.float64)[:, a]
     beta = model.draw(residual, np.asarray(assimilated.sigma, np.float64) ** 2,
                       [bias_generator(seed, t_index, m) for m in range(hx.shape[0])])

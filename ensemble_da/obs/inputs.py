@@ -15,13 +15,14 @@ Readers know the state only by its layout (grid and channels), never the prior.
 Observation errors: the file's per-report `sigma` where given, else `observations.sigma[c]`,
 else the channel's documented default (`variables.py`). QC (`qc.py`) runs on every source; its
 counts are in `RunInputs.qc` (summed over times) for summary.json and MLflow (`qc/<name>`).
-Random draws use the stream SeedSequence([seed, t, OBS_STREAM]) (`synthetic.py`).
+Random draws use the stream SeedSequence([seed, t, OBS_STREAM]) (`synthetic.py`), set i > 0 of
+several with a seed derived from SeedSequence([seed, SET_STREAM, i]).
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +40,9 @@ from ensemble_da.obs.synthetic import TRUTH_STREAM, obs_rng, truth_rng
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.variables import default_sigma
 
+# Derives the seed of observation set i > 0's draws (far from the other streams' ids).
+SET_STREAM = 2**31 - 7
+
 __all__ = ["RunInputs", "StateLayout", "prepare_inputs", "TRUTH_STREAM", "truth_rng", "channel_sigma_map", "check_channels"]
 
 
@@ -53,13 +57,21 @@ class StateLayout(Protocol):
 class RunInputs:
     """times (time,) datetime64[ns]; observations, one set per time; truth (time, channel, cell)
     float32 in physical units, or None when the truth is unknown; qc: counts summed over times
-    (`qc_per_time`: one per time)."""
+    (`qc_per_time`: one per time; `qc_per_set`: per observation set, with several)."""
 
     times: np.ndarray
     observations: list[ObservationSet]
     truth: np.ndarray | None = None
     qc: QCCounts = field(default_factory=QCCounts)
     qc_per_time: list[QCCounts] = field(default_factory=list)
+    qc_per_set: dict[str, QCCounts] = field(default_factory=dict)
+
+    def qc_metrics(self) -> dict[str, float]:
+        """`qc/<reason>` summed over times, and `qc/<set>/<reason>` with several sets."""
+        out = self.qc.metrics()
+        for name, counts in self.qc_per_set.items():
+            out.update(counts.metrics(f"qc/{name}/"))
+        return out
 
 
 def check_channels(config: RunConfig, layout: StateLayout) -> list[str]:
@@ -79,11 +91,37 @@ def channel_sigma_map(config: RunConfig, channels: list[str]) -> dict[str, float
 
 
 def prepare_inputs(config: RunConfig, layout: StateLayout, truths: np.ndarray | None = None) -> RunInputs:
-    """Observation sets (and truth when known) for every analysis time of `config`.
+    """Observations (and truth when known) for every analysis time of `config`: each time's
+    `ObservationSet` holds every configured set's observations, set after set in config order
+    (`set_name`), each set read, QC'd and thinned by its own settings.
 
     `truths` (time, channel, cell), physical units: the OSSE truths of `observations.source:
     synthetic`, drawn by the caller; required for that source and unused by the others.
+    Set i > 0 draws its locations, noise and held-out flags from a seed derived from (seed, i),
+    so two sets with the same settings do not pick the same places.
     """
+    sets = config.observation_sets()
+    parts = [_set_inputs(_set_config(config, i, s), layout, truths) for i, s in enumerate(sets)]
+    observations = [ObservationSet.concat([replace(p.observations[t], set_name=s.name) for p, s in zip(parts, sets)])
+                    for t in range(len(config.times))]
+    truth = next((p.truth for p in parts if p.truth is not None), None)
+    total, per_time = QCCounts(), [QCCounts() for _ in config.times]
+    for p in parts:
+        total = total + p.qc
+        per_time = [a + b for a, b in zip(per_time, p.qc_per_time)]
+    per_set = {s.name: p.qc for p, s in zip(parts, sets)} if len(sets) > 1 else {}
+    return RunInputs(config.analysis_times(), observations, truth, total, per_time, per_set)
+
+
+def _set_config(config: RunConfig, index: int, observations) -> RunConfig:
+    """The run config as the readers see set `index`: its `observations`, and for index > 0 a
+    seed derived from (seed, index) for the set's own random draws."""
+    seed = config.seed if index == 0 else int(np.random.SeedSequence([config.seed, SET_STREAM, index]).generate_state(1)[0])
+    return config.model_copy(update={"observations": observations, "seed": seed})
+
+
+def _set_inputs(config: RunConfig, layout: StateLayout, truths: np.ndarray | None) -> RunInputs:
+    """`prepare_inputs` of a config with one observation set."""
     src = config.observations.source
     if src == "era5":
         return _gridded_inputs(config, layout)

@@ -21,6 +21,8 @@ from ensemble_da.obs.qc import check_observations, observation_problems, problem
 __all__ = ["ObservationSet"]
 
 _LOG = logging.getLogger("ensemble_da.obs")
+# Field names stored under another name in the run's `observations` group.
+_STORED = {"set_name": "set"}
 
 
 def _column(name: str, values, n: int, dtype) -> np.ndarray:
@@ -49,6 +51,8 @@ class ObservationSet:
         Observed value and error standard deviation, physical units (sigma > 0).
     assimilated : bool
         True: used by guidance; False: held out for verification.
+    set_name : str
+        The observation set each observation belongs to (`observations[].name`; default "obs").
     """
 
     time: np.ndarray
@@ -58,6 +62,7 @@ class ObservationSet:
     value: np.ndarray
     sigma: np.ndarray
     assimilated: np.ndarray = field(default=None)  # type: ignore[assignment]
+    set_name: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         n = max(np.size(getattr(self, name)) for name in ("lat", "lon", "value", "channel"))
@@ -87,6 +92,7 @@ class ObservationSet:
             value=value,
             sigma=_column("sigma", self.sigma, n, np.float64),
             assimilated=_column("assimilated", assimilated, n, bool),
+            set_name=_column("set_name", "obs" if self.set_name is None else self.set_name, n, str),
         )
         time = cols["time"]
         if np.isnat(time).any():
@@ -108,6 +114,27 @@ class ObservationSet:
         bounds (`channel_info(c).bounds`, e.g. T outside 150–350 K); returns self."""
         check_observations(self.value, self.lat, self.lon, self.channel)
         return self
+
+    @property
+    def set_names(self) -> list[str]:
+        """Distinct observation-set names, in first-seen order."""
+        return list(dict.fromkeys(self.set_name.tolist()))
+
+    def set_rows(self, names: Sequence[str]) -> list[tuple[int, np.ndarray]]:
+        """(index into `names`, row indices) of each named set with observations here, in the
+        order of `names`. Observations without a set name ("obs") belong to a single named set.
+        InputError for a set `names` lacks, or sets not contiguous in the order of `names`."""
+        names = list(names)
+        unknown = sorted(set(self.set_names) - set(names))
+        if unknown and len(names) == 1 and self.set_names == ["obs"]:
+            return [(0, np.arange(len(self)))]  # built without a set name (the API, tests)
+        if unknown:
+            raise InputError(f"observations of set(s) {unknown}, which the config does not name (sets: {names})")
+        out = [(i, np.flatnonzero(self.set_name == n)) for i, n in enumerate(names)]
+        out = [(i, rows) for i, rows in out if len(rows)]
+        if not np.array_equal(np.concatenate([r for _, r in out]), np.arange(len(self))):
+            raise InputError("observation sets must be contiguous and in config order")
+        return out
 
     @property
     def channels(self) -> list[str]:
@@ -147,9 +174,12 @@ class ObservationSet:
         return cls(**{f.name: np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(cls)})
 
     def to_dataset(self) -> xr.Dataset:
-        """As an xarray Dataset with dim `obs` (the `observations` group of DESIGN.md §7)."""
-        return xr.Dataset({f.name: ("obs", np.asarray(getattr(self, f.name))) for f in fields(self)})
+        """As an xarray Dataset with dim `obs` (the `observations` group of DESIGN.md §7); the
+        set name is the variable `set`."""
+        return xr.Dataset({_STORED.get(f.name, f.name): ("obs", np.asarray(getattr(self, f.name))) for f in fields(self)})
 
     @classmethod
     def from_dataset(cls, ds: xr.Dataset) -> "ObservationSet":
-        return cls(**{f.name: ds[f.name].values for f in fields(cls)})
+        """The inverse of `to_dataset` (a dataset without `set`, from an older run: set "obs")."""
+        return cls(**{f.name: ds[_STORED.get(f.name, f.name)].values for f in fields(cls)
+                      if _STORED.get(f.name, f.name) in ds})

@@ -9,7 +9,7 @@
 | `python` | `plugin` | no (autograd) | a user's torch function of the member batch |
 
 `ObservationOperator.build` (`linear`) is the one place a config's `operator:` becomes an
-operator; `base.Operator` is the protocol guidance and statistics rely on; `sparse` is the
+operator, and `build_operator` (`sets`) the one place a run's observation sets become H; `base.Operator` is the protocol guidance and statistics rely on; `sparse` is the
 deterministic gather/scatter every linear kind (and wind speed) runs on; `rows` is how
 observations of any linear kind are normalised.
 """
@@ -18,6 +18,7 @@ from ensemble_da.obs.operators.base import Linearization, Operator
 from ensemble_da.obs.operators.linear import ObservationOperator, OperatorKind
 from ensemble_da.obs.operators.nonlinear import NonlinearOperator, NonlinearOperatorError
 from ensemble_da.obs.operators.plugin import ObservationLocations
+from ensemble_da.obs.operators.sets import StackedOperator, build_operator
 
 __all__ = [
     "ObservationOperator",
@@ -27,4 +28,6 @@ __all__ = [
     "NonlinearOperator",
     "NonlinearOperatorError",
     "ObservationLocations",
+    "StackedOperator",
+    "build_operator",
 ]
