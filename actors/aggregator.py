@@ -123,11 +123,14 @@ class Aggregator:
             return [self._finish(unit.t_index)]
         return []
 
-    def catch_up(self) -> list[TimeResult]:
-        """Merge the blocks already on disk (a resumed run); returns the times that finished."""
+    def catch_up(self, times: Sequence[int] | None = None) -> list[TimeResult]:
+        """Merge the blocks already on disk (a resumed run) of `times` (default: every time this
+        aggregator owns); returns the times that finished."""
         done = self.store.done()
         out = []
         for t, st in self.states.items():
+            if times is not None and t not in times:
+                continue
             for lo, hi in self.blocks:
                 if done[t, lo:hi].all():
                     stats = BlockStats.of(self.store.read_block(t, lo, hi), st.inputs.operator)

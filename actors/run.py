@@ -193,7 +193,7 @@ def run_pipeline(
 
                         if config.mode == "cycle":
                             cycled = run_cycle(config, prior, inputs.observations, inputs.truth, executor,
-                                               aggregation, background, on_result, on_progress)
+                                               aggregation, background, on_result, on_progress, done)
                         elif config.mode == "reanalysis":
                             run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)
                         else:

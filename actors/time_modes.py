@@ -6,7 +6,8 @@
   observations (first-guess check, `diagnostics.qc_sigma_k`); then the analysis (each replica
   samples its members' windows given the observations that passed, back to the window's first
   time, and the members' carried states, read from the store, and writes the block). The exact
-  reference, the Kalman filter, takes each time's screened observations as it comes.
+  reference, the Kalman filter, takes each time's screened observations as it comes. A resumed
+  run draws every background again but samples only the blocks missing from the store.
 - reanalysis: one pass; a unit samples whole trajectories of a member block and writes every
   time; the aggregators then read the blocks back for each time's statistics.
 
@@ -63,10 +64,18 @@ def _kalman_filter(prior):
 
 def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], truth: np.ndarray | None,
               executor, aggregation, background: Background, on_result: Callable[[Any, Any], None],
-              on_progress: Callable[[Any], None] | None = None) -> CycleOutcome:
+              on_progress: Callable[[Any], None] | None = None, done: np.ndarray | None = None) -> CycleOutcome:
     """Every time of a cycled run in order (module docstring), each time's background appended to
-    `background` before its analysis; returns the run's `CycleOutcome`."""
+    `background` before its analysis; returns the run's `CycleOutcome`.
+
+    `done`: bool (time, member), the pairs already in the store (a resumed run). Their blocks are
+    not sampled again but read back for the time's statistics; every time's background is still
+    drawn (from the analyses of the time before, in the store), so each time screens and
+    assimilates the same observations, and the Kalman filter takes the same steps, as in the run
+    that was interrupted. A missing block's carried state is read from the store as always."""
     blocks = unit_blocks(config.ensemble.members, config.cluster.members_per_unit)
+    if done is None:
+        done = np.zeros((len(observations), config.ensemble.members), dtype=bool)
     kind = config.observations.operator
     window = config.window_length()
     kf = _kalman_filter(prior)
@@ -95,8 +104,12 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
             exact.append(exact_t)
         operator = ObservationOperator.build(obs_t, prior.grid, prior.normalization, kind)
         aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t)])
-        inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
-        executor.run(units, {t: inputs}, on_result, on_progress)
+        missing = [u for u in units if not done[t, u.members[0]:u.members[-1] + 1].all()]
+        if len(missing) < len(units):
+            aggregation.catch_up([t])
+        if missing:
+            inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
+            executor.run(missing, {t: inputs}, on_result, on_progress)
         aggregation.drain()
     pair = (np.stack([e[0] for e in exact]), np.stack([e[1] for e in exact])) if kf is not None else None
     return CycleOutcome(kept, pair)
