@@ -123,18 +123,24 @@ class Aggregator:
 
     def add(self, unit: WorkUnit, stats: BlockStats) -> list[TimeResult]:
         """Merge the block of `unit` (and every waiting block now next in order); returns the
-        times this finished (a list of zero or one TimeResult)."""
+        times this finished (a list of zero or one TimeResult). A block of a finished time
+        (seen already) is ignored."""
+        if unit.t_index in self.results:
+            return []
         st = self.states[unit.t_index]
         st.reduction.add(self.blocks.index((unit.members[0], unit.members[-1] + 1)), stats)
-        if st.reduction.complete and unit.t_index not in self.results:
+        if st.reduction.complete:
             return [self._finish(unit.t_index)]
         return []
 
-    def catch_up(self) -> list[TimeResult]:
-        """Merge the blocks already on disk (a resumed run); returns the times that finished."""
+    def catch_up(self, times: Sequence[int] | None = None) -> list[TimeResult]:
+        """Merge the blocks already on disk (a resumed run) of `times` (default: every time this
+        aggregator owns); returns the times that finished."""
         done = self.store.done()
         out = []
-        for t, st in self.states.items():
+        for t, st in list(self.states.items()):
+            if times is not None and t not in times:
+                continue
             for lo, hi in self.blocks:
                 if done[t, lo:hi].all():
                     stats = BlockStats.of(self.store.read_block(t, lo, hi), st.inputs.operator)
@@ -142,7 +148,9 @@ class Aggregator:
         return out
 
     def _finish(self, t: int) -> TimeResult:
-        st = self.states[t]
+        # A finished time keeps only its TimeResult: its inputs (truth, exact fields, operator)
+        # and moments go, so what an aggregator holds does not grow with the times it finished.
+        st = self.states.pop(t)
         ti, red = st.inputs, st.reduction
         m = red.moments
         self.store.write_time_stats(t, m.mean, m.spread())
@@ -163,7 +171,6 @@ class Aggregator:
         metrics.update(ti.exact_bias or {})
         result = TimeResult(t, metrics, fit.hx_mean, fit.hx_spread, ranks)
         self.results[t] = result
-        red.hx = []
         return result
 
     def _cell_slices(self) -> list[slice]:

@@ -57,8 +57,8 @@ def check_cluster(config: RunConfig) -> None:
 
 
 def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
-    """A time-aware mode (DESIGN.md §10) needs a prior over time windows; what it cannot do yet is
-    refused here, before the run directory is touched."""
+    """A time-aware mode (DESIGN.md §10) needs a prior over time windows; what it cannot do yet
+    (`--resume` of a reanalysis) is refused here, before the run directory is touched."""
     if config.mode == "analysis":
         return
     if not callable(getattr(prior, "window", None)):
@@ -67,9 +67,9 @@ def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
     if config.mode == "reanalysis" and config.diagnostics.background:
         raise InputError("diagnostics.background is for mode analysis (a cycled run always has its background); "
                          "a reanalysis has none: set diagnostics.background false")
-    if resume:
-        raise InputError(f"--resume of a mode {config.mode} run is not supported yet; start the run again "
-                         "(its members are the same: they depend only on seed, time and member)")
+    if resume and config.mode == "reanalysis":
+        raise InputError("--resume of a mode reanalysis run is not supported yet; start the run again "
+                         "(its members are the same: they depend only on seed and member)")
 
 
 def check_out_dir(out_dir: Path, resume: bool, grow: bool = False) -> None:

@@ -81,7 +81,9 @@ class Aggregation(Protocol):
     results: dict[int, TimeResult]
     bytes_received: int
 
-    def catch_up(self) -> None: ...
+    def catch_up(self, times: Sequence[int] | None = None) -> None:
+        """Merge the blocks already in the store of `times` (default: every registered time)."""
+        ...
 
     def add_times(self, times: Sequence[TimeInputs]) -> None:
         """Register more analysis times (before any of their blocks is added)."""
@@ -138,8 +140,8 @@ class LocalAggregation:
         self.results = aggregator.results
         self.bytes_received = 0
 
-    def catch_up(self) -> None:
-        for res in self.aggregator.catch_up():
+    def catch_up(self, times: Sequence[int] | None = None) -> None:
+        for res in self.aggregator.catch_up(times):
             self.on_time(res)
 
     def add_times(self, times: Sequence[TimeInputs]) -> None:

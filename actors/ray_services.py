@@ -76,8 +76,15 @@ class RayAggregation:
                 self.results[res.t_index] = res
                 self.on_time(res)
 
-    def catch_up(self) -> None:
-        self._take([a.catch_up.remote() for a in self.actors])
+    def catch_up(self, times: Sequence[int] | None = None) -> None:
+        if times is None:
+            self._take([a.catch_up.remote() for a in self.actors])
+            return
+        n = len(self.actors)
+        # Tasks of one caller run on an actor in the order they were sent: blocks added before
+        # this call are merged before it, those added after it wait for the blocks read back.
+        self._take([self.actors[i].catch_up.remote([t for t in times if t % n == i])
+                    for i in sorted({t % n for t in times})])
 
     def add_times(self, times: Sequence[TimeInputs]) -> None:
         n = len(self.actors)

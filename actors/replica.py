@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,10 @@ from ensemble_da.assimilation import BlockResult, CycleInputs, TrajectoryInputs,
 from ensemble_da.errors import InputError
 from ensemble_da.stats import BlockStats
 
-__all__ = ["ModelReplica", "UnitReport"]
+__all__ = ["ModelReplica", "UnitReport", "OPERATORS_KEPT"]
+
+# Observation operators a replica keeps (its last few (time, pass) pairs).
+OPERATORS_KEPT = 4
 
 
 @dataclass
@@ -88,7 +92,7 @@ class ModelReplica:
         self.pid = os.getpid()
         self.started = time.time()
         self.sink = sink
-        self._operators: dict[tuple[int, bool], Any] = {}
+        self._operators: OrderedDict[tuple[int, bool], Any] = OrderedDict()
         self._error: BaseException | None = None
         try:
             self._load(config, prior_factory)
@@ -136,13 +140,19 @@ class ModelReplica:
     def _operator(self, obs, t_index: int, background: bool):
         """H over all observations of time `t_index` (assimilated and held out), physical fields.
         Kept per (time, pass): the background pass sees every observation, the analysis only
-        those that passed background QC."""
+        those that passed background QC. Only the OPERATORS_KEPT most recently used are kept
+        (units come in time order), so a replica's memory does not grow with the run's times;
+        one needed again is built again, the same."""
         key = (t_index, background)
-        if key not in self._operators:
+        if key in self._operators:
+            self._operators.move_to_end(key)
+        else:
             from ensemble_da.obs.operators import build_operator
 
             a = self.assimilator
             self._operators[key] = build_operator(obs, a.grid, a.normalization, self.config.observation_sets())
+            while len(self._operators) > OPERATORS_KEPT:
+                self._operators.popitem(last=False)
         return self._operators[key]
 
     def check_store(self) -> None:

@@ -194,7 +194,7 @@ def run_pipeline(
 
                         if config.mode == "cycle":
                             cycled = run_cycle(config, prior, inputs.observations, inputs.truth, executor,
-                                               aggregation, background, on_result, on_progress)
+                                               aggregation, background, on_result, on_progress, store, done)
                         elif config.mode == "reanalysis":
                             run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)
                         else:
@@ -208,12 +208,11 @@ def run_pipeline(
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
             qc = inputs.qc_metrics()
-            if cycled is not None:
+            if cycled is not None:  # its background and exact fields are in the store, time by time
                 inputs = dataclasses.replace(inputs, observations=cycled.observations)
-                if cycled.exact is not None:
-                    store.write_fields({"exact_mean": cycled.exact[0], "exact_spread": cycled.exact[1]})
-            if background is not None:
+            elif background is not None:
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
+            if background is not None:
                 qc.update(background.qc_totals())
             result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
                                 channels, prior_spread, counts, timings, executor, t_start, qc,

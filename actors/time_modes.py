@@ -6,7 +6,8 @@
   observations (first-guess check, `diagnostics.qc_sigma_k`); then the analysis (each replica
   samples its members' windows given the observations that passed, back to the window's first
   time, and the members' carried states, read from the store, and writes the block). The exact
-  reference, the Kalman filter, takes each time's screened observations as it comes.
+  reference, the Kalman filter, takes each time's screened observations as it comes. A resumed
+  run draws every background again but samples only the blocks missing from the store.
 - reanalysis: one pass; a unit samples whole trajectories of a member block and writes every
   time; the aggregators then read the blocks back for each time's statistics.
 
@@ -33,16 +34,19 @@ from ensemble_da.stats import OrderedReduction
 
 from actors.aggregator import TimeInputs
 
-__all__ = ["CycleOutcome", "run_cycle", "run_reanalysis", "reanalysis_units"]
+__all__ = ["CycleOutcome", "run_cycle", "run_reanalysis", "reanalysis_units", "BACKGROUND_FIELDS", "EXACT_FIELDS"]
+
+# The (time, channel, cell) variables a cycle writes time by time.
+BACKGROUND_FIELDS = ("background_mean", "background_spread", "increment")
+EXACT_FIELDS = ("exact_mean", "exact_spread")
 
 
 @dataclass
 class CycleOutcome:
-    """What a cycled run adds to its outputs besides its background: the observations each time
-    kept, and the exact filter's (mean, spread) per time, physical (time, channel, cell), or None."""
+    """What a cycled run hands to its end besides what it wrote into the store time by time
+    (background and exact fields): the observations each time kept."""
 
     observations: list[ObservationSet]
-    exact: tuple[np.ndarray, np.ndarray] | None
 
 
 def _kalman_filter(prior):
@@ -63,15 +67,32 @@ def _kalman_filter(prior):
 
 def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], truth: np.ndarray | None,
               executor, aggregation, background: Background, on_result: Callable[[Any, Any], None],
-              on_progress: Callable[[Any], None] | None = None) -> CycleOutcome:
-    """Every time of a cycled run in order (module docstring), each time's background appended to
-    `background` before its analysis; returns the run's `CycleOutcome`."""
+              on_progress: Callable[[Any], None] | None = None, store: RunStore | None = None,
+              done: np.ndarray | None = None) -> CycleOutcome:
+    """Every time of a cycled run in order (module docstring), each time's background QC and
+    its fit at the observations appended to `background` before its analysis; returns the run's
+    `CycleOutcome`.
+
+    Each time's `background_mean`, `background_spread`, `increment` (and with the Kalman filter
+    `exact_mean`, `exact_spread`) go into `store` as the time finishes, and a finished time's
+    background fit keeps only its mean and spread at the observations, so the driver holds no
+    field, and no member value, per time: its memory does not grow with the number of cycles
+    (benchmarks/cycle_memory.py).
+
+    `done`: bool (time, member), the pairs already in the store (a resumed run). Their blocks are
+    not sampled again but read back for the time's statistics; every time's background is still
+    drawn (from the analyses of the time before, in the store), so each time screens and
+    assimilates the same observations, and the Kalman filter takes the same steps, as in the run
+    that was interrupted. A missing block's carried state is read from the store as always."""
     blocks = unit_blocks(config.ensemble.members, config.cluster.members_per_unit)
+    if done is None:
+        done = np.zeros((len(observations), config.ensemble.members), dtype=bool)
     sets = config.observation_sets()
     window = config.window_length()
     kf = _kalman_filter(prior)
+    if store is not None:
+        store.add_time_fields(BACKGROUND_FIELDS + (EXACT_FIELDS if kf is not None else ()))
     kept: list[ObservationSet] = []
-    exact: list[tuple[np.ndarray, np.ndarray]] = []
     for t, obs in enumerate(observations):
         step = cycle_step(t, window, config.cycle.carry)
         units = [WorkUnit(t, tuple(range(lo, hi))) for lo, hi in blocks]
@@ -83,23 +104,34 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
 
         executor.run(units, {t: CycleInputs(step, (), obs)}, on_background, background=True)
         screened = Background.screened([reduction.moments], [reduction.fit(obs)], config.diagnostics.qc_sigma_k)
-        background.moments.extend(screened.moments)
         background.fits.extend(screened.fits)
         background.qc.extend(screened.qc)
+        moments = reduction.moments
         obs_t = screened.observations[0]
         kept.append(obs_t)
         exact_t = None
         if kf is not None:
             mean, var = kf.step(build_operator(obs_t.assimilated_only(), prior.grid, prior.normalization, sets))
             exact_t = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
-            exact.append(exact_t)
+            if store is not None:
+                store.write_time_fields(t, dict(zip(EXACT_FIELDS, exact_t)))
         operator = build_operator(obs_t, prior.grid, prior.normalization, sets)
-        aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t)])
-        inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
-        executor.run(units, {t: inputs}, on_result, on_progress)
+        aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t, sets)])
+        missing = [u for u in units if not done[t, u.members[0]:u.members[-1] + 1].all()]
+        if len(missing) < len(units):
+            aggregation.catch_up([t])
+        if missing:
+            inputs = CycleInputs(step, tuple(kept[s] for s in step.times), obs_t)
+            executor.run(missing, {t: inputs}, on_result, on_progress)
         aggregation.drain()
-    pair = (np.stack([e[0] for e in exact]), np.stack([e[1] for e in exact])) if kf is not None else None
-    return CycleOutcome(kept, pair)
+        if t not in aggregation.results:
+            raise RuntimeError(f"analysis time {t} was not finished; the run is incomplete")
+        if store is not None:
+            analysis_mean = store.group["ensemble_mean"][t]
+            store.write_time_fields(t, {"background_mean": moments.mean, "background_spread": moments.spread(),
+                                        "increment": analysis_mean - moments.mean})
+        background.fits[t] = background.fits[t].summary()  # its time's metrics are logged
+    return CycleOutcome(kept)
 
 
 def reanalysis_units(store: RunStore) -> list[WorkUnit]:

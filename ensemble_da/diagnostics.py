@@ -28,7 +28,7 @@ import numpy as np
 
 from ensemble_da.errors import InputError
 from ensemble_da.obs.observation_set import ObservationSet
-from ensemble_da.stats import EnsembleMoments, ObsFit, rank_counts, rms
+from ensemble_da.stats import EnsembleMoments, ObsFit, ObsSummary, rank_counts, rms
 
 __all__ = [
     "Background",
@@ -156,7 +156,8 @@ def spread_reliability(spread: np.ndarray, error: np.ndarray, bins: int = 10) ->
     return rms_spread, rms_error, np.array([len(g) for g in groups])
 
 
-def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, background: ObsFit) -> dict[str, float]:
+def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, background: ObsFit | ObsSummary
+                       ) -> dict[str, float]:
     """Per-channel diagnostics of DESIGN.md §7 for one time, at the observations `background.obs`.
 
     analysis_mean : (obs,) the analysis ensemble mean at the same observations (H applied).
@@ -172,7 +173,7 @@ def background_metrics(channels: Sequence[str], analysis_mean: np.ndarray, backg
     o_a = obs.value - analysis_mean
     o_b = obs.value - background.hx_mean
     a_b = analysis_mean - background.hx_mean
-    sigma_b, members = background.hx_spread, background.hx.shape[0]
+    sigma_b, members = background.hx_spread, background.members
     out: dict[str, float] = {}
     for name in channels:
         sel = obs.channel == name
@@ -200,13 +201,15 @@ class Background:
     """The background ensemble of a run's times, reduced, and the observations screened against it
     (what `assimilate` and the distributed run, `actors.background`, both do with a background).
 
-    moments : per time, the background moments, arrays (channel, cell) in physical units.
-    fits : per time, the background members at the observations that passed QC.
+    moments : per time, the background moments, arrays (channel, cell) in physical units (empty
+        for a cycled run, which writes each time's into the store as it goes).
+    fits : per time, the background members at the observations that passed QC (a cycled run
+        keeps only their mean and spread there, `ObsSummary`, once the time is finished).
     qc : per time, the background check (`background_qc`).
     """
 
     moments: list[EnsembleMoments]
-    fits: list[ObsFit]
+    fits: list[ObsFit | ObsSummary]
     qc: list[BackgroundQC]
 
     @classmethod

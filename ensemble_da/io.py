@@ -305,6 +305,27 @@ class RunStore:
         encoding = {name: {"chunks": (1, shape[1], self.layout.cells_per_chunk)} for name in data}
         xr.Dataset(data).to_zarr(self.url, mode="a", zarr_format=3, consolidated=False, encoding=encoding)
 
+    def add_time_fields(self, names: Sequence[str], attrs: dict[str, dict] | None = None) -> None:
+        """Create float32 (time, channel, cell) variables, NaN until written time by time
+        (`write_time_fields`), chunked like the statistics; those that exist are left as they are
+        (a resumed run). Nothing the size of all times is allocated."""
+        nt, nc, npix = self.layout.field_shape
+        for name in names:
+            if name in self.group:
+                continue
+            self.group.create_array(name, shape=(nt, nc, npix), chunks=(1, nc, self.layout.cells_per_chunk),
+                                    dtype="float32", fill_value=np.float32(np.nan), dimension_names=FIELD_DIMS,
+                                    attributes=(attrs or {}).get(name, {}))
+
+    def write_time_fields(self, t_index: int, fields: dict[str, np.ndarray]) -> None:
+        """Time `t_index` of variables made by `add_time_fields`, each (channel, cell)."""
+        shape = self.layout.field_shape[1:]
+        for name, arr in fields.items():
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != shape:
+                raise ValueError(f"{name} at time {t_index} has shape {arr.shape}, expected {shape}")
+            self.group[name][t_index] = arr
+
     def write_observations(self, observations: xr.Dataset) -> None:
         """(Re)write the `observations` group (dim `obs`)."""
         _observations_dataset(observations).to_zarr(

@@ -26,6 +26,7 @@ __all__ = [
     "spread_skill_ratio",
     "heldout_spread_skill",
     "ObsFit",
+    "ObsSummary",
     "time_metrics",
     "set_metrics",
     "heldout_noise_rng",
@@ -173,6 +174,27 @@ class ObsFit:
     def hx_spread(self) -> np.ndarray:
         """Ensemble std (ddof 1) at each observation, (obs,); zero for one member; computed once."""
         return self.hx.std(0, ddof=1) if self.hx.shape[0] > 1 else np.zeros(self.hx.shape[1])
+
+    @property
+    def members(self) -> int:
+        return int(self.hx.shape[0])
+
+    def summary(self) -> "ObsSummary":
+        """This fit without its member values: what a finished time keeps."""
+        return ObsSummary(self.obs, self.hx_mean, self.hx_spread, self.members)
+
+
+@dataclass(frozen=True)
+class ObsSummary:
+    """An `ObsFit` reduced to the ensemble mean and spread (obs,) at its observations and its
+    member count: enough for `diagnostics.background_metrics` and the observations group, with
+    two values per observation instead of one per member. A cycled run keeps one per finished
+    time instead of the fit."""
+
+    obs: ObservationSet
+    hx_mean: np.ndarray
+    hx_spread: np.ndarray
+    members: int
 
 
 def _nanmax(a: float, b: float) -> float:

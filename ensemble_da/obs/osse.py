@@ -60,11 +60,13 @@ def osse_grid_deg(nside: int, explicit: float | None = None) -> float:
     return next((d for d in (2.0, 1.0, 0.5, 0.25) if d <= cell_deg / 4), 0.25)
 
 
-def healpix_to_latlon(fields: np.ndarray, grid: HealpixGrid, deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def healpix_to_latlon(fields: np.ndarray, grid: HealpixGrid, deg: float,
+                      dtype: np.dtype | type = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HEALPix NEST fields (..., cell) → regular lat/lon by bilinear HEALPix interpolation.
 
     Returns lat (nlat,) from 90 down to −90, lon (nlon,) from 0 up to 360 − deg, and values
-    (..., nlat, nlon).
+    (..., nlat, nlon) of `dtype` (computed in float64, one field at a time: the temporaries are
+    one field's 4 neighbours, not every time's, so an OSSE of many times fits).
     """
     nlat = int(round(180.0 / deg)) + 1
     nlon = int(round(360.0 / deg))
@@ -72,8 +74,12 @@ def healpix_to_latlon(fields: np.ndarray, grid: HealpixGrid, deg: float) -> tupl
     lon = np.arange(nlon) * (360.0 / nlon)
     la, lo = np.meshgrid(lat, lon, indexing="ij")
     pix, w = grid.interp_weights(la.ravel(), lo.ravel())
-    values = (np.asarray(fields, np.float64)[..., pix] * w).sum(-1)
-    return lat, lon, values.reshape(*values.shape[:-1], nlat, nlon)
+    fields = np.asarray(fields)
+    flat = fields.reshape(-1, fields.shape[-1])
+    values = np.empty((flat.shape[0], nlat * nlon), dtype=dtype)
+    for i, field in enumerate(flat):
+        values[i] = (np.asarray(field, np.float64)[pix] * w).sum(-1)
+    return lat, lon, values.reshape(*fields.shape[:-1], nlat, nlon)
 
 
 def write_era5_netcdf(
@@ -113,7 +119,10 @@ def write_era5_netcdf(
                 {"units": channel_info(row.key).units, "long_name": row.arco_name.replace("_", " ").capitalize()},
             )
     ds = xr.Dataset(data_vars, coords=coords, attrs={"Conventions": "CF-1.7", "institution": "ensemble_da OSSE (truth drawn from the prior)"})
-    encoding = {name: {"zlib": True, "complevel": 1, "dtype": "float32", "_FillValue": np.float32(np.nan)} for name in data_vars}
+    # One time per chunk: a run reads one time at a time, and netCDF4's default chunks span many
+    # times, so each read would decompress them all (quadratic in the number of times).
+    encoding = {name: {"zlib": True, "complevel": 1, "dtype": "float32", "_FillValue": np.float32(np.nan),
+                       "chunksizes": (1, *data_vars[name][1].shape[1:])} for name in data_vars}
     encoding["valid_time"] = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
     ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
 
@@ -139,7 +148,9 @@ def generate_osse(
     times = config.analysis_times()
     if truth.shape != (len(times), len(channels), grid.npix):
         raise ValueError(f"truth has shape {truth.shape}, expected {(len(times), len(channels), grid.npix)}")
-    lat, lon, values = healpix_to_latlon(truth, grid, osse_grid_deg(grid.nside, config.observations.osse_grid_deg))
+    # float32: what the files hold (the values are cast there anyway), a quarter of float64 per time.
+    lat, lon, values = healpix_to_latlon(truth, grid, osse_grid_deg(grid.nside, config.observations.osse_grid_deg),
+                                         np.float32)
     pressure = [j for j, c in enumerate(channels) if channel_info(c).level is not None]
     single = [j for j, c in enumerate(channels) if channel_info(c).level is None]
     files = []
