@@ -669,15 +669,26 @@ def default_config_path() -> Path:
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a raw tree; in a list of sections (observation sets) the next key is a
+    section's `name` or its index: `observations.sondes.sigma.T850`."""
     keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
+    node: Any = tree
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            names = [str(item.get("name", j)) if isinstance(item, dict) else str(j) for j, item in enumerate(node)]
+            if k not in names and not (k.isdigit() and int(k) < len(node)):
+                raise InputError(f"--set {dotted}: {keys[i - 1]!r} is a list of sets; name one of {names} "
+                                 f"(or its index) after it, e.g. {keys[i - 1]}.{names[0]}.{'.'.join(keys[i:])}")
+            node = node[names.index(k) if k in names else int(k)]
+            continue
         child = node.get(k)
         if child is None:
             child = node[k] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise InputError(f"--set {dotted}: {k!r} is not a section")
         node = child
+    if isinstance(node, list):
+        raise InputError(f"--set {dotted}: {keys[-2]!r} is a list of sets; name one and a key of it")
     node[keys[-1]] = value
 
 

@@ -140,3 +140,14 @@ def test_bad_set_lists_are_one_error_line(tmp_path, observations, message):
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_set_overrides_name_the_set():
+    from ensemble_da.config import InputError, apply_overrides
+
+    t = tree()
+    out = apply_overrides(t, ["observations.satellite.sigma.T850=0.9", "observations.0.num_obs=12"])
+    assert out["observations"][1]["sigma"]["T850"] == 0.9 and out["observations"][0]["num_obs"] == 12
+    with pytest.raises(InputError, match=r"a list of sets; name one of \['sondes', 'satellite'\].*"
+                                         r"observations\.sondes\.sigma\.T850"):
+        apply_overrides(tree(), ["observations.sigma.T850=1"])
