@@ -151,3 +151,37 @@ def test_set_overrides_name_the_set():
     with pytest.raises(InputError, match=r"a list of sets; name one of \['sondes', 'satellite'\].*"
                                          r"observations\.sondes\.sigma\.T850"):
         apply_overrides(tree(), ["observations.sigma.T850=1"])
+
+
+def test_a_biased_column_set_beside_an_unbiased_point_set_has_the_exact_joint_posterior(rng):
+    """The bias model of the sets is block-diagonal (only the satellite's rows carry β); the joint
+    posterior (state and β) against the augmented dense Kalman update (tolerance 1e-9: float64)."""
+    from ensemble_da.exact import kalman_update_with_bias
+    from ensemble_da.obs.bias import bias_model
+
+    t = tree()
+    t["observations"][1]["bias"] = dict(prior_sigma=1.5)
+    cfg = RunConfig.model_validate(t)
+    prior = load_prior(cfg.model, cfg.grid)
+    n = 24
+    obs = ObservationSet(time=np.datetime64("2020-01-01"), lat=rng.uniform(-70, 70, n), lon=rng.uniform(0, 360, n),
+                         channel=["T850", "T500"] * 6 + ["T850"] * 12, value=rng.normal(262, 6, n), sigma=0.6,
+                         set_name=["sondes"] * 12 + ["satellite"] * 12)
+    op = build_operator(obs, prior.grid, prior.normalization, cfg.observation_sets())
+    bias = bias_model(obs, op.sigma, cfg.observation_sets())
+    assert op.linear and bias.names == ("satellite/T850",)
+    assert np.all(bias.predictors[:12] == 0) and np.all(bias.predictors[12:] > 0)
+    npix = prior.grid.npix
+    eye = torch.eye(3 * npix, dtype=torch.float64).reshape(-1, 3, npix)
+    sigma = prior.covariance_apply(eye).reshape(3 * npix, -1).numpy()
+    h = np.hstack([op.matrix().toarray(), bias.predictors])
+    cw = np.zeros((3 * npix + 1, 3 * npix + 1))
+    cw[:-1, :-1], cw[-1, -1] = sigma, 1.5**2
+    gain = cw @ h.T @ np.linalg.inv(h @ cw @ h.T + np.diag(op.sigma**2))
+    post = cw - gain @ h @ cw
+    mean, var, beta, cov = kalman_update_with_bias(prior.basis, op.matrix(), op.y, op.sigma, bias.predictors,
+                                                   bias.prior_sigma)
+    np.testing.assert_allclose(mean.reshape(-1), (gain @ op.y)[:-1], atol=1e-9)
+    np.testing.assert_allclose(var.reshape(-1), np.diag(post)[:-1], atol=1e-9)
+    np.testing.assert_allclose(beta, (gain @ op.y)[-1:], atol=1e-9)
+    np.testing.assert_allclose(cov, post[-1:, -1:], atol=1e-9)
