@@ -41,6 +41,7 @@ def draw_truth(prior: Denoiser, config: RunConfig, t_index: int) -> np.ndarray:
         guidance="none",
         condition=time_condition(config.analysis_times()[t_index]),
         t_index=t_index,
+        check_inputs=False,  # the prior's checks ran when it was loaded; a bad draw is a divergence line
     )
     return analyses[0].astype(np.float64)
 
