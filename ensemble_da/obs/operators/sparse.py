@@ -5,30 +5,36 @@ A linear operator here is `rows` rows of `k` entries: row i reads the flattened 
 
     (H x)_i = Σ_j w_ij x[flat_ij] ,        (Hᵀ y)_t = Σ_{(i, j) : flat_ij = t} w_ij y_i .
 
-Everything that does not depend on x or y is computed once per device (`SparsePlan`): the
-gather index, the weights in each dtype asked for, and the grouping of entries by the state
-element (target) they touch. A call is then a few large torch kernels with no host work:
+Everything that does not depend on x or y is computed once per device (`SparsePlan`), and a call
+is then a few large torch kernels with no host work. Entries of weight 0 (the padding of ragged
+rows) are left out of the plan: they add nothing, and a non-finite value at the padding's cell
+would otherwise leak into every padded row. Both directions have the same shape:
 
-- forward: one `index_select` of all `rows · k` entries (rank-major, so row i's entry j lies at
-  `j * rows + i`), then k multiply-adds in the fixed order j = 0, 1, …, k − 1;
-- adjoint: the contributions `w_ij y_i`, one `index_select` that orders them by target, then a
-  sum per target in ascending entry order, and one `scatter_` of each target's sum into zeros.
+1. one `index_select` that gathers every entry's input (x for H, y for Hᵀ) in the order of the
+   plan, and one multiply by the entries' weights, stored in the same order;
+2. a sum per output in ascending entry order, by elementwise adds in an order fixed when the
+   plan is built: the outputs are sorted by how many entries they have (most first), so "the r-th
+   entry of every output that has one" is a prefix of the output list, and step r adds one slice
+   of the products to that prefix (in place, on the gathered buffer);
+3. one write of the sums into place: for H an `index_select` back into the observations' order,
+   for Hᵀ a `scatter_` of each touched state element's sum into zeros (each written once).
+
+Within the same entry count, H's rows are sorted by the first state element they read and Hᵀ's
+targets by state element, so the gathers walk memory nearly in order (about twice as fast as in the
+observations' order, which is random for scattered observations).
 
 Why Hᵀ never accumulates with atomics (`index_add_`, `scatter_add`, `index_put(accumulate)`): on
 CUDA those add concurrent contributions in whatever order the threads arrive, so Hᵀ y would
 change in its last bits from call to call and with the other members of the batch, and a
-member's analysis would depend on its batch companions (DESIGN.md §3). Here each target's
-contributions are summed by elementwise adds in an order fixed when the plan is built: targets are
-sorted by how many entries touch them (most first), so "the r-th contribution of every target that
-has one" is a prefix of the target list, and step r adds one slice of the gathered contributions to
-that prefix. The scatter then writes every target once. Hᵀ y is therefore bit-identical across
-calls, devices' thread counts and batch compositions, and the sum order is ascending entry order,
-the order of a plain loop over the entries.
+member's analysis would depend on its batch companions (DESIGN.md §3). Here every sum is a fixed
+sequence of exactly rounded elementwise multiplies and adds, so H x and Hᵀ y are bit-identical
+across calls, devices' thread counts and batch compositions, and equal to a plain loop over the
+entries in ascending order (j = 0, 1, … within a row; i·k + j within a state element).
 
-Cost of one call with B members, E = rows·k entries, T distinct targets and at most K entries on
-one target: forward B·E gathered values and k passes over B·rows; adjoint B·E gathered values, K
-adds of shrinking prefixes (B·E values in all), a state-sized zero fill and a B·T scatter. The
-plan holds 2·E + T indices and the weights: memory linear in the observations, ~30 bytes per entry.
+Cost of one call with B members and E nonzero entries: B·E gathered values, one multiply and at
+most B·E adds, plus for H a B·rows gather into the observations' order and for Hᵀ a state-sized
+zero fill and a B·T scatter (T state elements touched). The plan holds 2·E + rows + T indices and
+the weights: memory linear in the observations, ~40 bytes per entry.
 """
 
 from __future__ import annotations
@@ -41,23 +47,44 @@ import torch
 __all__ = ["SparsePlan", "SparseRows", "apply_rows", "apply_rows_adjoint"]
 
 
+def _by_rank(owner: np.ndarray, slot_of_owner: np.ndarray, n_owners: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The order of entries for the prefix sums, and the prefix lengths.
+
+    `owner` (E,) is the output each entry adds into, entries listed in ascending entry order;
+    `slot_of_owner` (n_owners,) the owner's position in the output list (most entries first).
+    Returns the permutation of the entries sorted by (rank within its owner, owner's slot) and,
+    per rank r, how many owners have an r-th entry.
+    """
+    order = np.argsort(owner, kind="stable")  # by owner, ties in ascending entry order
+    counts = np.bincount(owner, minlength=n_owners)
+    first = np.cumsum(counts) - counts
+    rank = np.empty(owner.size, dtype=np.int64)
+    rank[order] = np.arange(owner.size) - np.repeat(first, counts)
+    perm = np.lexsort((slot_of_owner[owner], rank))
+    return perm, tuple(int(n) for n in np.bincount(rank)) if rank.size else ()
+
+
 @dataclass(frozen=True)
 class SparsePlan:
     """The index tables of `rows` sparse rows on one device (module docstring).
 
-    gather : (k·rows,) int64, the state element of each entry, rank-major (entry (i, j) at j·rows + i).
-    w64 : (k, rows) float64 weights (rank-major); `weights(dtype)` caches other dtypes.
-    entries : (E,) int64 positions into the rank-major contributions, ordered by (rank within
-        the target, target slot); the rank-r block is `prefix[r]` long.
-    prefix : how many targets have an r-th entry, r = 0 … K − 1 (non-increasing).
-    targets : (T,) int64 the state element of each target slot (slots sorted by entry count, most first).
-    size : the state size (channel · cell).
+    Forward (H): `fwd_index` (E,) int64 the state element each nonzero entry reads, ordered by
+    (rank within its row, row slot), rows sorted by (entry count, most first; first state element
+    read); `fwd_w64` (E,) their float64 weights; `fwd_prefix[r]` how many rows have an r-th entry;
+    `row_slot` (rows,) int64 each observation's slot, or None where slot i is row i.
+    Adjoint (Hᵀ): `adj_index` (E,) int64 the observation each entry reads, ordered by (rank within
+    its target, target slot), targets sorted by (entry count, most first; state element);
+    `adj_w64` (E,) their weights; `adj_prefix` as above; `targets` (T,) int64 each slot's element.
+    size : the state size (channel · cell). `weights(name, dtype)` caches other dtypes.
     """
 
-    gather: torch.Tensor
-    w64: torch.Tensor
-    entries: torch.Tensor
-    prefix: tuple[int, ...]
+    fwd_index: torch.Tensor
+    fwd_w64: torch.Tensor
+    fwd_prefix: tuple[int, ...]
+    row_slot: torch.Tensor | None
+    adj_index: torch.Tensor
+    adj_w64: torch.Tensor
+    adj_prefix: tuple[int, ...]
     targets: torch.Tensor
     rows: int
     k: int
@@ -68,51 +95,65 @@ class SparsePlan:
     def build(cls, flat: np.ndarray, weights: np.ndarray, size: int, device: torch.device) -> "SparsePlan":
         """Plan for `flat`, `weights` of shape (rows, k) on a state of `size` elements."""
         flat = np.asarray(flat, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
         rows, k = flat.shape
-        obs_major = flat.reshape(-1)  # entry e = i·k + j
-        order = np.argsort(obs_major, kind="stable")  # by target, ties in ascending entry order
-        targets, first, counts = np.unique(obs_major[order], return_index=True, return_counts=True)
-        rank = np.arange(obs_major.size) - np.repeat(first, counts)
-        by_count = np.argsort(-counts, kind="stable")
-        slot_of = np.empty(len(targets), dtype=np.int64)
-        slot_of[by_count] = np.arange(len(targets))
-        slot = np.repeat(slot_of, counts)
-        i, j = np.divmod(order, k)
-        position = j * rows + i  # where entry e sits among the rank-major contributions
-        entries = position[np.lexsort((slot, rank))]
-        prefix = tuple(int(n) for n in np.bincount(rank)) if rank.size else ()
+        keep = weights != 0
+        row, col = np.nonzero(keep)  # the nonzero entries in ascending entry order i·k + j
+        element, w = flat[row, col], weights[row, col]
+        # forward: rows by (entry count, most first; first element read; row)
+        count = keep.sum(1)
+        first = np.where(count > 0, flat[np.arange(rows), np.argmax(keep, 1)], size)
+        by_row = np.lexsort((first, -count))
+        row_slot = np.empty(rows, dtype=np.int64)
+        row_slot[by_row] = np.arange(rows)
+        fwd, fwd_prefix = _by_rank(row, row_slot, rows)
+        # adjoint: the touched elements by (entry count, most first; element)
+        targets, target_of = np.unique(element, return_inverse=True)
+        by_target = np.argsort(-np.bincount(target_of, minlength=len(targets)), kind="stable")
+        target_slot = np.empty(len(targets), dtype=np.int64)
+        target_slot[by_target] = np.arange(len(targets))
+        adj, adj_prefix = _by_rank(target_of.reshape(-1), target_slot, len(targets))
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=device)  # noqa: E731
-        return cls(as_t(flat.T.reshape(-1)), as_t(np.asarray(weights, dtype=np.float64).T),
-                   as_t(entries), prefix, as_t(targets[by_count]), rows, k, int(size))
+        identity = bool(np.array_equal(by_row, np.arange(rows)))
+        return cls(as_t(element[fwd]), as_t(w[fwd]), fwd_prefix, None if identity else as_t(row_slot),
+                   as_t(row[adj]), as_t(w[adj]), adj_prefix, as_t(targets[by_target]), rows, k, int(size))
 
-    def weights(self, dtype: torch.dtype) -> torch.Tensor:
-        """The (k, rows) weights in `dtype`, converted once."""
-        if dtype not in self._weights:
-            self._weights[dtype] = self.w64.to(dtype)
-        return self._weights[dtype]
+    def weights(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The (E,) weights of `name` ('fwd' or 'adj') in `dtype`, converted once."""
+        key = (name, dtype)
+        if key not in self._weights:
+            self._weights[key] = getattr(self, f"{name}_w64").to(dtype)
+        return self._weights[key]
+
+
+def _gather_sum(source: torch.Tensor, index: torch.Tensor, w: torch.Tensor, prefix: tuple[int, ...]) -> torch.Tensor:
+    """(…, prefix[0]): per output slot, Σ_r w · source[index] over its entries, in rank order."""
+    g = torch.index_select(source, -1, index)
+    g.mul_(w)
+    start = prefix[0]
+    for n in prefix[1:]:
+        g[..., :n] += g[..., start : start + n]
+        start += n
+    return g[..., : prefix[0]]
 
 
 def _forward(x: torch.Tensor, plan: SparsePlan) -> torch.Tensor:
     xf = x.reshape(*x.shape[:-2], -1)
-    g = torch.index_select(xf, -1, plan.gather).unflatten(-1, (plan.k, plan.rows))
-    w = plan.weights(x.dtype)
-    y = g[..., 0, :] * w[0]
-    for j in range(1, plan.k):
-        y = y + g[..., j, :] * w[j]
-    return y
+    if not plan.fwd_prefix:
+        return xf.new_zeros(*xf.shape[:-1], plan.rows)
+    acc = _gather_sum(xf, plan.fwd_index, plan.weights("fwd", x.dtype), plan.fwd_prefix)
+    if acc.shape[-1] < plan.rows:  # rows without a nonzero weight: their slots come last
+        acc = torch.cat([acc, acc.new_zeros(*acc.shape[:-1], plan.rows - acc.shape[-1])], -1)
+    elif plan.row_slot is None:
+        return acc.clone() if len(plan.fwd_prefix) > 1 else acc  # not a view of the gathered buffer
+    return acc if plan.row_slot is None else torch.index_select(acc, -1, plan.row_slot)
 
 
 def _adjoint(y: torch.Tensor, plan: SparsePlan, state_shape: tuple[int, int]) -> torch.Tensor:
     lead = y.shape[:-1]
-    contrib = (y[..., None, :] * plan.weights(y.dtype)).flatten(-2)  # (…, k·rows) rank-major
-    g = torch.index_select(contrib, -1, plan.entries)
     out = torch.zeros(*lead, plan.size, dtype=y.dtype, device=y.device)
-    if plan.prefix:
-        acc = g[..., : plan.prefix[0]].clone()
-        start = plan.prefix[0]
-        for n in plan.prefix[1:]:
-            acc[..., :n] += g[..., start : start + n]
-            start += n
+    if plan.adj_prefix:
+        acc = _gather_sum(y, plan.adj_index, plan.weights("adj", y.dtype), plan.adj_prefix)
         out.scatter_(-1, plan.targets.expand(*lead, -1), acc)
     return out.unflatten(-1, state_shape)
 
