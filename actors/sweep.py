@@ -135,6 +135,8 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     tree, grid, source = _read_tree(config_path)
     for key, values in parse_grid(grid_items).items():
         grid[key] = values  # the command line wins over the file's sweep: section
+    if not grid and (out_dir / SWEEP_FILE).is_file():  # `--resume --out DIR` alone: the sweep's own grid
+        grid = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
     if not grid:
         raise InputError("sweep: no grid (give --grid KEY=V1,V2,... or a sweep: section in the config file)")
     keys = list(grid)
