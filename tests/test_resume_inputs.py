@@ -42,12 +42,12 @@ def test_resume_refuses_a_regenerated_dataset_and_accepts_the_same_one(tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_pipeline(_config(data), ref, progress=False)
     run_interrupted(_config(data), out)
-    before = xr.open_zarr(out / STORE_NAME)["analysis"].values  # incomplete: read as plain zarr
+    before = xr.open_zarr(out / STORE_NAME, consolidated=False)["analysis"].values  # incomplete: read as plain zarr
 
     _dataset(data, seed=1)  # same path, same config text, other states
     with pytest.raises(InputError, match="the prior differs"):
         run_pipeline(_config(data), out, resume=True, progress=False)
-    np.testing.assert_array_equal(xr.open_zarr(out / STORE_NAME)["analysis"].values, before)  # nothing written
+    np.testing.assert_array_equal(xr.open_zarr(out / STORE_NAME, consolidated=False)["analysis"].values, before)  # nothing written
 
     _dataset(data, seed=0)
     run_pipeline(_config(data), out, resume=True, progress=False)
