@@ -258,6 +258,8 @@ def _exact_references(config: RunConfig, prior, observations) -> ExactReference 
     """Exact (mean, spread) per time, physical (time, channel, cell), known before sampling: each
     time alone (analysis), the RTS smoother (reanalysis); a cycle's filter runs with the cycle."""
     sets = config.observation_sets()
+    if not config.diagnostics.exact:
+        return None
     if config.mode == "analysis":
         return exact_posteriors(prior, observations, sets)
     from ensemble_da.kalman import rts_smoother

@@ -89,7 +89,7 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
         done = np.zeros((len(observations), config.ensemble.members), dtype=bool)
     sets = config.observation_sets()
     window = config.window_length()
-    kf = _kalman_filter(prior)
+    kf = _kalman_filter(prior) if config.diagnostics.exact else None
     if store is not None:
         store.add_time_fields(BACKGROUND_FIELDS + (EXACT_FIELDS if kf is not None else ()))
     kept: list[ObservationSet] = []

@@ -271,7 +271,7 @@ def assimilate(
                                          [at_obs(obs, xb) for obs, xb in zip(observations, backgrounds)],
                                          config.diagnostics.qc_sigma_k)
         observations = background.observations
-    exact = exact_posteriors(assimilator.prior, observations, sets)
+    exact = exact_posteriors(assimilator.prior, observations, sets) if config.diagnostics.exact else None
     out, metrics, fits, diags, ranks = [], [], [], [], []
     for t, obs in enumerate(observations):
         block = assimilator.sample(obs, t, members, progress=progress)

@@ -39,3 +39,23 @@ def test_local_ray_on_loopback_equals_inprocess(tmp_path, monkeypatch, request):
     assert_same_store(ref, tmp_path / "local")
     # The run's Ray is gone with the run.
     assert not sys.modules["ray"].is_initialized()
+
+
+def test_diagnostics_exact_false_skips_the_exact_reference(tmp_path):
+    """`diagnostics.exact: false` on a Gaussian prior: no exact fields or metrics, and the
+    analysis itself is unchanged (the reference never feeds the sampler)."""
+    import json
+
+    import numpy as np
+
+    from ensemble_da.io import open_run
+
+    run_pipeline(config(), tmp_path / "with", progress=False)
+    cfg = config().model_copy(update={"diagnostics": config().diagnostics.model_copy(update={"exact": False})})
+    run_pipeline(cfg, tmp_path / "without", progress=False)
+    a, b = open_run(tmp_path / "with"), open_run(tmp_path / "without")
+    assert "exact_mean" in a and "exact_mean" not in b and "exact_spread" not in b
+    np.testing.assert_array_equal(a["analysis"].values, b["analysis"].values)
+    summary = json.loads((tmp_path / "without" / "summary.json").read_text())
+    assert not [k for k in summary if k.startswith("exact_")], summary
+    assert any(k.startswith("exact_") for k in json.loads((tmp_path / "with" / "summary.json").read_text()))
