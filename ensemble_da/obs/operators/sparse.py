@@ -11,29 +11,32 @@ rows) are left out of the plan: they add nothing, and a non-finite value at the 
 would otherwise leak into every padded row. Both directions have the same shape:
 
 1. one `index_select` that gathers every entry's input (x for H, y for Hᵀ) in the order of the
-   plan, and one multiply by the entries' weights, stored in the same order;
-2. a sum per output in ascending entry order, by elementwise adds in an order fixed when the
-   plan is built: the outputs are sorted by how many entries they have (most first), so "the r-th
-   entry of every output that has one" is a prefix of the output list, and step r adds one slice
-   of the products to that prefix (in place, on the gathered buffer);
-3. one write of the sums into place: for H an `index_select` back into the observations' order,
-   for Hᵀ a `scatter_` of each touched state element's sum into zeros (each written once).
+   plan;
+2. a sum per output in ascending entry order, by elementwise operations in an order fixed when
+   the plan is built: the outputs are sorted by how many entries they have (most first, stable),
+   so "the r-th entry of every output that has one" is a prefix of the output list; step 0
+   multiplies the first entries by their weights, step r ≥ 1 adds weight × input of the r-th
+   entries to that prefix with one fused multiply-add (`addcmul_`, rounded once per entry);
+3. one write of the sums into place: for H an `index_select` back into the observations' order
+   (none when every row has as many entries, as for point and column rows), for Hᵀ a `scatter_`
+   of each touched state element's sum into zeros (each written once).
 
-Within the same entry count, H's rows are sorted by the first state element they read and Hᵀ's
-targets by state element, so the gathers walk memory nearly in order (about twice as fast as in the
-observations' order, which is random for scattered observations).
+Hᵀ's targets are sorted by state element within the same entry count. Sorting H's rows by the
+state element they read gained nothing at nside 64 (the state is in cache) and cost a reorder.
 
 Why Hᵀ never accumulates with atomics (`index_add_`, `scatter_add`, `index_put(accumulate)`): on
 CUDA those add concurrent contributions in whatever order the threads arrive, so Hᵀ y would
 change in its last bits from call to call and with the other members of the batch, and a
 member's analysis would depend on its batch companions (DESIGN.md §3). Here every sum is a fixed
-sequence of exactly rounded elementwise multiplies and adds, so H x and Hᵀ y are bit-identical
-across calls, devices' thread counts and batch compositions, and equal to a plain loop over the
-entries in ascending order (j = 0, 1, … within a row; i·k + j within a state element).
+sequence of elementwise multiplies and fused multiply-adds, so H x and Hᵀ y are bit-identical
+across calls, devices' thread counts and batch compositions, and equal to a loop over the entries
+in ascending order (j = 0, 1, … within a row; i·k + j within a state element) that computes
+s = w₀ v₀, then s = fma(w_j, v_j, s).
 
-Cost of one call with B members and E nonzero entries: B·E gathered values, one multiply and at
-most B·E adds, plus for H a B·rows gather into the observations' order and for Hᵀ a state-sized
-zero fill and a B·T scatter (T state elements touched). The plan holds 2·E + rows + T indices and
+Cost of one call with B members and E nonzero entries: B·E gathered values and B·E multiplies or
+fused multiply-adds, plus for H with rows of unequal length a B·rows gather into the
+observations' order and for Hᵀ a state-sized zero fill and a B·T scatter (T state elements
+touched). The plan holds 2·E + rows + T indices and
 the weights: memory linear in the observations, ~40 bytes per entry.
 """
 
@@ -69,8 +72,7 @@ class SparsePlan:
     """The index tables of `rows` sparse rows on one device (module docstring).
 
     Forward (H): `fwd_index` (E,) int64 the state element each nonzero entry reads, ordered by
-    (rank within its row, row slot), rows sorted by (entry count, most first; first state element
-    read); `fwd_w64` (E,) their float64 weights; `fwd_prefix[r]` how many rows have an r-th entry;
+    (rank within its row, row slot), rows sorted by entry count (most first; stable); `fwd_w64` (E,) their float64 weights; `fwd_prefix[r]` how many rows have an r-th entry;
     `row_slot` (rows,) int64 each observation's slot, or None where slot i is row i.
     Adjoint (Hᵀ): `adj_index` (E,) int64 the observation each entry reads, ordered by (rank within
     its target, target slot), targets sorted by (entry count, most first; state element);
@@ -100,10 +102,9 @@ class SparsePlan:
         keep = weights != 0
         row, col = np.nonzero(keep)  # the nonzero entries in ascending entry order i·k + j
         element, w = flat[row, col], weights[row, col]
-        # forward: rows by (entry count, most first; first element read; row)
+        # forward: rows by (entry count, most first; row)
         count = keep.sum(1)
-        first = np.where(count > 0, flat[np.arange(rows), np.argmax(keep, 1)], size)
-        by_row = np.lexsort((first, -count))
+        by_row = np.argsort(-count, kind="stable")
         row_slot = np.empty(rows, dtype=np.int64)
         row_slot[by_row] = np.arange(rows)
         fwd, fwd_prefix = _by_rank(row, row_slot, rows)
@@ -127,14 +128,15 @@ class SparsePlan:
 
 
 def _gather_sum(source: torch.Tensor, index: torch.Tensor, w: torch.Tensor, prefix: tuple[int, ...]) -> torch.Tensor:
-    """(…, prefix[0]): per output slot, Σ_r w · source[index] over its entries, in rank order."""
+    """(…, prefix[0]), a new tensor: per output slot, Σ_r w · source[index] over its entries, in
+    rank order (the first product, then one fused multiply-add per further entry)."""
     g = torch.index_select(source, -1, index)
-    g.mul_(w)
     start = prefix[0]
+    acc = g[..., :start] * w[:start]
     for n in prefix[1:]:
-        g[..., :n] += g[..., start : start + n]
+        acc[..., :n].addcmul_(g[..., start : start + n], w[start : start + n])
         start += n
-    return g[..., : prefix[0]]
+    return acc
 
 
 def _forward(x: torch.Tensor, plan: SparsePlan) -> torch.Tensor:
@@ -144,8 +146,6 @@ def _forward(x: torch.Tensor, plan: SparsePlan) -> torch.Tensor:
     acc = _gather_sum(xf, plan.fwd_index, plan.weights("fwd", x.dtype), plan.fwd_prefix)
     if acc.shape[-1] < plan.rows:  # rows without a nonzero weight: their slots come last
         acc = torch.cat([acc, acc.new_zeros(*acc.shape[:-1], plan.rows - acc.shape[-1])], -1)
-    elif plan.row_slot is None:
-        return acc.clone() if len(plan.fwd_prefix) > 1 else acc  # not a view of the gathered buffer
     return acc if plan.row_slot is None else torch.index_select(acc, -1, plan.row_slot)
 
 
