@@ -21,6 +21,7 @@ SIX_HOURLY = [str(np.datetime64("2020-01-01T00:00") + np.timedelta64(6 * k, "h")
 
 def tree(forecast="markov", times: int = 4, members: int = 4, **top):
     # tests/test_time_modes.py's cycle config, shrunk.
+    top = {"cluster": dict(address="inprocess", members_per_unit=2, replicas=1), **top}
     return dict(
         run_name="fc", seed=1, times=SIX_HOURLY[:times], grid=dict(nside=4), mode="cycle",
         cycle=dict(window=2, forecast=forecast),
@@ -28,8 +29,7 @@ def tree(forecast="markov", times: int = 4, members: int = 4, **top):
                    std=dict(T850=6.0, T500=5.0), length_scale_km=1500, channel_correlation=[[1, 0.6], [0.6, 1]]),
         sampler=dict(steps=4, batch_size=2), guidance=dict(method="mmps", solver="cg", cg_iters=2),
         ensemble=dict(members=members),
-        observations=dict(channels=["T850", "T500"], num_obs=20, sigma=dict(T850=1.0, T500=1.0)),
-        cluster=dict(address="inprocess", members_per_unit=2, replicas=1), **top)
+        observations=dict(channels=["T850", "T500"], num_obs=20, sigma=dict(T850=1.0, T500=1.0)), **top)
 
 
 def test_forecast_config_kinds():
@@ -110,3 +110,18 @@ def test_bad_plugin_is_one_error_line_exit_2(obj, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert f"cycle.forecast.object {obj!r}" in lines[0] and needle in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("cluster, extra, needle", [
+    (dict(address="inprocess", replicas=2), [], "set cluster.address inprocess and cluster.replicas 1"),
+    (dict(address="local", replicas=1), [], "set cluster.address inprocess and cluster.replicas 1"),
+])
+def test_speedy_forecast_outside_one_inprocess_replica_is_refused(cluster, extra, needle, tmp_path):
+    # Refused before jcm is imported or the run directory exists.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree({"kind": "speedy"}, times=3, cluster=dict(members_per_unit=2, **cluster))))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()

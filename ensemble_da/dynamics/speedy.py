@@ -209,8 +209,8 @@ class SpeedyForecast:
         """The climate state with member `member`'s white temperature noise (std perturbation_k K)."""
         import torch
 
-        shape = tuple(np.shape(self.climate.dynamics.temperature_variation))
-        nodal = (shape[0], *np.shape(self.model.dycore.to_physics_state(self.climate.dynamics).temperature)[1:])
+        lon, lat = self._gaussian_grid()
+        nodal = (len(self.model.coords.vertical.centers), lon.size, lat.size)  # (sigma level, lon, lat)
         noise = torch.randn(nodal, generator=forecast_generator(seed, t_index, member), dtype=torch.float64).numpy()
         return self.add_increment(self.climate, temperature_noise=self.perturbation_k * noise)
 
