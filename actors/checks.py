@@ -58,12 +58,27 @@ def check_cluster(config: RunConfig) -> None:
 
 def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
     """A time-aware mode (DESIGN.md §10) needs a prior over time windows; what it cannot do yet
-    (`--resume` of a reanalysis) is refused here, before the run directory is touched."""
+    (`--resume` of a reanalysis) is refused here, before the run directory is touched, and so is a
+    `python` forecast plug-in that fails its first two forecasts of member 0, and a `speedy` forecast
+    outside one in-process replica (it keeps the members' model states in that process)."""
     if config.mode == "analysis":
         return
     if not callable(getattr(prior, "window", None)):
         raise InputError(f"mode {config.mode} needs a prior over time windows (model.kind gaussian_markov); "
                          f"model.kind {config.model.kind} has none: use mode analysis")
+    if config.mode == "cycle" and config.cycle.forecast.kind == "python":
+        from ensemble_da.dynamics.plugin import check_forecast_plugin
+
+        check_forecast_plugin(config.cycle.forecast.object, config.cycle.forecast.options, prior, config.seed,
+                              len(config.times))
+    if config.mode == "cycle" and config.cycle.forecast.kind == "speedy":
+        # SPEEDY keeps each member's full model state in the process that forecast it last.
+        if config.cluster.address != "inprocess" or config.cluster.replicas != 1:
+            raise InputError("cycle.forecast speedy keeps each member's SPEEDY state in one process: set "
+                             "cluster.address inprocess and cluster.replicas 1")
+        if resume:
+            raise InputError("--resume of a run with cycle.forecast speedy is not supported: the members' SPEEDY "
+                             "states are not in the store; start the run again")
     if config.mode == "reanalysis" and config.diagnostics.background:
         raise InputError("diagnostics.background is for mode analysis (a cycled run always has its background); "
                          "a reanalysis has none: set diagnostics.background false")

@@ -27,7 +27,7 @@ from ensemble_da.background_observation import cycle_with_background_observation
 from ensemble_da.baselines.cycled import EnsembleFilter, cycle_ensemble_filter
 from ensemble_da.config import RunConfig
 from ensemble_da.cycling import create_generator
-from ensemble_da.dynamics.markov import MarkovForecast
+from ensemble_da.dynamics import build_forecast
 from ensemble_da.kalman import kalman_filter
 from ensemble_da.obs.inputs import prepare_inputs
 from ensemble_da.obs.operators import ObservationOperator
@@ -79,7 +79,7 @@ def main() -> None:
     kf = kalman_filter(prior, ops)
     kf_mean, kf_std = kf.physical(prior)
     truth = inputs.truth.astype(np.float64)
-    forecast = MarkovForecast(prior)
+    forecast = build_forecast(cfg, prior)  # cfg.cycle.forecast: markov
     rows = []
 
     def add(name: str, members: int, analysis: np.ndarray, seconds: float, setting: str = "") -> None:

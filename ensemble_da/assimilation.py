@@ -97,6 +97,7 @@ class Assimilator:
         self.prior = prior if prior is not None else load_prior(config.model, config.grid, device=self.device)
         self.grid: HealpixGrid = self.prior.grid
         self.normalization = self.prior.normalization
+        self._forecast_model = None  # cycle.forecast, built on first use
 
     def operator(self, obs: ObservationSet):
         """H for the assimilated observations of `obs` (each set by its own operator), in the
@@ -179,10 +180,15 @@ class Assimilator:
 
     def forecast(self, t_index: int, members: Sequence[int], previous: np.ndarray | None) -> np.ndarray:
         """The background of time `t_index` (`cycle.forecast`): the forecast of the members'
-        analyses `previous` at t_index − 1 (None at the first time: a climate draw)."""
-        from ensemble_da.dynamics import MarkovForecast
+        analyses `previous` at t_index − 1 (None at the first time: a climate draw). The forecast
+        model is built once per Assimilator (`ensemble_da.dynamics.build_forecast`): a stateful one
+        (speedy) keeps its members' full model states between calls."""
+        from ensemble_da.dynamics import build_forecast
 
-        return MarkovForecast(self._time_prior()).forecast(previous, t_index, members, self.config.seed)
+        if self._forecast_model is None:
+            self._time_prior()  # the time-aware modes' own check first: its message names the mode
+            self._forecast_model = build_forecast(self.config, self.prior)
+        return self._forecast_model.forecast(previous, t_index, members, self.config.seed)
 
 
 class ExactReference(NamedTuple):

@@ -33,6 +33,10 @@ __all__ = [
     "TrackingConfig",
     "DiagnosticsConfig",
     "CycleConfig",
+    "ForecastConfig",
+    "MarkovForecastConfig",
+    "PythonForecastConfig",
+    "SpeedyForecastConfig",
     "load_config",
     "default_config_path",
     "apply_overrides",
@@ -526,6 +530,43 @@ class DiagnosticsConfig(_Strict):
         return v
 
 
+class MarkovForecastConfig(_Strict):
+    """`cycle.forecast: markov` (or `{kind: markov}`): the exact AR(1) transition of model.kind
+    gaussian_markov (`ensemble_da.dynamics.markov`)."""
+
+    kind: Literal["markov"] = "markov"
+
+
+class PythonForecastConfig(_Strict):
+    """`cycle.forecast: {kind: python, object: "package.module:factory", options: {...}}`: a user
+    forecast model (`ensemble_da.dynamics.plugin`): `factory(prior, **options)` returns an object
+    with `forecast(x, t_index, members, seed)`."""
+
+    kind: Literal["python"]
+    object: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SpeedyForecastConfig(_Strict):
+    """`cycle.forecast: {kind: speedy}`: SPEEDY (jcm, T30L8) carries each member's full model state
+    from one analysis time to the next (`ensemble_da.dynamics.speedy`; needs `ensemble-da[speedy]`).
+
+    spinup_days: days integrated from jcm's rest state (seeded by the run's seed) to the climate
+    state the members start from; perturbation_k: std (K) of the white temperature perturbation
+    added per member, at every sigma level, to that state before the first time. The interval
+    integrated per call is the run's spacing of `times` (6 h for six-hourly times); the seasonal
+    forcing follows jcm's own clock (2000-01-01 + spin-up), not the dates in `times`.
+    """
+
+    kind: Literal["speedy"]
+    spinup_days: float = Field(30.0, ge=0.0)
+    perturbation_k: float = Field(0.5, ge=0.0)
+
+
+ForecastConfig = Annotated[Union[MarkovForecastConfig, PythonForecastConfig, SpeedyForecastConfig],
+                           Field(discriminator="kind")]
+
+
 class CycleConfig(_Strict):
     """Settings of the time-aware modes (DESIGN.md §10; README "Time: cycling and reanalysis").
 
@@ -537,12 +578,20 @@ class CycleConfig(_Strict):
     carry: condition the window on the member's earlier state (false: every window starts from the
     stationary prior and forgets the observations before it, as appa's filter does).
     forecast: the model that carries members to the next time for the background (O−B
-    diagnostics): `markov`, the exact transition of model.kind gaussian_markov.
+    diagnostics), a section discriminated by `kind`: `markov` (the string alone works too), the
+    exact transition of model.kind gaussian_markov; `python`, a plug-in (`object`, `options`);
+    `speedy`, SPEEDY in the loop (`ensemble_da.dynamics.build_forecast`).
     """
 
     window: int | None = None
     carry: bool = True
-    forecast: Literal["markov"] = "markov"
+    forecast: ForecastConfig = Field(default_factory=MarkovForecastConfig)
+
+    @field_validator("forecast", mode="before")
+    @classmethod
+    def _forecast_name(cls, v: Any) -> Any:
+        # `forecast: markov` is `{kind: markov}`; a kind that needs settings says which are missing.
+        return {"kind": v} if isinstance(v, str) else v
 
     @field_validator("window")
     @classmethod

@@ -24,25 +24,31 @@ from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.priors.base import Denoiser, time_condition
 
-__all__ = ["load_plugin", "check_denoiser"]
+__all__ = ["load_plugin", "check_denoiser", "resolve_object"]
 
 
-def _resolve(factory: str):
-    module_name, sep, attr = factory.partition(":")
+def resolve_object(spec: str, key: str = "model.factory"):
+    """Import `spec` ("package.module:attr.path") and return the callable it names; every failure
+    (no colon, import error, missing attribute, not callable) is one InputError naming `key`.
+    Shared by the plug-in priors and the plug-in forecast models (`ensemble_da.dynamics.plugin`)."""
+    module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise InputError(f'model.factory {factory!r}: expected "package.module:function"')
+        raise InputError(f'{key} {spec!r}: expected "package.module:function"')
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure of user code is bad input
-        raise InputError(f"model.factory {factory!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{key} {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise InputError(f"model.factory {factory!r}: {module_name!r} has no attribute {attr!r}")
+            raise InputError(f"{key} {spec!r}: {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise InputError(f"model.factory {factory!r}: {attr!r} is not callable")
+        raise InputError(f"{key} {spec!r}: {attr!r} is not callable")
     return target
+
+
+_resolve = resolve_object
 
 
 def check_denoiser(den: Any, name: str, nside: int | None = None, device: str | torch.device = "cpu") -> Denoiser:
