@@ -44,16 +44,20 @@ KINDS = {
 }
 
 
-def time_call(op, x, repeats: int) -> float:
-    y = op.forward(x)
-    op.adjoint(y)  # warm-up
+def median_seconds(call, repeats: int) -> float:
+    """Median wall seconds of `call()` over `repeats` calls, after one warm-up call."""
+    call()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        y = op.forward(x)
-        op.adjoint(y)
+        call()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def time_call(op, x, repeats: int) -> float:
+    """One forward + one adjoint call of `op` at `x`."""
+    return median_seconds(lambda: op.adjoint(op.forward(x)), repeats)
 
 
 def guided_child(n: int, method: str, repeats: int) -> dict:
@@ -73,13 +77,8 @@ def guided_child(n: int, method: str, repeats: int) -> dict:
     guided = guided_denoiser(prior, op, cfg, autocast=False)
     z = torch.randn(4, len(LEVELS), prior.grid.npix)
     sigma = torch.ones(4)
-    guided(z, sigma)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        guided(z, sigma)
-        times.append(time.perf_counter() - t0)
-    return {"s": statistics.median(times), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    seconds = median_seconds(lambda: guided(z, sigma), repeats)
+    return {"s": seconds, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def guided_table(repeats: int) -> None:

@@ -1,7 +1,7 @@
 """`cycle.forecast: speedy` (ensemble_da/dynamics/speedy.py): SPEEDY (jcm) carrying each member's
 full model state between analysis times, with the HEALPix analysis added as an increment.
 
-The jcm tests are skipped where the optional extra `ensemble-da[speedy]` (jcm) is not installed.
+jcm is in the test extra: the tests that integrate SPEEDY import it, and fail where it is missing.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def test_bad_settings_are_errors():
 
 @pytest.fixture(scope="module")
 def speedy():
-    pytest.importorskip("jcm")
     return SpeedyForecast.create(HealpixGrid(8), DEFAULT_CHANNELS, hours=6.0, spinup_days=0.25, seed=0)
 
 

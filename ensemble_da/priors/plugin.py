@@ -48,8 +48,6 @@ def resolve_object(spec: str, key: str = "model.factory"):
     return target
 
 
-_resolve = resolve_object
-
 
 def check_denoiser(den: Any, name: str, nside: int | None = None, device: str | torch.device = "cpu") -> Denoiser:
     """Check `den` implements `Denoiser` on `nside` and one call gives finite output of z's shape.
@@ -84,7 +82,7 @@ def check_denoiser(den: Any, name: str, nside: int | None = None, device: str | 
 
 def load_plugin(factory: str, options: Mapping[str, Any], nside: int, device: str | torch.device = "cpu") -> Denoiser:
     """Import `factory`, call it with `options` (plus `device` when it accepts one) and check the result."""
-    fn = _resolve(factory)
+    fn = resolve_object(factory)
     kwargs = dict(options)
     try:
         if "device" in inspect.signature(fn).parameters and "device" not in kwargs:
