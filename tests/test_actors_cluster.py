@@ -187,6 +187,13 @@ def test_replica_killed_mid_unit(cluster, baseline, tmp_path):
     assert_same_store(baseline, tmp_path / "run")
 
 
+def _wait_until_stopped(process: psutil.Process, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while process.status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, f"process {process.pid} did not stop"
+        time.sleep(0.01)
+
+
 def test_a_frozen_replica_is_a_straggler_whose_units_are_reissued(cluster, baseline, tmp_path):
     delivered, frozen, stopped = [], [], []
 
@@ -197,6 +204,7 @@ def test_a_frozen_replica_is_a_straggler_whose_units_are_reissued(cluster, basel
             pid = int(_other_replica(result, executor).info["pid"])
             os.kill(pid, signal.SIGSTOP)
             frozen.append(psutil.Process(pid))
+            _wait_until_stopped(frozen[0])  # the signal is delivered asynchronously
         else:  # a later delivery: the frozen process must still be stopped
             stopped.append(frozen[0].status() == psutil.STATUS_STOPPED)
 
