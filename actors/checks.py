@@ -60,12 +60,26 @@ def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
     """A time-aware mode (DESIGN.md §10) needs a prior over time windows; what it cannot do yet
     (`--resume` of a reanalysis) is refused here, before the run directory is touched, and so is a
     `python` forecast plug-in that fails its first two forecasts of member 0, and a `speedy` forecast
-    outside one in-process replica (it keeps the members' model states in that process)."""
+    outside one in-process replica (it keeps the members' model states in that process). A window
+    checkpoint serves only the time-aware modes, with its own window length (`cycle.window`) and,
+    when carried, only if it was trained on the state before its window."""
+    from ensemble_da.cycling import fixed_window, is_time_prior
+
     if config.mode == "analysis":
+        if fixed_window(prior):
+            raise InputError(f"the checkpoint is a window prior of {prior.window_slots} times: use mode cycle or "
+                             "reanalysis, or a single-time checkpoint for mode analysis")
         return
-    if not callable(getattr(prior, "window", None)):
-        raise InputError(f"mode {config.mode} needs a prior over time windows (model.kind gaussian_markov); "
-                         f"model.kind {config.model.kind} has none: use mode analysis")
+    if not callable(getattr(prior, "window", None)) or not is_time_prior(prior):
+        raise InputError(f"mode {config.mode} needs a prior over time windows (model.kind gaussian_markov or a "
+                         f"window checkpoint); model.kind {config.model.kind} has none: use mode analysis")
+    if fixed_window(prior):
+        length = config.window_length()
+        prior.window(length, conditioned=config.mode == "cycle" and config.cycle.carry and len(config.times) > length)
+    if config.mode == "cycle" and config.cycle.forecast.kind in ("markov", "window"):
+        from ensemble_da.dynamics import build_forecast
+
+        build_forecast(config, prior)  # cheap for these kinds: its InputError names what fits
     if config.mode == "cycle" and config.cycle.forecast.kind == "python":
         from ensemble_da.dynamics.plugin import check_forecast_plugin
 

@@ -145,11 +145,11 @@ class Assimilator:
         return BlockResult(WorkUnit(t_index, tuple(int(m) for m in members)), x, diagnostics)
 
     def _time_prior(self):
-        from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
+        from ensemble_da.cycling import is_time_prior
 
-        if not isinstance(self.prior, GaussianMarkovPrior):
-            raise InputError(f"mode {self.config.mode} needs a prior over time windows (model.kind gaussian_markov), "
-                             f"got model.kind {self.config.model.kind}")
+        if not is_time_prior(self.prior):
+            raise InputError(f"mode {self.config.mode} needs a prior over time windows (model.kind gaussian_markov "
+                             f"or a window checkpoint), got model.kind {self.config.model.kind}")
         return self.prior
 
     def sample_cycle(self, inputs: CycleInputs, members: Sequence[int], carried: np.ndarray | None

@@ -157,20 +157,22 @@ app.add_typer(data_app, name="data")
 def data_speedy(
     out: Path = typer.Option(..., "--out", help="Output zarr store (time, channel, cell)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial-state perturbation."),
-    days: int = typer.Option(365, "--days", help="Daily states kept after the spin-up."),
+    days: int = typer.Option(365, "--days", help="Days of states kept after the spin-up."),
+    interval_hours: int = typer.Option(24, "--interval-hours", help="Hours between stored states (24: daily; 6: six-hourly)."),
     spinup_days: int = typer.Option(120, "--spinup-days", help="Days integrated and discarded first."),
     nside: int = typer.Option(16, "--nside", help="HEALPix nside of the output (NEST)."),
     channels: str = typer.Option("T850,T500,T300,U850,V850,Z500", "--channels", help="Comma-separated channels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Integrate SPEEDY (jcm, packaged T30 boundary data) and store daily HEALPix states."""
+    """Integrate SPEEDY (jcm, packaged T30 boundary data) and store HEALPix states (daily by default)."""
     with cli_errors(debug):
         from ensemble_da.data.speedy import generate_speedy
 
         names = [c.strip() for c in channels.split(",") if c.strip()]
         path = generate_speedy(
-            out, seed=seed, days=days, spinup_days=spinup_days, nside=nside, channels=names, overwrite=overwrite
+            out, seed=seed, days=days, spinup_days=spinup_days, nside=nside, channels=names, overwrite=overwrite,
+            interval_hours=interval_hours,
         )
         print(f"wrote {path}")
 

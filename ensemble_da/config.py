@@ -563,7 +563,16 @@ class SpeedyForecastConfig(_Strict):
     perturbation_k: float = Field(0.5, ge=0.0)
 
 
-ForecastConfig = Annotated[Union[MarkovForecastConfig, PythonForecastConfig, SpeedyForecastConfig],
+class WindowForecastConfig(_Strict):
+    """`cycle.forecast: window`: the learned window prior's own transition (a window checkpoint
+    trained with `previous: true`): slot 0 of its window given the member's analysis, drawn by
+    unguided EDM sampling with the run's `sampler` settings (`ensemble_da.dynamics.window`)."""
+
+    kind: Literal["window"]
+
+
+ForecastConfig = Annotated[Union[MarkovForecastConfig, PythonForecastConfig, SpeedyForecastConfig,
+                                 WindowForecastConfig],
                            Field(discriminator="kind")]
 
 
@@ -580,7 +589,8 @@ class CycleConfig(_Strict):
     forecast: the model that carries members to the next time for the background (O−B
     diagnostics), a section discriminated by `kind`: `markov` (the string alone works too), the
     exact transition of model.kind gaussian_markov; `python`, a plug-in (`object`, `options`);
-    `speedy`, SPEEDY in the loop (`ensemble_da.dynamics.build_forecast`).
+    `speedy`, SPEEDY in the loop; `window`, a learned window prior's own transition
+    (`ensemble_da.dynamics.build_forecast`).
     """
 
     window: int | None = None

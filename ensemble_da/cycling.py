@@ -11,6 +11,10 @@ only through ρ^L. So the error decays with the window: L = 1 is the "optimal pr
 its weights; windows before the first full one (k < L) are exact. Without `carry` (appa's filter)
 a window forgets every observation older than itself. README "Time" table (a) measures both.
 
+A learned window prior (a window checkpoint, `LearnedDenoiser.window`) has a fixed L: a window
+that would start before time 0 (k < L − 1) is sampled whole, its slots before time 0 unobserved,
+which is the same law of times 0..k (the prior's marginal), and its analysis is still the last slot.
+
 `create_generator` is the Python API (prime it, send each time's observations, receive that
 time's analysis ensemble), shaped like earth2studio's `create_generator`.
 """
@@ -29,7 +33,7 @@ from ensemble_da.obs.operators import ObservationOperator, OperatorKind
 from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
 from ensemble_da.window import sample_window, slot_operator
 
-__all__ = ["CycleStep", "cycle_step", "analyse_cycle", "create_generator"]
+__all__ = ["CycleStep", "cycle_step", "analyse_cycle", "create_generator", "is_time_prior", "fixed_window"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,23 @@ class CycleStep:
     conditioned: bool
 
 
-def cycle_step(t_index: int, window: int, carry: bool = True) -> CycleStep:
-    """Time `t_index`'s window for a cycle with windows of `window` slots."""
+def cycle_step(t_index: int, window: int, carry: bool = True, fixed: bool = False) -> CycleStep:
+    """Time `t_index`'s window for a cycle with windows of `window` slots; `fixed`: always
+    `window` slots (a learned window prior), those before time 0 with negative indices."""
     if window < 1:
         raise InputError(f"cycle.window must be >= 1, got {window}")
-    slots = min(window, t_index + 1)
+    slots = window if fixed else min(window, t_index + 1)
     return CycleStep(t_index, tuple(range(t_index - slots + 1, t_index + 1)), carry and t_index >= window)
+
+
+def is_time_prior(prior: object) -> bool:
+    """Whether `prior` is a prior over time windows: `gaussian_markov`, or a window checkpoint."""
+    return isinstance(prior, GaussianMarkovPrior) or getattr(prior, "window_slots", 1) > 1
+
+
+def fixed_window(prior: object) -> bool:
+    """Whether the prior's windows have one length only (a learned window prior)."""
+    return getattr(prior, "window_slots", 1) > 1
 
 
 def analyse_cycle(
@@ -68,6 +83,8 @@ def analyse_cycle(
     """
     if step.conditioned and carried is None:
         raise ValueError(f"time {step.t_index}: the window is conditioned but no carried state was given")
+    if fixed_window(prior) and len(step.times) < prior.window_slots:
+        step = cycle_step(step.t_index, prior.window_slots, step.conditioned, fixed=True)
     window = prior.window(len(step.times), conditioned=step.conditioned)
     op = slot_operator([operators.get(t) for t in step.times])
     x = sample_window(window, op, members, seed, step.t_index, sampler, guidance,
@@ -99,9 +116,9 @@ def create_generator(
     ids = list(range(members)) if isinstance(members, (int, np.integer)) else [int(m) for m in members]
     if not ids:
         raise InputError("members: need at least one member")
-    if not isinstance(prior, GaussianMarkovPrior):
-        raise InputError(f"create_generator needs a prior over time windows (GaussianMarkovPrior), got "
-                         f"{type(prior).__name__}")
+    if not is_time_prior(prior):
+        raise InputError(f"create_generator needs a prior over time windows (GaussianMarkovPrior or a window "
+                         f"checkpoint), got {type(prior).__name__}")
     sampler = sampler if isinstance(sampler, SamplerConfig) else validate_tree(SamplerConfig, dict(sampler or {}), "sampler")
     guidance = guidance if isinstance(guidance, GuidanceConfig) else validate_tree(
         GuidanceConfig, dict(guidance or {}), "guidance")

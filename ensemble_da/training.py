@@ -10,6 +10,13 @@ cosine decay; an exponential moving average (EMA) of the weights is what the che
 Conditioning (day of year, second of day of each state) is dropped for a fraction of samples so
 the network also works unconditionally.
 
+Windows (`window: L` > 1, DESIGN.md §10): a training sample is L consecutive states stacked as
+(L·C, cell), slot j's channel c at j·C + c (the layout of `ensemble_da.window`); the time
+features are those of its first slot. With `previous: true` the net also reads the clean state
+just before the window (and a flag), dropped to zeros for a fraction `previous_dropout` of samples,
+so one net serves both the conditioned and the unconditioned window. Every state of every window
+(and its previous state) lies before the held-out tail: held-out states are never trained on.
+
 Resumable: `<out>/train_state.pt` (weights, EMA, optimiser, step, RNG states, MLflow run id)
 is written every `checkpoint_every` steps and at the end; a rerun with `--resume` continues
 from it and gives the same weights as an uninterrupted run. Loss curves go to MLflow (SQLite in
@@ -80,6 +87,9 @@ class TrainConfig(_Strict):
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     cond_dropout: float = 0.2
+    window: int = 1  # consecutive states per sample (1: a single-time prior)
+    previous: bool = False  # also condition on the state just before the window
+    previous_dropout: float = 0.2  # fraction of samples trained without it
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -99,6 +109,10 @@ class TrainConfig(_Strict):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1], got {self.cond_dropout}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1 consecutive states, got {self.window}")
+        if not 0.0 <= self.previous_dropout <= 1.0:
+            raise ValueError(f"previous_dropout must be in [0, 1], got {self.previous_dropout}")
         if self.holdout_days < 0:
             raise ValueError(f"holdout_days must be >= 0, got {self.holdout_days}")
         return self
@@ -111,11 +125,13 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     return load_yaml_model(TrainConfig, path, overrides, what="training config")
 
 
-def edm_loss(model, z0: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-    """EDM loss λ(σ)·mean‖D(z₀+σε, σ) − z₀‖², averaged over the batch; σ with shape (batch,)."""
+def edm_loss(model, z0: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None, noise: torch.Tensor,
+             extra: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM loss λ(σ)·mean‖D(z₀+σε, σ) − z₀‖², averaged over the batch; σ with shape (batch,);
+    `extra`: the net's extra input channels (batch, C + 1, cell) or None."""
     sd = model.sigma_data
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-    denoised = model.precondition(z0 + sigma.reshape(-1, 1, 1) * noise, sigma, cond)
+    denoised = model.precondition(z0 + sigma.reshape(-1, 1, 1) * noise, sigma, cond, extra)
     per_sample = (denoised - z0).square().mean(dim=(1, 2))
     return (weight * per_sample).mean()
 
@@ -137,6 +153,27 @@ def _day_features(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return doy, sod
 
 
+def states_per_day(times: np.ndarray) -> int:
+    """States per day of an equally spaced time axis (1 for daily data, 4 for six-hourly)."""
+    if len(times) < 2:
+        return 1
+    hours = float(np.median(np.diff(np.asarray(times).astype("datetime64[s]")).astype(np.float64))) / 3600.0
+    if hours <= 0 or 24 % hours:
+        raise InputError(f"the dataset's time spacing ({hours:g} h) does not divide a day")
+    return int(round(24 / hours))
+
+
+def window_starts(n_train: int, window: int, previous: bool) -> np.ndarray:
+    """First states of every training window: s with s − 1 ≥ 0 (when `previous`) and s + L ≤ n_train."""
+    return np.arange(1 if previous else 0, n_train - window + 1)
+
+
+def stack_windows(z: torch.Tensor, starts: torch.Tensor, window: int) -> torch.Tensor:
+    """Windows (batch, L·C, cell) of states z (time, C, cell) starting at `starts` (batch,)."""
+    idx = starts[:, None] + torch.arange(window, device=z.device)[None]
+    return z[idx].reshape(len(starts), -1, z.shape[-1])
+
+
 def _rng_state(gen: torch.Generator, nrng: np.random.Generator) -> dict:
     return {"torch": gen.get_state(), "numpy": nrng.bit_generator.state}
 
@@ -147,7 +184,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
     from ensemble_da.data.speedy import read_speedy
     from ensemble_da.priors.checkpoint import save_checkpoint
-    from ensemble_da.priors.network import EDMPrecond, HealpixUNet, UNetConfig, condition_features
+    from ensemble_da.priors.network import EDMPrecond, HealpixUNet, UNetConfig, condition_features, previous_features
     from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri
 
     out = Path(config.out)
@@ -165,16 +202,21 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     names = list(config.channels or data.channels)
     chan = Normalization(data.channels, data.center, data.scale).index(names)
     norm = Normalization(tuple(names), data.center[chan], data.scale[chan])
-    n_train = data.state.shape[0] - config.holdout_days
+    n_train = data.state.shape[0] - config.holdout_days * states_per_day(data.time)
     if n_train < 1:
         raise InputError(f"{config.data}: {data.state.shape[0]} states, holdout_days={config.holdout_days} leaves none to train on")
+    starts = window_starts(n_train, config.window, config.previous)
+    if len(starts) < 1:
+        raise InputError(f"{config.data}: {n_train} training states hold no window of {config.window} states"
+                         + (" with a state before it" if config.previous else ""))
     z_all = norm.normalize(data.state[:n_train][:, chan].astype(np.float64)).astype(np.float32)
     sigma_data = float(z_all.std())
     doy, sod = _day_features(data.time[:n_train])
     z_all_t = torch.as_tensor(z_all, device=device)
 
     torch.manual_seed(config.seed)
-    net = HealpixUNet(UNetConfig(channels=len(names), **config.network.model_dump()))
+    net = HealpixUNet(UNetConfig(channels=len(names) * config.window, window=config.window, previous=config.previous,
+                                 **config.network.model_dump()))
     model = EDMPrecond(net, sigma_data=sigma_data).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -234,8 +276,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     ) as bar:
         task = bar.add_task("", total=config.steps, completed=step)
         while step < config.steps:
-            idx = nrng.integers(0, n_train, size=config.batch_size)
-            z0 = z_all_t[idx]
+            idx = starts[nrng.integers(0, len(starts), size=config.batch_size)]
+            z0 = z_all_t[idx] if config.window == 1 and not config.previous else stack_windows(
+                z_all_t, torch.as_tensor(idx, device=device), config.window)
             u = torch.rand(config.batch_size, generator=gen)
             sigma = torch.exp(log_sigma.icdf(u.clamp(1e-6, 1 - 1e-6))).clamp(config.sigma_min, config.sigma_max)
             noise = torch.randn(z0.shape, generator=gen)
@@ -246,7 +289,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 cond = cond * keep.to(device)[:, None]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            loss = edm_loss(model, z0, sigma.to(device), cond, noise.to(device))
+            extra = None
+            if config.previous:
+                keep_prev = (torch.rand(len(idx), generator=gen) >= config.previous_dropout).to(z0.dtype).to(device)
+                extra = previous_features(z_all_t[torch.as_tensor(idx - 1, device=device)], z0) * keep_prev[:, None, None]
+            loss = edm_loss(model, z0, sigma.to(device), cond, noise.to(device), extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -285,6 +332,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
 
 def _write_checkpoint(out, config, ema, norm, data, step, losses, wall, save_checkpoint) -> Path:
+    n_train = data.state.shape[0] - config.holdout_days * states_per_day(data.time)
     return save_checkpoint(
         out / config.name,
         ema,
@@ -298,10 +346,10 @@ def _write_checkpoint(out, config, ema, norm, data, step, losses, wall, save_che
             "steps": step,
             "final_loss": losses[-1][1] if losses else None,
             "wall_seconds": round(wall, 1),
-            "train_states": int(data.state.shape[0] - config.holdout_days),
+            "train_states": int(n_train),
             "train_time_range": [
                 str(np.datetime_as_string(data.time[0], unit="s")),
-                str(np.datetime_as_string(data.time[data.state.shape[0] - config.holdout_days - 1], unit="s")),
+                str(np.datetime_as_string(data.time[n_train - 1], unit="s")),
             ],
         },
     )

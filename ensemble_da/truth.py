@@ -7,6 +7,11 @@ of the run config (bf16 only where the prior allows it, a divergence restated wi
 member TRUTH_STREAM: the torch stream of the same SeedSequence, never a member's stream,
 conditioned on the analysis time. With the truth drawn from the prior itself, a correct
 posterior sampler is calibrated (SSR ≈ 1, flat rank histogram) whatever the prior's quality.
+
+A window checkpoint (a learned prior over L consecutive times) gives one trajectory of windows
+(`draw_window_truths`): the first L times unconditioned, then each next L times given the last
+state before them (when the checkpoint was trained with `previous`), window j drawn as member
+TRUTH_STREAM with t_index its first time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ensemble_da.obs.synthetic import TRUTH_STREAM, truth_rng
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors.base import Denoiser, time_condition
 
-__all__ = ["draw_truths", "draw_truth", "osse_truths"]
+__all__ = ["draw_truths", "draw_truth", "draw_window_truths", "osse_truths"]
 
 
 def draw_truth(prior: Denoiser, config: RunConfig, t_index: int) -> np.ndarray:
@@ -50,10 +55,29 @@ def draw_truths(prior: Denoiser, config: RunConfig) -> np.ndarray:
     """One truth per analysis time of `config`: float32 (time, channel, cell), physical units; a
     prior in time (`sample_trajectory`, gaussian_markov) gives ONE trajectory (DESIGN.md §10),
     its innovation at time t from the stream of time t."""
+    if getattr(prior, "window_slots", 1) > 1:
+        return draw_window_truths(prior, config)
     if hasattr(prior, "sample_trajectory"):
         rngs = [truth_rng(config.seed, t) for t in range(len(config.times))]
         return np.asarray(prior.sample_trajectory(rngs), np.float64).astype(np.float32)
     return np.stack([draw_truth(prior, config, t) for t in range(len(config.times))]).astype(np.float32)
+
+
+def draw_window_truths(prior, config: RunConfig) -> np.ndarray:
+    """One truth trajectory from a window checkpoint (module docstring): float32 (time, channel,
+    cell), physical units."""
+    from ensemble_da.config import GuidanceConfig
+    from ensemble_da.window import sample_window
+
+    slots, times = prior.window_slots, len(config.times)
+    chained = bool(prior.model.net.config.previous)
+    out: list[np.ndarray] = []
+    for start in range(0, times, slots):
+        previous = out[-1][None] if chained and out else None
+        x = sample_window(prior.window(slots, conditioned=previous is not None), None, [TRUTH_STREAM], config.seed,
+                          start, config.sampler, GuidanceConfig(method="none"), previous)
+        out.extend(x[0, :min(slots, times - start)])
+    return np.stack(out).astype(np.float32)
 
 
 def osse_truths(prior: Denoiser, config: RunConfig) -> np.ndarray | None:

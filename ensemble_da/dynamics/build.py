@@ -16,7 +16,8 @@ def build_forecast(config: RunConfig, prior: Any):
     """The `ForecastModel` of `config.cycle.forecast` for `prior` (the run's `Denoiser`).
 
     markov: `MarkovForecast` (needs model.kind gaussian_markov); python: the checked plug-in
-    (`ensemble_da.dynamics.plugin`); speedy: `SpeedyForecast` (jcm, imported only here). Every
+    (`ensemble_da.dynamics.plugin`); window: `WindowForecast` (a window checkpoint's own
+    transition); speedy: `SpeedyForecast` (jcm, imported only here). Every
     failure is one InputError line.
     """
     spec = config.cycle.forecast
@@ -32,6 +33,10 @@ def build_forecast(config: RunConfig, prior: Any):
         from ensemble_da.dynamics.plugin import load_forecast_plugin
 
         return load_forecast_plugin(spec.object, spec.options, prior)
+    if spec.kind == "window":
+        from ensemble_da.dynamics.window import WindowForecast
+
+        return WindowForecast.create(prior, config.sampler)
     from ensemble_da.dynamics.speedy import SpeedyForecast  # spec.kind == "speedy": the union is closed
 
     times = config.analysis_times()

@@ -10,7 +10,10 @@ an `EDMPrecond(HealpixUNet)`) and `<stem>.json`:
      "training_data_hash": str, "training": {...}}
 
 `load_checkpoint` turns it into a `LearnedDenoiser`, which implements the `Denoiser` protocol
-(DESIGN.md §3, priors/base.py). Without a path, the checkpoint shipped in
+(DESIGN.md §3, priors/base.py). A window checkpoint (`network.window` L > 1, trained with
+`window: L`) is a prior over L consecutive times: `LearnedDenoiser.window(L, conditioned)` is its
+window denoiser (`LearnedWindow`, the interface of `GaussianMarkovPrior.window`) for the
+time-aware modes; with `network.previous` it is also conditioned on the state before the window. Without a path, the checkpoint shipped in
 `ensemble_da/assets/` (trained on the SPEEDY climate) is loaded.
 """
 
@@ -35,6 +38,7 @@ __all__ = [
     "FORMAT",
     "SHIPPED_STEM",
     "LearnedDenoiser",
+    "LearnedWindow",
     "save_checkpoint",
     "load_checkpoint",
     "shipped_checkpoint",
@@ -100,8 +104,31 @@ class LearnedDenoiser:
             self.model, self.grid, self.normalization, self.sigma_min, self.sigma_max, condition, self.meta
         )
 
+    @property
+    def window_slots(self) -> int:
+        """Consecutive times L the network denoises at once (1: a single-time prior)."""
+        return int(self.model.net.config.window)
+
+    def window(self, slots: int, conditioned: bool = False) -> "LearnedWindow":
+        """The denoiser of `slots` consecutive times (the trained window L), `conditioned`: given the
+        state just before them (condition[PREVIOUS]); InputError for what the net was not trained on."""
+        trained = self.window_slots
+        if trained == 1:
+            raise InputError("this checkpoint is a single-time prior; the time-aware modes need a window "
+                             "checkpoint (ensemble-da train with window: L > 1)")
+        if slots != trained:
+            raise InputError(f"the checkpoint's window prior has {trained} slots, asked for {slots}: "
+                             f"set cycle.window: {trained}")
+        if conditioned and not self.model.net.config.previous:
+            raise InputError("the checkpoint's window was not trained on the state before it (previous: false): "
+                             "set cycle.carry: false")
+        return LearnedWindow(self, conditioned)
+
     def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
         """Denoised estimate (batch, channel, cell) of normalised `z`; σ with shape (batch,)."""
+        if self.window_slots != 1:
+            raise InputError(f"this checkpoint is a window prior of {self.window_slots} times: it serves mode "
+                             f"cycle and reanalysis (cycle.window: {self.window_slots}), not single times")
         if z.ndim != 3 or z.shape[1] != len(self.normalization.channels) or z.shape[2] != self.grid.npix:
             raise ValueError(
                 f"expected z with shape (batch, {len(self.normalization.channels)}, {self.grid.npix}), got {tuple(z.shape)}"
@@ -115,6 +142,47 @@ class LearnedDenoiser:
             f"LearnedDenoiser(channels={list(self.normalization.channels)}, nside={self.grid.nside}, "
             f"sigma=[{self.sigma_min:g}, {self.sigma_max:g}], sigma_data={self.sigma_data:.3f})"
         )
+
+
+class LearnedWindow:
+    """The window denoiser of a window checkpoint: state (batch, L·C, cell) normalised, slot j's
+    channel c at j·C + c (`ensemble_da.window`); implements `Denoiser`.
+
+    Attributes as `MarkovWindow`: `slots` (L), `prior` (the checkpoint, for its single-time
+    normalisation), `normalization` (channels `C@j`), `grid`, `sigma_min`, `sigma_max`. When
+    `conditioned`, each call needs condition[PREVIOUS], (batch, C, cell) normalised, the state just
+    before the window; unconditioned calls give the net no previous state (its zero input).
+    """
+
+    allows_autocast = False
+
+    def __init__(self, prior: LearnedDenoiser, conditioned: bool):
+        from ensemble_da.priors.gaussian_markov import window_normalization
+
+        self.prior = prior
+        self.slots = prior.window_slots
+        self.conditioned = bool(conditioned)
+        self.grid = prior.grid
+        self.normalization = window_normalization(prior.normalization, self.slots)
+        self.sigma_min, self.sigma_max = prior.sigma_min, prior.sigma_max
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
+        """D(z, σ) for z (batch, L·C, cell), σ (batch,): the denoised window, same shape."""
+        from ensemble_da.priors.gaussian_markov import PREVIOUS
+
+        width = len(self.normalization.channels)
+        if z.ndim != 3 or z.shape[1] != width or z.shape[2] != self.grid.npix:
+            raise ValueError(f"expected z with shape (batch, {width}, {self.grid.npix}), got {tuple(z.shape)}")
+        previous = None
+        if self.conditioned:
+            if condition is None or PREVIOUS not in condition:
+                raise ValueError(f"a conditioned window needs condition[{PREVIOUS!r}] (batch, channel, cell)")
+            previous = torch.as_tensor(condition[PREVIOUS], device=z.device)
+        model = self.prior.model
+        param = next(model.parameters())
+        sigma = torch.as_tensor(sigma, dtype=param.dtype, device=z.device)
+        out = model(z.to(param.dtype), sigma, None, None if previous is None else previous.to(param.dtype))
+        return out.to(z.dtype)
 
 
 def _stem(path: str | Path) -> Path:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNetConfig", "HealpixUNet", "EDMPrecond", "condition_features", "healpix_stencil"]
+__all__ = ["UNetConfig", "HealpixUNet", "EDMPrecond", "condition_features", "previous_features", "healpix_stencil"]
 
 
 @dataclass
@@ -56,6 +56,12 @@ class UNetConfig:
         Width of the noise/conditioning embedding.
     conditional : bool
         Whether day-of-year / second-of-day conditioning is wired in.
+    window : int
+        Consecutive times L in one state (1: a single-time prior). A window net's state is
+        (batch, L·C, cell), slot j's channel c at j·C + c, so `channels` = L·C.
+    previous : bool
+        Whether the net also reads the clean state just before the window (C channels) and a
+        present flag as extra input channels (`extra` of `forward`; zeros when not given).
     """
 
     channels: int = 6
@@ -63,6 +69,13 @@ class UNetConfig:
     blocks: int = 1
     emb_dim: int = 64
     conditional: bool = True
+    window: int = 1
+    previous: bool = False
+
+    @property
+    def extra_channels(self) -> int:
+        """Input channels besides the noisy state: C + 1 (the previous state and its flag) or 0."""
+        return self.channels // self.window + 1 if self.previous else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +210,7 @@ class HealpixUNet(nn.Module):
         self.register_buffer("freqs", torch.randn(e // 2) * 4.0)  # Fourier features of c_noise
         self.emb = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond = nn.Linear(5, e, bias=False) if config.conditional else None
-        self.inp = HealpixConv(config.channels + 3, w[0])
+        self.inp = HealpixConv(config.channels + config.extra_channels + 3, w[0])
         self.down = nn.ModuleList()
         for i, width in enumerate(w):
             cin = w[i - 1] if i > 0 else w[0]
@@ -224,7 +237,9 @@ class HealpixUNet(nn.Module):
             self._pos[key] = torch.as_tensor(vec, device=device, dtype=dtype)
         return self._pos[key]
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """F_θ for x (batch, channels, cell); `extra` (batch, extra_channels, cell) or None (zeros)."""
         b, c, n = x.shape
         nside = _nside_of(n)
         if nside % (2 ** (self.levels - 1)):
@@ -235,7 +250,11 @@ class HealpixUNet(nn.Module):
             emb = emb + self.cond(cond.to(x.dtype))
         emb = self.emb(emb)
         pos = self._position(n, x.device, x.dtype).expand(b, -1, -1)
-        h = self.inp(torch.cat([x, pos], dim=1))
+        parts = [x, pos]
+        if self.config.extra_channels:
+            parts.insert(1, torch.zeros(b, self.config.extra_channels, n, dtype=x.dtype, device=x.device)
+                         if extra is None else extra.to(x.dtype))
+        h = self.inp(torch.cat(parts, dim=1))
         skips = []
         for i, blocks in enumerate(self.down):
             if i > 0:
@@ -267,23 +286,36 @@ class EDMPrecond(nn.Module):
         self.sigma_data = float(sigma_data)
 
     def forward(
-        self, z: torch.Tensor, sigma: torch.Tensor, condition: Mapping[str, Any] | None = None
+        self, z: torch.Tensor, sigma: torch.Tensor, condition: Mapping[str, Any] | None = None,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoised z with the shape of `z` (batch, channel, cell); σ with shape (batch,) or scalar."""
+        """Denoised z with the shape of `z` (batch, channel, cell); σ with shape (batch,) or scalar;
+        `previous` (batch, C, cell) normalised: the state before the window (nets with `previous`)."""
         sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device)
         sigma = sigma.expand(z.shape[0]) if sigma.ndim == 0 else sigma.reshape(-1)
         cond = None
         if self.net.cond is not None:
             cond = condition_features(condition, z.shape[0], z.device, z.dtype)
-        return self.precondition(z, sigma, cond)
+        return self.precondition(z, sigma, cond, previous_features(previous, z) if self.net.config.previous else None)
 
-    def precondition(self, z: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """D(z, σ) from precomputed conditioning features `cond` (batch, 5) or None (training path)."""
+    def precondition(self, z: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
+                     extra: torch.Tensor | None = None) -> torch.Tensor:
+        """D(z, σ) from precomputed conditioning features `cond` (batch, 5) or None and extra input
+        channels `extra` (batch, C + 1, cell) or None (training path)."""
         s = sigma.reshape(-1, 1, 1)
         sd2 = self.sigma_data**2
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data / torch.sqrt(s**2 + sd2)
         c_in = 1.0 / torch.sqrt(s**2 + sd2)
         c_noise = torch.log(sigma) / 4.0
-        f = self.net(c_in * z, c_noise, cond)
+        f = self.net(c_in * z, c_noise, cond, extra)
         return c_skip * z + c_out * f.to(z.dtype)
+
+
+def previous_features(previous: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """The extra input of a net with `previous`: (batch, C + 1, cell), the normalised state before
+    the window and a flag channel of ones; None (no state given) is read by the net as zeros."""
+    if previous is None:
+        return None
+    p = torch.as_tensor(previous, device=like.device).to(like.dtype)
+    return torch.cat([p, torch.ones(p.shape[0], 1, p.shape[2], dtype=like.dtype, device=like.device)], dim=1)
