@@ -1,6 +1,7 @@
 """SPEEDY dataset helpers (data/speedy.py): vertical interpolation, regridding, the store layout.
 
-The jcm integration itself takes minutes and is exercised by `ensemble-da data speedy`, not here.
+A full jcm integration takes minutes and is exercised by `ensemble-da data speedy`; here one
+two-day run (a day of spin-up, one kept) checks the output interval against a daily run.
 """
 
 from __future__ import annotations
@@ -101,6 +102,23 @@ def test_unknown_or_unavailable_channels_are_input_errors(tmp_path):
     (tmp_path / "exists.zarr").mkdir()
     with pytest.raises(InputError, match="already exists"):
         generate_speedy(tmp_path / "exists.zarr")
+
+
+def test_six_hourly_output_is_the_daily_trajectory_sampled_four_times_a_day(tmp_path):
+    from ensemble_da.data.speedy import generate_speedy
+
+    common = dict(days=1, spinup_days=1, chunk_days=1, nside=4, channels=["T850", "Z500"], progress=False)
+    daily = read_speedy(generate_speedy(tmp_path / "daily.zarr", **common))
+    six = read_speedy(generate_speedy(tmp_path / "six.zarr", interval_hours=6, **common))
+    assert six.state.shape == (4, 2, 192) and daily.state.shape == (1, 2, 192)
+    np.testing.assert_array_equal(np.diff(six.time), np.timedelta64(6, "h"))
+    # The same integration, saved more often: the state at the end of the day is the daily state.
+    assert six.time[-1] == daily.time[0]
+    np.testing.assert_allclose(six.state[-1], daily.state[0], rtol=1e-6)
+    assert xr.open_zarr(tmp_path / "six.zarr", consolidated=False).attrs["interval_hours"] == 6
+    assert xr.open_zarr(tmp_path / "daily.zarr", consolidated=False).attrs["interval_hours"] == 24
+    with pytest.raises(InputError, match="interval_hours must divide 24"):
+        generate_speedy(tmp_path / "x.zarr", interval_hours=5)
 
 
 def test_packaged_held_out_sample_is_physical():
