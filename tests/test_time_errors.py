@@ -19,7 +19,7 @@ CASES = [
     (["mode=cycle", "cycle.window=3", "model.kind=gaussian_markov", "model.rho=0.8"],
      "cycle.window 3 is longer than the run (2 analysis times)"),
     (["mode=cycle", "cycle.window=0", "model.kind=gaussian_markov", "model.rho=0.8"], "window must be >= 1"),
-    (["mode=cycle"], "mode cycle needs a prior over time windows (model.kind gaussian_markov)"),
+    (["mode=cycle"], "mode cycle needs a prior over time windows (model.kind gaussian_markov or a window checkpoint)"),
     (["mode=filter"], "'mode'"),
     (["mode=reanalysis", "diagnostics.background=true", "model.kind=gaussian_markov", "model.rho=0.8"],
      "a reanalysis has none"),
