@@ -168,3 +168,19 @@ def test_what_the_learned_window_cannot_serve_is_one_line(window_checkpoint, tmp
 def test_a_single_time_checkpoint_has_no_window():
     with pytest.raises(InputError, match="single-time prior"):
         load_checkpoint(None).window(2)
+
+
+def test_the_shipped_window_checkpoint_is_a_two_slot_window_before_its_held_out_days():
+    den = load_checkpoint("shipped-window")
+    single = load_checkpoint(None)
+    assert den.window_slots == 2 and den.model.net.config.previous and den.grid.nside == 16
+    assert den.normalization.channels == single.normalization.channels
+    training = den.meta["training"]
+    config = training["config"]
+    assert config["window"] == 2 and config["holdout_days"] > 0
+    # six-hourly training states, all before the held-out tail of holdout_days · 4 states
+    start, end = (np.datetime64(t) for t in training["train_time_range"])
+    assert (end - start) / np.timedelta64(6, "h") + 1 == training["train_states"]
+    npix = 12 * 16**2
+    z = torch.zeros(1, 12, npix)
+    assert den.window(2, conditioned=True)(z, torch.ones(1), {PREVIOUS: torch.zeros(1, 6, npix)}).shape == (1, 12, npix)

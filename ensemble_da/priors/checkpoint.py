@@ -37,6 +37,7 @@ from ensemble_da.priors.network import EDMPrecond, HealpixUNet, UNetConfig
 __all__ = [
     "FORMAT",
     "SHIPPED_STEM",
+    "SHIPPED_WINDOW_STEM",
     "LearnedDenoiser",
     "LearnedWindow",
     "save_checkpoint",
@@ -49,6 +50,7 @@ __all__ = [
 
 FORMAT = "ensemble_da.checkpoint/1"
 SHIPPED_STEM = "speedy_unet"
+SHIPPED_WINDOW_STEM = "speedy_window_unet"  # the learned window prior (L = 2 six-hourly states); `path: shipped-window`
 SHIPPED_SAMPLE = "speedy_heldout.npz"
 
 
@@ -242,7 +244,10 @@ def shipped_heldout_sample() -> Path:
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
-    """Checkpoint stem for a config `model.path` (None: the shipped checkpoint)."""
+    """Checkpoint stem for a config `model.path` (None: the shipped checkpoint; "shipped-window":
+    the shipped window checkpoint)."""
+    if path == "shipped-window":
+        return shipped_checkpoint().with_name(SHIPPED_WINDOW_STEM)
     return shipped_checkpoint() if path in (None, "", "shipped") else _stem(path)
 
 
