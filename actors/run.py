@@ -35,7 +35,7 @@ from ensemble_da.obs.operators import build_operator
 
 from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
-from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
+from actors.time_modes import reanalysis_units, run_cycle, run_cycle_flow, run_reanalysis
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.backends import open_runtime
 from actors.grow import check_grow, grow_store
@@ -193,7 +193,8 @@ def run_pipeline(
                             show(ex, counts["done"])
 
                         if config.mode == "cycle":
-                            cycled = run_cycle(config, prior, inputs.observations, inputs.truth, executor,
+                            cycle = run_cycle if config.cycle.first_guess_check else run_cycle_flow
+                            cycled = cycle(config, prior, inputs.observations, inputs.truth, executor,
                                                aggregation, background, on_result, on_progress, store, done)
                         elif config.mode == "reanalysis":
                             run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)

@@ -46,11 +46,14 @@ class WorkUnit:
 class CycleInputs:
     """One time of `mode: cycle` as a replica needs it (DESIGN.md §10): the step (window times,
     conditioned or not), each window slot's observations (those assimilated at their own time,
-    after its QC) and the time's own observations (all of them: what its statistics are over)."""
+    after its QC) and the time's own observations (all of them: what its statistics are over).
+    `flow`: a unit forecasts its block and analyses it in one call (`cycle.first_guess_check`
+    off: the time's observations do not wait for the whole background ensemble)."""
 
     step: CycleStep
     window_observations: tuple[ObservationSet, ...]
     observations: ObservationSet
+    flow: bool = False
 
 
 @dataclass(frozen=True)

@@ -581,11 +581,19 @@ class CycleConfig(_Strict):
     diagnostics), a section discriminated by `kind`: `markov` (the string alone works too), the
     exact transition of model.kind gaussian_markov; `python`, a plug-in (`object`, `options`);
     `speedy`, SPEEDY in the loop (`ensemble_da.dynamics.build_forecast`).
+    first_guess_check: screen each time's observations against the whole background ensemble
+    (`diagnostics.qc_sigma_k`) before its analysis, so every block waits for the slowest block's
+    forecast at each time; false: no such screen, and each member block flows through the cycles
+    on its own (its forecast and analysis one unit, DESIGN.md §10 "Scheduling").
+    max_lead: with first_guess_check off, how many analysis times a block may run ahead of the
+    slowest one (the per-time reductions held open).
     """
 
     window: int | None = None
     carry: bool = True
     forecast: ForecastConfig = Field(default_factory=MarkovForecastConfig)
+    first_guess_check: bool = True
+    max_lead: int = 4
 
     @field_validator("forecast", mode="before")
     @classmethod
@@ -598,6 +606,13 @@ class CycleConfig(_Strict):
     def _window(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"window must be >= 1 analysis time, got {v}")
+        return v
+
+    @field_validator("max_lead")
+    @classmethod
+    def _max_lead(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"max_lead must be >= 1 analysis time, got {v}")
         return v
 
 
