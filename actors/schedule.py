@@ -3,9 +3,10 @@ missing, which may start now, and on which replica.
 
 A unit may wait for another (a cycled member block at time t for the same block at t − 1, DESIGN.md
 §10): it is ready once that one is delivered, whatever the other blocks do, so blocks flow through
-the cycles without a barrier. A ready unit goes first to the replica that delivered the unit it
-waited for (affinity: that replica has just read and written the block), to any replica when that
-one cannot take it now. `max_lead` bounds how many analysis times a block may run ahead of the
+the cycles without a barrier. The earliest time goes first (the block furthest behind is the
+critical path); at one time a replica takes first the blocks whose previous time it delivered
+(affinity: it has just read and written them), and a unit goes to any replica when its own
+cannot take it now. `max_lead` bounds how many analysis times a block may run ahead of the
 earliest missing unit, so the per-time reductions held open stay few however long the run.
 """
 
@@ -62,21 +63,16 @@ class UnitQueue:
         return self.max_lead is None or unit.t_index <= self._floor + self.max_lead
 
     def pop(self, replica: int, can_take: Callable[[int], bool] = lambda r: True) -> WorkUnit | None:
-        """The next unit for `replica` (None: none ready): its own first (those it delivered the
-        predecessor of), then those whose home replica cannot take them now (`can_take(home)`
-        False) or that have none; earliest first."""
-        best = None
-        for u in self._ready:
-            if not self._within_lead(u):
-                continue
-            home = self.home.get(u)
-            if home == replica:
-                best = u
-                break
-            if best is None and (home is None or not can_take(home)):
-                best = u
-        if best is not None:
-            self._ready.remove(best)
+        """The next unit for `replica` (None: none ready) among its own (it delivered their
+        predecessor), those with no home and those whose home cannot take them now
+        (`can_take(home)` False): the earliest time first (the block furthest behind is the run's
+        critical path), its own before others' at that time, then the given order."""
+        candidates = [u for u in self._ready if self._within_lead(u)
+                      and (self.home.get(u) in (None, replica) or not can_take(self.home[u]))]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda u: (u.t_index, self.home.get(u) != replica, self.order[u]))
+        self._ready.remove(best)
         return best
 
     def requeue(self, unit: WorkUnit) -> None:
