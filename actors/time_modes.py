@@ -67,6 +67,24 @@ def _kalman_filter(prior):
         return None
 
 
+def _exact_step(kf, prior, obs: ObservationSet, sets, store: RunStore | None, t: int):
+    """The Kalman filter's step at time t on `obs`' assimilated observations: (mean, spread)
+    physical (channel, cell), written into `store`."""
+    mean, var = kf.step(build_operator(obs.assimilated_only(), prior.grid, prior.normalization, sets))
+    exact = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
+    if store is not None:
+        store.write_time_fields(t, dict(zip(EXACT_FIELDS, exact)))
+    return exact
+
+
+def _write_background_fields(store: RunStore | None, t: int, moments) -> None:
+    """Time t's background mean, spread and increment (its analysis mean, reduced, minus the background's)."""
+    if store is not None:
+        analysis_mean = store.group["ensemble_mean"][t]
+        store.write_time_fields(t, {"background_mean": moments.mean, "background_spread": moments.spread(),
+                                    "increment": analysis_mean - moments.mean})
+
+
 def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], truth: np.ndarray | None,
               executor, aggregation, background: Background, on_result: Callable[[Any, Any], None],
               on_progress: Callable[[Any], None] | None = None, store: RunStore | None = None,
@@ -113,10 +131,7 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
         kept.append(obs_t)
         exact_t = None
         if kf is not None:
-            mean, var = kf.step(build_operator(obs_t.assimilated_only(), prior.grid, prior.normalization, sets))
-            exact_t = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
-            if store is not None:
-                store.write_time_fields(t, dict(zip(EXACT_FIELDS, exact_t)))
+            exact_t = _exact_step(kf, prior, obs_t, sets, store, t)
         operator = build_operator(obs_t, prior.grid, prior.normalization, sets)
         aggregation.add_times([TimeInputs(t, obs_t, operator, None if truth is None else truth[t], exact_t, sets)])
         missing = [u for u in units if not done[t, u.members[0]:u.members[-1] + 1].all()]
@@ -128,10 +143,7 @@ def run_cycle(config: RunConfig, prior, observations: Sequence[ObservationSet], 
         aggregation.drain()
         if t not in aggregation.results:
             raise RuntimeError(f"analysis time {t} was not finished; the run is incomplete")
-        if store is not None:
-            analysis_mean = store.group["ensemble_mean"][t]
-            store.write_time_fields(t, {"background_mean": moments.mean, "background_spread": moments.spread(),
-                                        "increment": analysis_mean - moments.mean})
+        _write_background_fields(store, t, moments)
         background.fits[t] = background.fits[t].summary()  # its time's metrics are logged
     return CycleOutcome(kept)
 
@@ -176,13 +188,7 @@ def run_cycle_flow(config: RunConfig, prior, observations: Sequence[ObservationS
         """Register times up to t with the aggregators, in order (the Kalman filter steps with them)."""
         while len(registered) <= t:
             k = len(registered)
-            exact_k = None
-            if kf is not None:
-                mean, var = kf.step(build_operator(observations[k].assimilated_only(), prior.grid,
-                                                   prior.normalization, sets))
-                exact_k = (prior.normalization.denormalize(mean), prior.normalization.scale[:, None] * np.sqrt(var))
-                if store is not None:
-                    store.write_time_fields(k, dict(zip(EXACT_FIELDS, exact_k)))
+            exact_k = None if kf is None else _exact_step(kf, prior, observations[k], sets, store, k)
             operator = build_operator(observations[k], prior.grid, prior.normalization, sets)
             aggregation.add_times([TimeInputs(k, observations[k], operator, None if truth is None else truth[k],
                                               exact_k, sets)])
@@ -205,11 +211,7 @@ def run_cycle_flow(config: RunConfig, prior, observations: Sequence[ObservationS
         for t in sorted(moments):
             if t not in aggregation.results:
                 continue
-            m = moments.pop(t)
-            if store is not None:
-                analysis_mean = store.group["ensemble_mean"][t]
-                store.write_time_fields(t, {"background_mean": m.mean, "background_spread": m.spread(),
-                                            "increment": analysis_mean - m.mean})
+            _write_background_fields(store, t, moments.pop(t))
             background.fits[t] = background.fits[t].summary()  # its time's metrics are logged
 
     def progress(ex) -> None:
@@ -220,7 +222,7 @@ def run_cycle_flow(config: RunConfig, prior, observations: Sequence[ObservationS
     if finished:  # a resumed run: the backgrounds of the blocks on disk, then their analyses
         ordered = [units[key] for key in sorted(finished)]
         executor.run(ordered, {t: dataclasses.replace(inputs[t], flow=False) for t in range(times)},
-                     lambda report, stats: on_background(report, stats), background=True)
+                     on_background, background=True)
         partial = sorted({t for t, _ in finished})
         register_through(partial[-1])
         aggregation.catch_up(partial)
