@@ -1,7 +1,7 @@
 """The executor protocol: how a run's work units get sampled and reduced, and its in-process
 implementation (one `ModelReplica` and one `Aggregator` in this process, no Ray imported).
 
-`actors.backends.open_runtime` picks the backend; the Ray one is `actors.ray_services`. Both give
+`actors.backends.open_runtime` picks the backend; the Ray one is `actors.ray_backend.services`. Both give
 the same store and metrics for the same units: replicas write the same blocks, aggregators merge
 them in the same order.
 """

@@ -97,22 +97,30 @@ def run_pipeline(
     sets = config.observation_sets()
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
+    # Wall seconds of the run's phases (summary.json `timings_s`), so a slow run says where.
+    phases = {"prepare_s": time.perf_counter() - t_start}
     # 3. executor session
     start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
+    t0 = time.perf_counter()
     with session:
         runtime = start_runtime()
+        phases["runtime_start_s"] = time.perf_counter() - t0
         executor = background = None
         try:
             if config.diagnostics.background and config.mode == "analysis":
                 # The background of every time first, then its QC; the analysis assimilates what passed.
+                t0 = time.perf_counter()
                 executor = runtime.start_executor()
+                phases["replicas_start_s"] = time.perf_counter() - t0
                 background = draw_background(executor, config, inputs.observations)
                 inputs = dataclasses.replace(inputs, observations=background.observations)
+                phases["background_s"] = time.perf_counter() - t0 - phases["replicas_start_s"]
         except BaseException:
             if executor is not None:
                 executor.shutdown()
             runtime.close()
             raise
+        t0 = time.perf_counter()
         operators = [build_operator(o, prior.grid, prior.normalization, sets) for o in inputs.observations]
         try:
             exact = _exact_references(config, prior, inputs.observations)
@@ -120,7 +128,9 @@ def run_pipeline(
             exact = None  # a reference for the analysis, not part of it: the run goes on without it
             print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
                   file=sys.stderr)
+        phases["exact_s"] = time.perf_counter() - t0
         # 4. store and tracking
+        t0 = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
         if grow_from is not None:
@@ -130,6 +140,7 @@ def run_pipeline(
         if grow_from is not None:
             state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
         tracker = _start_tracking(config, out_dir, state, tags)
+        phases["store_tracking_s"] = time.perf_counter() - t0
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
         if config.mode == "cycle":
@@ -150,14 +161,19 @@ def run_pipeline(
         ]
         status = "FAILED"
         try:
+            t_agg = time.perf_counter()
             aggregation = runtime.start_aggregation(times, on_time)
+            done = store.done()
             t0 = time.perf_counter()
-            if not time_aware:  # a reanalysis reduces every block from the store once they are all there
+            # The blocks a resumed run has on disk are merged first. A fresh run has none: it does
+            # not wait here for the aggregators to start, which then overlaps the replicas' start.
+            # (A reanalysis reduces every block from the store once they are all there.)
+            if not time_aware and done.any():
                 aggregation.catch_up()
             timings["aggregating_s"] += time.perf_counter() - t0
+            phases["aggregators_start_s"] = time.perf_counter() - t_agg
 
             # 5. the units still missing: sampled and written by the replicas, merged by the aggregators
-            done = store.done()
             units = [
                 WorkUnit(t, tuple(range(lo, hi)))
                 for t in range(len(inputs.times))
@@ -182,9 +198,12 @@ def run_pipeline(
                 if on_unit is not None:
                     on_unit(report, executor)
 
+            t_units = time.perf_counter()
             with progress_bar(progress, int(done.size), counts["done"]) as show:
                 if units or executor is not None:
+                    t0 = time.perf_counter()
                     executor = executor or runtime.start_executor()
+                    phases.setdefault("replicas_start_s", time.perf_counter() - t0)
                     try:
                         show(executor, counts["done"])
 
@@ -202,9 +221,11 @@ def run_pipeline(
                             executor.run(units, inputs.observations, on_result, on_progress)
                     finally:
                         executor.shutdown()
+            phases["units_s"] = time.perf_counter() - t_units - phases.get("replicas_start_s", 0.0)
             t0 = time.perf_counter()
             aggregation.drain()
             timings["aggregating_s"] += time.perf_counter() - t0
+            phases["drain_s"] = time.perf_counter() - t0
             if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
@@ -215,6 +236,7 @@ def run_pipeline(
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
             if background is not None:
                 qc.update(background.qc_totals())
+            timings.update(phases)
             result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
                                 channels, prior_spread, counts, timings, executor, t_start, qc,
                                 None if background is None else background.observation_columns())

@@ -179,7 +179,7 @@ def _session(plan: SweepPlan):
     """One Ray session for the whole sweep when every run asks for a local Ray."""
     addresses = {r.config.cluster.address for r in plan.runs}
     if addresses == {"local"} and not all(r.finished for r in plan.runs):
-        from actors.runtime import ray_session
+        from actors.ray_backend.session import ray_session
 
         cpus = max(int(-(-r.config.cluster.replicas * r.config.cluster.cpus_per_replica // 1)) for r in plan.runs)
         with ray_session("local", num_cpus=cpus):

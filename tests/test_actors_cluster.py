@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from actors.run import run_pipeline  # noqa: E402
-from actors.runtime import import_ray_loopback  # noqa: E402
+from actors.ray_backend.session import import_ray_loopback  # noqa: E402
 from ensemble_da.errors import InputError  # noqa: E402
 import ray_helpers  # noqa: E402
 from ray_helpers import (  # noqa: E402

@@ -64,7 +64,7 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
     ray_tmp = tempfile.mkdtemp(prefix="eda-ray-", dir="/tmp")
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    from actors.runtime import import_ray_loopback
+    from actors.ray_backend.session import import_ray_loopback
 
     ray = import_ray_loopback()
     inits = []
