@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from ensemble_da.assimilation import WorkUnit
+from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
 
 from actors.aggregator import Aggregator, TimeInputs, TimeResult
@@ -129,7 +129,7 @@ class InProcessExecutor:
         while (unit := queue.pop(0)) is not None:
             start = time.perf_counter()
             inputs = observations[unit.t_index]
-            if getattr(inputs, "flow", False) and not background:
+            if flows(inputs) and not background:
                 report, stats, b_stats = self.replica.cycle(inputs, unit.t_index, unit.members, attempt)
                 if on_background is not None:
                     on_background(report, b_stats)

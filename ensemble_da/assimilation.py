@@ -31,7 +31,7 @@ from ensemble_da.stats import (EnsembleMoments, ObsFit, fair_crps, heldout_noise
                                time_metrics)
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors", "ExactReference",
-           "CycleInputs", "TrajectoryInputs"]
+           "CycleInputs", "TrajectoryInputs", "flows"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class CycleInputs:
     window_observations: tuple[ObservationSet, ...]
     observations: ObservationSet
     flow: bool = False
+
+
+def flows(inputs) -> bool:
+    """Whether a unit of `inputs` forecasts and analyses its block in one call (a flowing cycle)."""
+    return isinstance(inputs, CycleInputs) and inputs.flow
 
 
 @dataclass(frozen=True)

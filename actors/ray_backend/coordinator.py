@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from actors.executor import ReplicaStats
 from actors.replica import ModelReplica, UnitReport
 from actors.schedule import UnitQueue
-from ensemble_da.assimilation import WorkUnit
+from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 
@@ -280,7 +280,7 @@ class _Run:
         self.background = background
         self.on_result, self.on_progress, self.on_background = on_result, on_progress, on_background
         times = sorted({u.t_index for u in queue.missing})
-        self.flow = {t: bool(getattr(observations[t], "flow", False)) for t in times}
+        self.flow = {t: flows(observations[t]) for t in times}
         self.obs_refs = {t: ray.put(observations[t]) for t in times}
         self.queue = queue
         self.missing: set[WorkUnit] = queue.missing
