@@ -83,9 +83,9 @@ def run_pipeline(
     # 1. checks
     check_cluster(config)
     grow_from = check_grow(config, out_dir) if resume else None  # more members for a finished run
-    check_out_dir(out_dir, resume, grow=grow_from is not None)
-    if resume:
+    if resume and (out_dir / "config.yaml").is_file():  # a changed key is named before "complete"
         check_resume_config(config, out_dir, free=("ensemble.members",) if grow_from is not None else ())
+    check_out_dir(out_dir, resume, grow=grow_from is not None)
     # 2. prior and inputs
     from ensemble_da.obs.inputs import prepare_inputs
     from ensemble_da.priors import load_prior
@@ -150,6 +150,9 @@ def run_pipeline(
             qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
             if background is not None:
                 res.metrics.update(background.time_metrics(res.t_index, channels, res.hx_mean))
+            residuals = [res.metrics.get("mmps_residual/max", np.nan), state.residual_max(res.t_index)]
+            if np.isfinite(residuals).any():  # blocks read back from the store bring none of their own
+                res.metrics["mmps_residual/max"] = float(np.nanmax(residuals))
             state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
 
         # A cycled run learns each time's observations (after its QC) only when the time comes.
@@ -187,6 +190,7 @@ def run_pipeline(
             pairs_per_member = len(inputs.times) if config.mode == "reanalysis" else 1
 
             def on_result(report: UnitReport, stats) -> None:
+                state.note_residual(report.unit.t_index, float(report.diagnostics.get("cg_residual_max", np.nan)))
                 t0 = time.perf_counter()
                 if config.mode != "reanalysis":
                     aggregation.add(report.unit, stats)

@@ -644,7 +644,9 @@ class RunConfig(_Strict):
             try:
                 np.datetime64(t, "s")
             except ValueError:
-                raise ValueError(f"not an ISO time: {t!r}") from None
+                raise ValueError(f"not an ISO time of the standard calendar: {t!r} (analysis times are standard-calendar "
+                                 "dates; a noleap or 360_day file is read on the same dates, those the standard "
+                                 "calendar lacks left out)") from None
         return v
 
     @model_validator(mode="after")
@@ -801,6 +803,9 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     err = exc.errors()[0]
     loc = _loc(err["loc"])
     source = _override_source(loc, overrides or [], source)
+    if err["type"] == "extra_forbidden" and loc == "sweep":
+        return (f"{source}: a sweep: section is for `ensemble-da sweep {source}` (every combination of its "
+                "values); `ensemble-da run` takes one configuration")
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
     if not loc:  # a check across sections (RunConfig's own validator): its message names the keys
@@ -808,7 +813,7 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     value = err.get("input")
     if isinstance(value, (dict, BaseModel)):  # a section's own check: its message names the keys
         return f"{source}: {loc}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
+    return f"{source}: bad value for {loc!r} ({value!r}): {err['msg'].removeprefix('Value error, ')}"
 
 
 def validate_tree(model: type[M], tree: dict, source: str = "config", overrides: list[str] | None = None) -> M:

@@ -175,6 +175,10 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     assert_same_store(fresh, grown)  # members, statistics, observation-space stats and every metric
     summary = json.loads((grown / "summary.json").read_text())
     assert summary["members_done"] == 16 and summary["members_sampled"] == 8
+    # The largest MMPS residual covers the 8 members sampled before the grow as well.
+    fresh_summary = json.loads((fresh / "summary.json").read_text())
+    residual = [{t: m["mmps_residual/max"] for t, m in s["by_time"].items()} for s in (summary, fresh_summary)]
+    assert residual[0] == residual[1] and summary["mmps_residual/max"] == fresh_summary["mmps_residual/max"]
     assert yaml.safe_load((grown / "config.yaml").read_text())["ensemble"]["members"] == 16
 
     # Fewer members than the run has: one error line, nothing touched.

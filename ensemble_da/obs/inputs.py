@@ -82,6 +82,11 @@ def check_channels(config: RunConfig, layout: StateLayout) -> list[str]:
             raise InputError(f"observations.channels: {ch!r} is not a channel of the prior (model channels: {have})")
     if not config.observations.channels:
         raise InputError("observations.channels is empty")
+    # A sigma for a channel the prior lacks is a typo (T580 for T500) that would leave the intended
+    # channel at its default error without a word; one for a prior channel not observed is harmless.
+    for ch in config.observations.sigma:
+        if ch not in have:
+            raise InputError(f"observations.sigma: {ch!r} is not a channel of the prior (model channels: {have})")
     return list(config.observations.channels)
 
 
