@@ -114,8 +114,6 @@ CASES = {
                             ["t.nc", "'T300'", "contain channels ['T850', 'T500']"]),
     "channel not in prior": (dict(channels=["T850", "Q700"], sigma={}), {},
                              ["'Q700' is not a channel of the prior", "['T850', 'T500', 'T300']"]),
-    "sigma for a channel the prior lacks": (dict(sigma=dict(T850=0.5, T580=2.0)), {},
-                                            ["observations.sigma: 'T580' is not a channel of the prior", "'T500'"]),
     "sigma <= 0 in config": (dict(sigma=dict(T850=-1.0, T500=0.5)), {}, ["observations.sigma", "T850", "-1.0"]),
     "no data within tolerance": (dict(), dict(times=["2021-06-01T00:00"]),
                                  ["t.nc", "T850", "within 3 h", "2021-06-01T00:00", "nearest: 2020-01-01T06:00"]),
