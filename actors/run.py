@@ -202,12 +202,13 @@ def run_pipeline(
                 if on_unit is not None:
                     on_unit(report, executor)
 
-            t_units = time.perf_counter()
+            t_units, replicas_start = time.perf_counter(), 0.0
             with progress_bar(progress, int(done.size), counts["done"]) as show:
                 if units or executor is not None:
                     t0 = time.perf_counter()
                     executor = executor or runtime.start_executor()
-                    phases.setdefault("replicas_start_s", time.perf_counter() - t0)
+                    replicas_start = time.perf_counter() - t0
+                    phases.setdefault("replicas_start_s", replicas_start)
                     try:
                         show(executor, counts["done"])
 
@@ -225,7 +226,7 @@ def run_pipeline(
                             executor.run(units, inputs.observations, on_result, on_progress)
                     finally:
                         executor.shutdown()
-            phases["units_s"] = time.perf_counter() - t_units - phases.get("replicas_start_s", 0.0)
+            phases["units_s"] = time.perf_counter() - t_units - replicas_start
             t0 = time.perf_counter()
             aggregation.drain()
             timings["aggregating_s"] += time.perf_counter() - t0
