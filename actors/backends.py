@@ -1,5 +1,5 @@
 """Which runtime a run gets, from `cluster.address`: `inprocess` (actors.executor, no Ray) or a
-Ray cluster (actors.ray_services: the Coordinator's replicas and aggregator actors)."""
+Ray cluster (actors.ray_backend.services: the Coordinator's replicas and aggregator actors)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def open_runtime(config: RunConfig, store_url: str, prior_factory: Callable | No
     first, then `start()` for the run store at `store_url` (path or URL)."""
     if config.cluster.address == "inprocess":
         return (lambda: start_inprocess(config, store_url, prior_factory)), contextlib.nullcontext()
-    from actors.ray_services import start_ray_runtime
-    from actors.runtime import ray_session
+    from actors.ray_backend.services import start_ray_runtime
+    from actors.ray_backend.session import ray_session
 
     cl = config.cluster
     session = ray_session(cl.address, num_cpus=int(np.ceil(cl.replicas * cl.cpus_per_replica)))

@@ -1,7 +1,7 @@
 """The executor protocol: how a run's work units get sampled and reduced, and its in-process
 implementation (one `ModelReplica` and one `Aggregator` in this process, no Ray imported).
 
-`actors.backends.open_runtime` picks the backend; the Ray one is `actors.ray_services`. Both give
+`actors.backends.open_runtime` picks the backend; the Ray one is `actors.ray_backend.services`. Both give
 the same store and metrics for the same units: replicas write the same blocks, aggregators merge
 them in the same order.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import pickle
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from ensemble_da.assimilation import WorkUnit
+from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
 
 from actors.aggregator import Aggregator, TimeInputs, TimeResult
 from actors.replica import ModelReplica, UnitReport
+from actors.schedule import UnitQueue
 from actors.writer import DirectSink, StoreWriter
 
 __all__ = ["Executor", "Aggregation", "ReplicaStats", "InProcessExecutor", "LocalAggregation", "Runtime",
@@ -63,11 +64,18 @@ class Executor(Protocol):
         on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Executor"], None] | None = None,
         background: bool = False,
+        after: Mapping[WorkUnit, WorkUnit] | None = None,
+        max_lead: int | None = None,
+        on_background: Callable[[UnitReport, Any], None] | None = None,
     ) -> None:
         """Sample and write every unit; `observations[t]` is the ObservationSet of time t.
         `on_result(report, stats)` is called once per unit (the attempt that wrote it), in this
         thread; `stats` is the unit's BlockStats or a reference to it for the aggregators.
-        `background`: sample the unguided prior, write nothing, and hand `stats` as BlockStats."""
+        `background`: sample the unguided prior, write nothing, and hand `stats` as BlockStats.
+        `after`: unit → the unit it waits for; `max_lead`: how many times a unit may run ahead of
+        the earliest missing one (`actors.schedule.UnitQueue`). A cycled unit
+        (`CycleInputs.flow`) forecasts and analyses its block in one call and hands its
+        background BlockStats to `on_background(report, stats)` just before `on_result`."""
         ...
 
     def shutdown(self) -> None:
@@ -110,16 +118,25 @@ class InProcessExecutor:
         self.bytes_received = 0
         self.run_seconds = 0.0
 
-    def run(self, units, observations, on_result, on_progress=None, background: bool = False) -> None:
+    def run(self, units, observations, on_result, on_progress=None, background: bool = False, after=None,
+            max_lead=None, on_background=None) -> None:
         t0 = time.perf_counter()
-        self._run(units, observations, on_result, on_progress, background)
+        self._run(UnitQueue(units, after, max_lead), observations, on_result, on_progress, background, on_background)
         self.run_seconds += time.perf_counter() - t0
 
-    def _run(self, units, observations, on_result, on_progress, background) -> None:
-        for attempt, unit in enumerate(units):
+    def _run(self, queue: UnitQueue, observations, on_result, on_progress, background, on_background) -> None:
+        attempt = 0
+        while (unit := queue.pop(0)) is not None:
             start = time.perf_counter()
-            report, stats = self.replica.sample(observations[unit.t_index], unit.t_index, unit.members, attempt,
-                                                background)
+            inputs = observations[unit.t_index]
+            if flows(inputs) and not background:
+                report, stats, b_stats = self.replica.cycle(inputs, unit.t_index, unit.members, attempt)
+                if on_background is not None:
+                    on_background(report, b_stats)
+            else:
+                report, stats = self.replica.sample(inputs, unit.t_index, unit.members, attempt, background)
+            attempt += 1
+            queue.delivered(unit, 0)
             self.stats[0].members += len(unit.members)
             self.stats[0].busy_seconds += time.perf_counter() - start
             self.bytes_received += len(pickle.dumps(report))

@@ -79,6 +79,7 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, 
 
     `qc` holds the quality-control counts summed over analysis times (`qc/<name>`);
     `observation_columns` more per-observation variables (obs,) for the observations group."""
+    t_finish = time.perf_counter()
     results = aggregation.results
     dataset = observations_dataset(observations, results)
     for name, values in (observation_columns or {}).items():
@@ -103,7 +104,8 @@ def finish_run(config: RunConfig, out_dir: Path, store: RunStore, observations, 
         "reissued": getattr(executor, "reissued", 0),
         "replicas_lost": len(getattr(executor, "lost", ())),
         "driver_bytes_received": getattr(executor, "bytes_received", 0) + aggregation.bytes_received,
-        "timings_s": {**timings, "units_wall_s": getattr(executor, "run_seconds", 0.0)},
+        "timings_s": {**timings, "units_wall_s": getattr(executor, "run_seconds", 0.0),
+                      "outputs_s": time.perf_counter() - t_finish},
         "replicas": [{**s.info, "members": s.members, "busy_s": s.busy_seconds, "restarts": s.restarts}
                      for s in getattr(executor, "stats", [])],
         "by_time": by_time,

@@ -182,6 +182,20 @@ class ModelReplica:
                               block.diagnostics.get("cg_residual_max", float("nan")))
         return UnitReport(block.unit, attempt, bool(written), diagnostics), stats
 
+    def cycle(self, inputs: CycleInputs, t_index: int, members: Sequence[int], attempt: int = 0
+              ) -> tuple[UnitReport, BlockStats, BlockStats]:
+        """A cycled unit in one call (`CycleInputs.flow`): the background of `members` at `t_index`
+        (the forecast of their analyses at t − 1, read from the store), then their analysis, written;
+        (UnitReport, the analysis' BlockStats, the background's BlockStats)."""
+        self._check()
+        t0 = time.perf_counter()
+        background, _ = self._cycle(inputs, t_index, list(members), True)
+        b_stats = BlockStats.of(background.analysis, self._operator(inputs.observations, t_index, True))
+        forecast_s = time.perf_counter() - t0
+        report, stats = self.sample(inputs, t_index, members, attempt)
+        report.diagnostics["forecast_s"] = forecast_s
+        return report, stats, b_stats
+
     def _cycle(self, inputs: CycleInputs, t: int, members: list[int], background: bool):
         """Time t of a cycled run (DESIGN.md §10): the background (the forecast of the members'
         analyses at t − 1, read from the store) or the analysis (the window given the members'

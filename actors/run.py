@@ -35,7 +35,7 @@ from ensemble_da.obs.operators import build_operator
 
 from actors.aggregator import TimeInputs, TimeResult
 from actors.background import draw_background
-from actors.time_modes import run_cycle, run_reanalysis, reanalysis_units
+from actors.time_modes import reanalysis_units, run_cycle, run_cycle_flow, run_reanalysis
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.backends import open_runtime
 from actors.grow import check_grow, grow_store
@@ -83,9 +83,9 @@ def run_pipeline(
     # 1. checks
     check_cluster(config)
     grow_from = check_grow(config, out_dir) if resume else None  # more members for a finished run
-    check_out_dir(out_dir, resume, grow=grow_from is not None)
-    if resume:
+    if resume and (out_dir / "config.yaml").is_file():  # a changed key is named before "complete"
         check_resume_config(config, out_dir, free=("ensemble.members",) if grow_from is not None else ())
+    check_out_dir(out_dir, resume, grow=grow_from is not None)
     # 2. prior and inputs
     from ensemble_da.obs.inputs import prepare_inputs
     from ensemble_da.priors import load_prior
@@ -97,22 +97,30 @@ def run_pipeline(
     sets = config.observation_sets()
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
+    # Wall seconds of the run's phases (summary.json `timings_s`), so a slow run says where.
+    phases = {"prepare_s": time.perf_counter() - t_start}
     # 3. executor session
     start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
+    t0 = time.perf_counter()
     with session:
         runtime = start_runtime()
+        phases["runtime_start_s"] = time.perf_counter() - t0
         executor = background = None
         try:
             if config.diagnostics.background and config.mode == "analysis":
                 # The background of every time first, then its QC; the analysis assimilates what passed.
+                t0 = time.perf_counter()
                 executor = runtime.start_executor()
+                phases["replicas_start_s"] = time.perf_counter() - t0
                 background = draw_background(executor, config, inputs.observations)
                 inputs = dataclasses.replace(inputs, observations=background.observations)
+                phases["background_s"] = time.perf_counter() - t0 - phases["replicas_start_s"]
         except BaseException:
             if executor is not None:
                 executor.shutdown()
             runtime.close()
             raise
+        t0 = time.perf_counter()
         operators = [build_operator(o, prior.grid, prior.normalization, sets) for o in inputs.observations]
         try:
             exact = _exact_references(config, prior, inputs.observations)
@@ -120,7 +128,9 @@ def run_pipeline(
             exact = None  # a reference for the analysis, not part of it: the run goes on without it
             print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
                   file=sys.stderr)
+        phases["exact_s"] = time.perf_counter() - t0
         # 4. store and tracking
+        t0 = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
         if grow_from is not None:
@@ -130,6 +140,7 @@ def run_pipeline(
         if grow_from is not None:
             state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
         tracker = _start_tracking(config, out_dir, state, tags)
+        phases["store_tracking_s"] = time.perf_counter() - t0
         timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
         if config.mode == "cycle":
@@ -139,6 +150,9 @@ def run_pipeline(
             qc = inputs.qc_per_time[res.t_index].metrics() if inputs.qc_per_time else {}
             if background is not None:
                 res.metrics.update(background.time_metrics(res.t_index, channels, res.hx_mean))
+            residuals = [res.metrics.get("mmps_residual/max", np.nan), state.residual_max(res.t_index)]
+            if np.isfinite(residuals).any():  # blocks read back from the store bring none of their own
+                res.metrics["mmps_residual/max"] = float(np.nanmax(residuals))
             state.log_time_once(tracker, res.t_index, {**res.metrics, **qc})
 
         # A cycled run learns each time's observations (after its QC) only when the time comes.
@@ -150,14 +164,19 @@ def run_pipeline(
         ]
         status = "FAILED"
         try:
+            t_agg = time.perf_counter()
             aggregation = runtime.start_aggregation(times, on_time)
+            done = store.done()
             t0 = time.perf_counter()
-            if not time_aware:  # a reanalysis reduces every block from the store once they are all there
+            # The blocks a resumed run has on disk are merged first. A fresh run has none: it does
+            # not wait here for the aggregators to start, which then overlaps the replicas' start.
+            # (A reanalysis reduces every block from the store once they are all there.)
+            if not time_aware and done.any():
                 aggregation.catch_up()
             timings["aggregating_s"] += time.perf_counter() - t0
+            phases["aggregators_start_s"] = time.perf_counter() - t_agg
 
             # 5. the units still missing: sampled and written by the replicas, merged by the aggregators
-            done = store.done()
             units = [
                 WorkUnit(t, tuple(range(lo, hi)))
                 for t in range(len(inputs.times))
@@ -171,6 +190,7 @@ def run_pipeline(
             pairs_per_member = len(inputs.times) if config.mode == "reanalysis" else 1
 
             def on_result(report: UnitReport, stats) -> None:
+                state.note_residual(report.unit.t_index, float(report.diagnostics.get("cg_residual_max", np.nan)))
                 t0 = time.perf_counter()
                 if config.mode != "reanalysis":
                     aggregation.add(report.unit, stats)
@@ -182,9 +202,13 @@ def run_pipeline(
                 if on_unit is not None:
                     on_unit(report, executor)
 
+            t_units, replicas_start = time.perf_counter(), 0.0
             with progress_bar(progress, int(done.size), counts["done"]) as show:
                 if units or executor is not None:
+                    t0 = time.perf_counter()
                     executor = executor or runtime.start_executor()
+                    replicas_start = time.perf_counter() - t0
+                    phases.setdefault("replicas_start_s", replicas_start)
                     try:
                         show(executor, counts["done"])
 
@@ -193,7 +217,8 @@ def run_pipeline(
                             show(ex, counts["done"])
 
                         if config.mode == "cycle":
-                            cycled = run_cycle(config, prior, inputs.observations, inputs.truth, executor,
+                            cycle = run_cycle if config.cycle.first_guess_check else run_cycle_flow
+                            cycled = cycle(config, prior, inputs.observations, inputs.truth, executor,
                                                aggregation, background, on_result, on_progress, store, done)
                         elif config.mode == "reanalysis":
                             run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)
@@ -201,9 +226,11 @@ def run_pipeline(
                             executor.run(units, inputs.observations, on_result, on_progress)
                     finally:
                         executor.shutdown()
+            phases["units_s"] = time.perf_counter() - t_units - replicas_start
             t0 = time.perf_counter()
             aggregation.drain()
             timings["aggregating_s"] += time.perf_counter() - t0
+            phases["drain_s"] = time.perf_counter() - t0
             if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
@@ -214,6 +241,7 @@ def run_pipeline(
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
             if background is not None:
                 qc.update(background.qc_totals())
+            timings.update(phases)
             result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
                                 channels, prior_spread, counts, timings, executor, t_start, qc,
                                 None if background is None else background.observation_columns())

@@ -62,5 +62,20 @@ class RunState:
             self.data["logged_times"].append(t_index)
             self.save()
 
+    def note_residual(self, t_index: int, value: float) -> None:
+        """Keep the largest MMPS residual of time `t_index`'s blocks, so that a resumed or grown
+        run's `mmps_residual/max` covers the blocks sampled before it too (they are only read back)."""
+        if not np.isfinite(value):
+            return
+        maxima = self.data.setdefault("residual_max", {})
+        key = str(t_index)
+        if value > maxima.get(key, -np.inf):
+            maxima[key] = float(value)
+            self.save()
+
+    def residual_max(self, t_index: int) -> float:
+        """The largest MMPS residual noted for time `t_index` (NaN: none)."""
+        return float(self.data.get("residual_max", {}).get(str(t_index), np.nan))
+
     def save(self) -> None:
         write_json(self.path, self.data)

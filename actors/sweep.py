@@ -22,8 +22,9 @@ import contextlib
 import io
 import itertools
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,6 +62,8 @@ class SweepPlan:
     runs: list[SweepRun]
     tracking_uri: str
     experiment: str
+    # Runs that failed in the last `run_sweep` (index → the one-line error).
+    failures: dict[int, str] = field(default_factory=dict)
 
 
 def _store_complete(run_dir: Path) -> bool:
@@ -91,21 +94,29 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
                 values.append(yaml.safe_load(p))
             except yaml.YAMLError as exc:
                 raise InputError(f"--grid {key}: value {p!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        grid[key] = values
+        grid[key] = _distinct(f"--grid {key}", values)
     return grid
 
 
+def _distinct(where: str, values: list) -> list:
+    """`values`, refused when one is given twice (two identical runs would look like a result)."""
+    seen = []
+    for v in values:
+        if v in seen:
+            raise InputError(f"{where}: value {json.dumps(v)} is given twice")
+        seen.append(v)
+    return values
+
+
 def _read_tree(config_path: Path | None) -> tuple[dict, dict[str, list], str]:
-    """The config file's tree without its `sweep:` section, that section's grid, and the source name."""
+    """The config file's tree without its `sweep:` section, that section's grid, and the source
+    name; the file is read with `run`'s checks (duplicate keys, tabs, an empty file)."""
+    from ensemble_da.config import read_yaml_file
+
     path = Path(config_path) if config_path is not None else default_config_path()
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise InputError(f"{path}: top level must be a mapping of config keys")
+    tree = read_yaml_file(path)
     section = tree.pop("sweep", None) or {}
     if not isinstance(section, dict):
         raise InputError(f"{path}: sweep: must be a mapping KEY: [values]")
@@ -114,11 +125,13 @@ def _read_tree(config_path: Path | None) -> tuple[dict, dict[str, list], str]:
         values = values if isinstance(values, list) else [values]
         if not values:
             raise InputError(f"{path}: sweep: {key}: empty list of values")
-        grid[str(key)] = values
+        grid[str(key)] = _distinct(f"{path}: sweep: {key}", values)
     return tree, grid, str(path)
 
 
-def _validate(tree: dict, params: dict[str, Any], source: str) -> RunConfig:
+def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[str]) -> RunConfig:
+    """The config of one combination; an error names the `--grid` item, or the file's `sweep:`
+    section for the keys in `from_file`."""
     import copy
 
     overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
@@ -127,14 +140,23 @@ def _validate(tree: dict, params: dict[str, Any], source: str) -> RunConfig:
         apply_overrides(t, overrides)
         return validate_tree(RunConfig, t, source, overrides)
     except InputError as exc:
-        raise InputError(str(exc).replace("--set ", "--grid ")) from None
+        text = str(exc)
+        for key in params:
+            if text.startswith(f"--set {key}:"):
+                where = f"{source}: sweep: {key}:" if key in from_file else f"--grid {key}:"
+                raise InputError(where + text[len(f"--set {key}:"):]) from None
+        raise InputError(text.replace("--set ", "--grid ")) from None
 
 
-def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path) -> SweepPlan:
-    """Expand and validate the sweep (InputError before anything runs)."""
+def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path, resume: bool = False) -> SweepPlan:
+    """Expand and validate the sweep (InputError before anything runs or is written)."""
+    if resume and not (out_dir / SWEEP_FILE).is_file():
+        raise InputError(f"--resume: {out_dir} is not a sweep directory (no {SWEEP_FILE})")
     tree, grid, source = _read_tree(config_path)
+    from_file = set(grid)
     for key, values in parse_grid(grid_items).items():
         grid[key] = values  # the command line wins over the file's sweep: section
+        from_file.discard(key)
     if not grid and (out_dir / SWEEP_FILE).is_file():  # `--resume --out DIR` alone: the sweep's own grid
         grid = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
     if not grid:
@@ -145,7 +167,7 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     width = max(2, len(str(len(combos) - 1)))
     for i, combo in enumerate(combos):
         params = dict(zip(keys, combo))
-        cfg = _validate(tree, params, source)
+        cfg = _validate(tree, params, source, from_file)
         runs.append(SweepRun(i, params, cfg, out_dir / "runs" / f"{i:0{width}d}"))
     from ensemble_da.tracking import resolve_tracking_uri
 
@@ -179,7 +201,7 @@ def _session(plan: SweepPlan):
     """One Ray session for the whole sweep when every run asks for a local Ray."""
     addresses = {r.config.cluster.address for r in plan.runs}
     if addresses == {"local"} and not all(r.finished for r in plan.runs):
-        from actors.runtime import ray_session
+        from actors.ray_backend.session import ray_session
 
         cpus = max(int(-(-r.config.cluster.replicas * r.config.cluster.cpus_per_replica // 1)) for r in plan.runs)
         with ray_session("local", num_cpus=cpus):
@@ -188,40 +210,65 @@ def _session(plan: SweepPlan):
         yield
 
 
-def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None):
+def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None, warn=None):
     """Run the planned sweep; returns the table (pandas DataFrame). Runs already finished are
-    skipped with `resume`; a run left part-way is resumed."""
+    skipped with `resume`; a run left part-way is resumed; a run that failed before is run again.
+
+    A run that fails on its inputs or diverges (InputError) or stops short (RuntimeError) is a
+    result of the study: its row has `status` failed and the one-line `error`, its MLflow child
+    ends FAILED, and the other runs go on (`SweepPlan.failures` after the call). `warn(line)`
+    receives the runs' `warning:` lines (default: stderr), each naming its run.
+    """
+    from ensemble_da.config import ignored_model_warnings
     from ensemble_da.tracking import Tracker
 
+    from actors.command import sanity_warnings
     from actors.run import run_pipeline
 
     stored = _check_resume(plan, resume)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     record = _plan_record(plan)
+    failed_before = {int(k) for k in stored.get("failures", {})}
     tracker = Tracker(plan.tracking_uri, plan.experiment, f"{plan.runs[0].config.run_name}-sweep", plan.out_dir,
                       run_id=stored.get("parent_run_id") if stored.get("tracking_uri") == plan.tracking_uri else None)
-    record.update(parent_run_id=tracker.run_id, tracking_uri=plan.tracking_uri)
+    record.update(parent_run_id=tracker.run_id, tracking_uri=plan.tracking_uri, failures={})
     write_json(plan.out_dir / SWEEP_FILE, record)
     tracker.log_params({f"grid.{k}": json.dumps(v) for k, v in plan.grid.items()} | {"runs": str(len(plan.runs))})
     tracker.set_tags({"run_dir": str(plan.out_dir.resolve()), "sweep": "parent"})
-    wall = {}
+    plan.failures = {}
     status = "FAILED"
     try:
-        with _progress(progress, len(plan.runs)) as show, _session(plan):
+        with _progress(progress, len(plan.runs)) as (show, console), _session(plan):
+            say = warn or (lambda line: console.print(line, markup=False, soft_wrap=True))
+            for line in dict.fromkeys(w for r in plan.runs for w in ignored_model_warnings(r.config.model, False)):
+                say(line)
             done = sum(r.finished for r in plan.runs)
             show(done, "")
             for run in plan.runs:
                 if run.finished:
                     continue
-                show(done, f"run {run.out_dir.name}: " + ", ".join(f"{k}={v}" for k, v in run.params.items()))
+                name = f"run {run.out_dir.name} (" + ", ".join(f"{k}={v}" for k, v in run.params.items()) + ")"
+                show(done, name)
+                if run.index in failed_before and run.out_dir.exists():
+                    shutil.rmtree(run.out_dir)  # its members are drawn again, the same as before
                 cfg = run.config.model_copy(deep=True)
                 cfg.tracking.uri = plan.tracking_uri
                 part_way = (run.out_dir / STORE_NAME / "zarr.json").is_file()
-                t0 = time.perf_counter()
-                run_pipeline(cfg, run.out_dir, resume=part_way, progress=False, prior_factory=prior_factory,
-                             tags={"mlflow.parentRunId": tracker.run_id or "", "sweep_index": str(run.index),
-                                   **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}})
-                wall[run.index] = time.perf_counter() - t0
+                tags = {"mlflow.parentRunId": tracker.run_id or "", "sweep_index": str(run.index),
+                        "mlflow.runName": f"{cfg.run_name}-{run.out_dir.name}",
+                        **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}}
+                try:
+                    result = run_pipeline(cfg, run.out_dir, resume=part_way, progress=False,
+                                          prior_factory=prior_factory, tags=tags)
+                except (InputError, RuntimeError) as exc:
+                    message = " ".join(str(exc).split())
+                    plan.failures[run.index] = message
+                    record["failures"][str(run.index)] = message
+                    write_json(plan.out_dir / SWEEP_FILE, record)
+                    say(f"warning: {name} failed: {message}")
+                else:
+                    for line in sanity_warnings(cfg.sampler.steps, result.summary):
+                        say(f"warning: {name}: {line.removeprefix('warning: ')}")
                 done += 1
                 show(done, "")
         table = sweep_table(plan)
@@ -238,16 +285,20 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
 
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int):
-    if not enabled:
-        yield lambda d, text: None
-        return
+    """(show(done, text), console): the runs bar on stderr; lines printed through `console` stay
+    above the bar."""
     from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled:
+        yield (lambda d, text: None), console
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True)) as prog:
+                  TextColumn("{task.description}"), console=console) as prog:
         task = prog.add_task("", total=total)
-        yield lambda d, text: prog.update(task, completed=d, description=text)
+        yield (lambda d, text: prog.update(task, completed=d, description=text)), console
 
 
 def sweep_table(plan: SweepPlan):
@@ -255,12 +306,20 @@ def sweep_table(plan: SweepPlan):
     import pandas as pd
 
     rows = []
+    failures = plan.failures
     for run in plan.runs:
+        if run.index in failures or not run.finished:
+            rows.append({**run.params, "status": "failed", "error": failures.get(run.index, "did not finish"),
+                         "run_dir": str(run.out_dir), "run_id": None})
+            continue
         summary = json.loads((run.out_dir / "summary.json").read_text())
         metrics = {k: v for k, v in summary.items()
                    if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({**run.params, **metrics, "run_dir": str(run.out_dir), "run_id": summary.get("run_id")})
+        rows.append({**run.params, "status": "finished", "error": "", **metrics, "run_dir": str(run.out_dir),
+                     "run_id": summary.get("run_id")})
     table = pd.DataFrame(rows)
+    table = table[[*plan.grid, "status", "error", *[c for c in table.columns
+                                                    if c not in plan.grid and c not in ("status", "error")]]]
     for key in plan.grid:  # typed: ints stay integers, strings strings
         values = [r.params[key] for r in plan.runs]
         if all(isinstance(v, bool) for v in values):

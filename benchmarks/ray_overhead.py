@@ -80,8 +80,8 @@ def timed_run(executor, units, obs, pids) -> tuple[float, float]:
 
 def ray_runs(args) -> dict:
     """Best of `args.repeat` interleaved timings of the same units: in-process, 1 and 2 Ray replicas."""
-    from actors.coordinator import Coordinator
-    from actors.runtime import ray_session
+    from actors.ray_backend.coordinator import Coordinator
+    from actors.ray_backend.session import ray_session
 
     out: dict = {}
     cfg = {n: demo_config(args.steps, args.members, args.units_of, replicas=n, address="local") for n in (1, 2)}

@@ -168,7 +168,7 @@ def run_child(**kw) -> dict:
 def simulated_cluster(replicas: int, nodes: int, sleep_s: float, units_each: int, steps: int) -> dict:
     """`replicas` sleep-"GPU" replicas on a Cluster of `nodes` logical nodes: throughput / ideal."""
     from actors.run import run_pipeline
-    from actors.runtime import import_ray_loopback
+    from actors.ray_backend.session import import_ray_loopback
 
     ray = import_ray_loopback()
     from ray.cluster_utils import Cluster

@@ -31,7 +31,7 @@ from ensemble_da.stats import (EnsembleMoments, ObsFit, fair_crps, heldout_noise
                                time_metrics)
 
 __all__ = ["Assimilator", "WorkUnit", "BlockResult", "EnsembleAnalysis", "assimilate", "exact_posteriors", "ExactReference",
-           "CycleInputs", "TrajectoryInputs"]
+           "CycleInputs", "TrajectoryInputs", "flows"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,19 @@ class WorkUnit:
 class CycleInputs:
     """One time of `mode: cycle` as a replica needs it (DESIGN.md §10): the step (window times,
     conditioned or not), each window slot's observations (those assimilated at their own time,
-    after its QC) and the time's own observations (all of them: what its statistics are over)."""
+    after its QC) and the time's own observations (all of them: what its statistics are over).
+    `flow`: a unit forecasts its block and analyses it in one call (`cycle.first_guess_check`
+    off: the time's observations do not wait for the whole background ensemble)."""
 
     step: CycleStep
     window_observations: tuple[ObservationSet, ...]
     observations: ObservationSet
+    flow: bool = False
+
+
+def flows(inputs) -> bool:
+    """Whether a unit of `inputs` forecasts and analyses its block in one call (a flowing cycle)."""
+    return isinstance(inputs, CycleInputs) and inputs.flow
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class Normalization:
         out = []
         for n in names:
             if n not in lookup:
-                raise InputError(f"channel {n!r} is not a channel of the prior {list(self.channels)}")
+                raise InputError(f"channel {str(n)!r} is not a channel of the prior (model channels: {list(self.channels)})")
             out.append(lookup[n])
         return np.asarray(out, dtype=np.int64)
 

@@ -106,12 +106,21 @@ def sweep(
         if resume and out is None:
             raise InputError("--resume needs --out DIR (the sweep directory to continue)")
         out = out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        plan = plan_sweep(config, grid, out)
-        table = run_sweep(plan, resume=resume, progress=True)
+        plan = plan_sweep(config, grid, out, resume=resume)
+        try:
+            table = run_sweep(plan, resume=resume, progress=True)
+        except KeyboardInterrupt:
+            again = " ".join(str(a) for a in ("ensemble-da sweep", config or "", "--resume --out", out) if a != "")
+            print(f"error: interrupted; the finished runs are kept: continue with {again}", file=sys.stderr)
+            raise typer.Exit(130) from None
         keys = list(plan.grid)
-        shown = keys + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
+        shown = keys + ["status"] + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
         print(table[shown].to_string(index=False))
         print(f"sweep directory: {out} (sweep.parquet, sweep.csv, sweep.html)")
+        if plan.failures:
+            failed = ", ".join(f"{plan.runs[i].out_dir.relative_to(out)} ({msg})" for i, msg in plan.failures.items())
+            raise InputError(f"{len(plan.failures)} of {len(plan.runs)} sweep runs failed: {failed}; "
+                             f"the other runs are in {out}")
 
 
 @app.command()

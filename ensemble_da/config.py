@@ -591,11 +591,19 @@ class CycleConfig(_Strict):
     exact transition of model.kind gaussian_markov; `python`, a plug-in (`object`, `options`);
     `speedy`, SPEEDY in the loop; `window`, a learned window prior's own transition
     (`ensemble_da.dynamics.build_forecast`).
+    first_guess_check: screen each time's observations against the whole background ensemble
+    (`diagnostics.qc_sigma_k`) before its analysis, so every block waits for the slowest block's
+    forecast at each time; false: no such screen, and each member block flows through the cycles
+    on its own (its forecast and analysis one unit, DESIGN.md §10 "Scheduling").
+    max_lead: with first_guess_check off, how many analysis times a block may run ahead of the
+    slowest one (the per-time reductions held open).
     """
 
     window: int | None = None
     carry: bool = True
     forecast: ForecastConfig = Field(default_factory=MarkovForecastConfig)
+    first_guess_check: bool = True
+    max_lead: int = 4
 
     @field_validator("forecast", mode="before")
     @classmethod
@@ -608,6 +616,13 @@ class CycleConfig(_Strict):
     def _window(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError(f"window must be >= 1 analysis time, got {v}")
+        return v
+
+    @field_validator("max_lead")
+    @classmethod
+    def _max_lead(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"max_lead must be >= 1 analysis time, got {v}")
         return v
 
 
@@ -639,7 +654,9 @@ class RunConfig(_Strict):
             try:
                 np.datetime64(t, "s")
             except ValueError:
-                raise ValueError(f"not an ISO time: {t!r}") from None
+                raise ValueError(f"not an ISO time of the standard calendar: {t!r} (analysis times are standard-calendar "
+                                 "dates; a noleap or 360_day file is read on the same dates, those the standard "
+                                 "calendar lacks left out)") from None
         return v
 
     @model_validator(mode="after")
@@ -796,6 +813,9 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     err = exc.errors()[0]
     loc = _loc(err["loc"])
     source = _override_source(loc, overrides or [], source)
+    if err["type"] == "extra_forbidden" and loc == "sweep":
+        return (f"{source}: a sweep: section is for `ensemble-da sweep {source}` (every combination of its "
+                "values); `ensemble-da run` takes one configuration")
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
     if not loc:  # a check across sections (RunConfig's own validator): its message names the keys
@@ -803,7 +823,7 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     value = err.get("input")
     if isinstance(value, (dict, BaseModel)):  # a section's own check: its message names the keys
         return f"{source}: {loc}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{source}: bad value for {loc!r} ({value!r}): {err['msg']}"
+    return f"{source}: bad value for {loc!r} ({value!r}): {err['msg'].removeprefix('Value error, ')}"
 
 
 def validate_tree(model: type[M], tree: dict, source: str = "config", overrides: list[str] | None = None) -> M:

@@ -32,7 +32,7 @@ def check_lonlat(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise InputError("non-finite latitude or longitude")
     bad = np.abs(lat) > 90.0
     if bad.any():
-        raise InputError(f"latitude out of range [-90, 90]: {lat[bad][0]:g}")
+        raise InputError(f"latitude {lat[bad][0]:g} is outside [-90, 90]")
     return lat, np.mod(lon, 360.0)
 
 

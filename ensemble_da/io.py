@@ -353,12 +353,17 @@ def is_complete(path: str | Path) -> bool:
         return False
 
 
+# The groups of a run store besides its root (DESIGN.md §7).
+RUN_GROUPS = ("observations",)
+
+
 def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bool = False) -> xr.Dataset:
     """Open a run store with xarray; InputError if it is incomplete.
 
     `path`: the run directory or its `analysis.zarr`. `group="observations"` opens the store's
     observations (dim `obs`: time, lat, lon, channel, value, sigma, assimilated, hx_mean, hx_spread,
-    and hb_mean, hb_spread with a background), as `open_observations(path)` does.
+    and hb_mean, hb_spread with a background), as `open_observations(path)` does. InputError for
+    any other group.
     """
     path = Path(path)
     if path.is_dir() and (path / STORE_NAME).is_dir():
@@ -368,6 +373,11 @@ def open_run(path: str | Path, *, group: str | None = None, allow_incomplete: bo
     complete = is_complete(path)
     if not complete and not allow_incomplete:
         raise InputError(f"{path}: the run is incomplete (interrupted?); resume it with --resume")
+    if group is not None and group not in RUN_GROUPS:
+        raise InputError(f"{path}: no group {group!r} in a run store (groups: {', '.join(RUN_GROUPS)}; "
+                         "group=None opens the run's fields)")
+    if group is not None and not (path / group / "zarr.json").is_file():
+        raise InputError(f"{path}: this run store has no {group!r} group (written when the run finishes)")
     return _plain_strings(xr.open_zarr(str(path), group=group, consolidated=complete))
 
 

@@ -54,3 +54,18 @@ def nan_at(prior, time: int = 1):
 
 def no_forecast(prior):
     return object()
+
+
+def slow_block(prior, seconds: float = 10.0, time: int = 2, member: int = 0):
+    """`ar1`, but the block holding `member` takes `seconds` longer at analysis time `time` (a slow
+    node, a slow GPU): the members are those of `ar1`."""
+    import time as clock
+
+    good = AR1(prior)
+
+    def forecast(x, t, members, seed):
+        if t == time and member in list(members):
+            clock.sleep(seconds)
+        return good.forecast(x, t, members, seed)
+
+    return SimpleNamespace(forecast=forecast)

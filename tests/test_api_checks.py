@@ -5,6 +5,9 @@ prior is named before sampling, and a divergence names the largest normalised in
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,6 +106,12 @@ def test_nan_location_is_refused_with_the_clis_message(cli_notes):
 
 def test_a_wrapped_longitude_is_a_note(cli_notes):
     assert any("longitude outside [-180, 360) wrapped to [0, 360), e.g. 400 -> 40" in n for n in cli_notes), cli_notes
+    # In a Python script with no logging set up, the note still reaches stderr (logged as a warning).
+    script = ("import numpy as np; from ensemble_da.obs import ObservationSet; "
+              "ObservationSet(time=np.datetime64('2020-01-01'), lat=[10.0], lon=[400.0], channel=['T850'], "
+              "value=[270.0], sigma=0.5)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "wrapped to [0, 360), e.g. 400 -> 40 (T850 at lat 10)" in proc.stderr
 
 
 def test_wrong_shape_plugin_is_refused_with_the_clis_message(tmp_path, prior):

@@ -184,6 +184,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
     before = (out / "summary.json").read_bytes()
     again = invoke("run", "--out", out, "--resume")
     assert again.exit_code == 2 and "is complete, nothing to resume" in again.output
+    # ... and a changed key is named, not reported as "complete".
+    changed = invoke("run", "--out", out, "--resume", "--set", "seed=3")
+    assert changed.exit_code == 2 and "config key 'seed' is 3 but the run in" in changed.output, changed.output
     assert (out / "summary.json").read_bytes() == before
 
 

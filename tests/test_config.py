@@ -80,3 +80,29 @@ def test_gaussian_keys_a_user_set_for_another_kind_are_named_once_each(tmp_path)
     path.write_text(load_config(None, ["model.kind=checkpoint"]).to_yaml())
     assert ignored_model_warnings(load_config(path).model, from_demo=False) == [
         f"warning: model.{k} is ignored for model.kind 'checkpoint'" for k in ("mean", "std", "channel_correlation")]
+
+
+def test_validation_messages_carry_no_pydantic_prefix():
+    with pytest.raises(InputError) as exc:
+        load_config(None, ['times=["2020-02-30T00:00"]'])
+    assert "Value error" not in str(exc.value) and "not an ISO time of the standard calendar" in str(exc.value)
+
+
+def test_a_sweep_section_in_a_run_config_points_to_the_sweep_command(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("sweep: {seed: [0, 1]}\n")
+    with pytest.raises(InputError, match=r"a sweep: section is for `ensemble-da sweep .*study.yaml`"):
+        load_config(path)
+
+
+def test_a_sigma_for_a_channel_the_prior_lacks_is_said(caplog):
+    """A typo (T580 for T500) would leave T500 at its default error without a word."""
+    from types import SimpleNamespace
+
+    from ensemble_da.obs.inputs import check_channels
+
+    cfg = load_config(None, ["observations.sigma.T580=2"])
+    layout = SimpleNamespace(normalization=SimpleNamespace(channels=("T850", "T500", "T300")))
+    with caplog.at_level("WARNING", logger="ensemble_da.obs"):
+        assert check_channels(cfg, layout) == ["T850", "T500", "T300"]
+    assert "observations.sigma names ['T580'], not channels of the prior" in caplog.text

@@ -172,3 +172,17 @@ def test_strings_are_fixed_width_for_every_reader(tmp_path):
                       (obs["channel"].values, _obs().channel), (raw_obs, _obs().channel)):
         assert got.dtype.kind == "U", got.dtype
         assert list(got) == list(want)
+
+
+def test_open_run_names_an_unknown_or_missing_group(tmp_path):
+    store, _ = _create(tmp_path)
+    _fill(store)
+    store.finalize({"members_done": 10})
+    with pytest.raises(InputError, match="no group 'nope' in a run store \\(groups: observations"):
+        open_run(tmp_path, group="nope")
+    assert open_run(tmp_path, group="observations").sizes["obs"] > 0
+    bare = RunStore.create(tmp_path / "bare" / "analysis.zarr", _layout(), {"config": ""})
+    _fill(bare)
+    bare.finalize({})
+    with pytest.raises(InputError, match="has no 'observations' group"):
+        open_run(tmp_path / "bare", group="observations")

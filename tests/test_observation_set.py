@@ -25,7 +25,7 @@ def test_valid_set_normalises_fields():
     "kw, message",
     [
         (dict(value=[np.nan, 1.0]), "not finite"),
-        (dict(lat=[91.0, 0.0]), "latitude out of range"),
+        (dict(lat=[91.0, 0.0]), r"latitude 91 is outside \[-90, 90\]"),
         (dict(sigma=[0.0, 0.5]), "sigma must be > 0"),
         (dict(channel=["T850", "X1"]), "unknown channel 'X1'"),
         (dict(lat=[], lon=[], channel=[], value=[], sigma=[]), "empty"),

@@ -64,7 +64,7 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
     ray_tmp = tempfile.mkdtemp(prefix="eda-ray-", dir="/tmp")
     request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    from actors.runtime import import_ray_loopback
+    from actors.ray_backend.session import import_ray_loopback
 
     ray = import_ray_loopback()
     inits = []
@@ -98,6 +98,10 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_id for r in children) == sorted(table["run_id"])
+    assert sorted(r.info.run_name for r in children) == ["uq-00", "uq-01", "uq-02", "uq-03"]
+    assert set(table["status"]) == {"finished"}
+    # Each run's warnings are printed, naming the run (8 steps is below the resolved range).
+    assert "warning: run 00 (observations.sigma.T850=0.5, seed=1): sampler.steps=8 is below" in result.output
     assert all(r.info.status == "FINISHED" for r in children) and parent.info.status == "FINISHED"
 
     # One run of the sweep equals a standalone `ensemble-da run` with its settings, bit for bit.
@@ -175,6 +179,10 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     assert_same_store(fresh, grown)  # members, statistics, observation-space stats and every metric
     summary = json.loads((grown / "summary.json").read_text())
     assert summary["members_done"] == 16 and summary["members_sampled"] == 8
+    # The largest MMPS residual covers the 8 members sampled before the grow as well.
+    fresh_summary = json.loads((fresh / "summary.json").read_text())
+    residual = [{t: m["mmps_residual/max"] for t, m in s["by_time"].items()} for s in (summary, fresh_summary)]
+    assert residual[0] == residual[1] and summary["mmps_residual/max"] == fresh_summary["mmps_residual/max"]
     assert yaml.safe_load((grown / "config.yaml").read_text())["ensemble"]["members"] == 16
 
     # Fewer members than the run has: one error line, nothing touched.
@@ -185,3 +193,61 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
         f"error: --resume: ensemble.members=12 is fewer than the 16 members of the run in {grown}; "
         "an ensemble can only grow (its outputs are left as they are)"]
     assert {p: p.stat().st_mtime_ns for p in grown.rglob("*") if p.is_file()} == stamp
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("seed: 7\nrun_name: x\nseed: 0\n", "duplicate key 'seed' at line 1 and line 3"),
+    ("run_name: x\nsampler:\n\tsteps: 8\n", "line 3 is indented with a tab character"),
+    ("# only a comment\n", "the config file is empty"),
+])
+def test_sweep_reads_config_files_with_runs_checks(text, needle, tmp_path):
+    """Nothing is started or written when the file is bad (a second try is not 'already exists')."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = invoke("sweep", config, "--grid", "seed=1,2", "--out", tmp_path / "s")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--grid", "seed=0,0"], "error: --grid seed: value 0 is given twice"),
+    (["--resume"], "is not a sweep directory (no sweep.json)"),
+])
+def test_sweep_grid_and_resume_mistakes_are_one_line(args, needle, cfg_file, tmp_path):
+    result = invoke("sweep", cfg_file(), *args, "--out", tmp_path / "s")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.output
+
+
+def test_an_unknown_key_of_the_files_sweep_section_names_that_section(cfg_file):
+    config = cfg_file()
+    tree = yaml.safe_load(config.read_text())
+    tree["sweep"] = {"sampler.stepz": [1, 2]}
+    config.write_text(yaml.safe_dump(tree))
+    from actors.sweep import plan_sweep
+    from ensemble_da.errors import InputError
+
+    with pytest.raises(InputError, match=r"cfg.yaml: sweep: sampler.stepz: unknown config key"):
+        plan_sweep(config, [], config.parent / "s")
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(cfg_file, tmp_path):
+    """A combination that fails (here a channel the prior lacks, found when the run reads its
+    inputs) is a row with status failed; the other runs finish; the command ends with one error
+    line naming it, and --resume tries it again."""
+    config, out = cfg_file(), tmp_path / "sweep"
+    result = invoke("sweep", config, "--grid", "observations.channels=[Q700],[T850]", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: 1 of 2 sweep runs failed: runs/00 (observations.channels: 'Q700' is not a channel of the prior "
+        f"(model channels: ['T850', 'T500', 'T300'])); the other runs are in {out}")
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert list(table["status"]) == ["failed", "finished"]
+    assert "'Q700' is not a channel" in table["error"][0] and table["error"][1] == ""
+    assert np.isnan(table["rmse/T850"][0]) and np.isfinite(table["rmse/T850"][1])
+    assert (out / "runs" / "01" / "summary.json").is_file()
+    again = invoke("sweep", config, "--out", out, "--resume")
+    assert again.exit_code == 2 and "1 of 2 sweep runs failed: runs/00" in again.output

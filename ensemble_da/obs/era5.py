@@ -226,7 +226,7 @@ def _normalize_grid(ds: xr.Dataset, path: str) -> xr.Dataset:
     if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))):
         raise InputError(f"{path}: cannot read the grid: non-finite latitude or longitude values")
     if np.abs(lat).max() > 90.0 + 1e-6:
-        raise InputError(f"{path}: latitude out of range [-90, 90]: {lat[np.argmax(np.abs(lat))]:g}")
+        raise InputError(f"{path}: latitude {lat[np.argmax(np.abs(lat))]:g} is outside [-90, 90]")
     dlat = np.diff(lat)
     if not (np.all(dlat > 0) or np.all(dlat < 0)):
         raise InputError(f"{path}: cannot read the grid: latitude is not strictly monotonic")

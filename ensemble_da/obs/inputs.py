@@ -21,6 +21,8 @@ several with a seed derived from SeedSequence([seed, SET_STREAM, i]).
 
 from __future__ import annotations
 
+import logging
+
 import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -42,6 +44,8 @@ from ensemble_da.obs.variables import default_sigma
 
 # Derives the seed of observation set i > 0's draws (far from the other streams' ids).
 SET_STREAM = 2**31 - 7
+
+_LOG = logging.getLogger("ensemble_da.obs")
 
 __all__ = ["RunInputs", "StateLayout", "prepare_inputs", "TRUTH_STREAM", "truth_rng", "channel_sigma_map", "check_channels"]
 
@@ -82,6 +86,12 @@ def check_channels(config: RunConfig, layout: StateLayout) -> list[str]:
             raise InputError(f"observations.channels: {ch!r} is not a channel of the prior (model channels: {have})")
     if not config.observations.channels:
         raise InputError("observations.channels is empty")
+    # A sigma for a channel the prior lacks may be a typo (T580 for T500) that leaves the intended
+    # channel at its default error; it may also be a shared sigma table, so it is said, not refused.
+    unused = [ch for ch in config.observations.sigma if ch not in have]
+    if unused:
+        _LOG.warning("observations.sigma names %s, not channels of the prior (model channels: %s): ignored",
+                     unused, have)
     return list(config.observations.channels)
 
 

@@ -82,8 +82,8 @@ class ObservationSet:
         wrapped = (raw_lon < -180.0) | (raw_lon >= 360.0)
         if wrapped.any():
             i = int(np.flatnonzero(wrapped)[0])
-            _LOG.info("%d observation longitude%s outside [-180, 360) wrapped to [0, 360), e.g. %g -> %g (%s at lat %g)",
-                      int(wrapped.sum()), "s" * (int(wrapped.sum()) != 1), raw_lon[i], lon[i], channel[i], lat[i])
+            _LOG.warning("%d observation longitude%s outside [-180, 360) wrapped to [0, 360), e.g. %g -> %g (%s at lat %g)",
+                         int(wrapped.sum()), "s" * (int(wrapped.sum()) != 1), raw_lon[i], lon[i], channel[i], lat[i])
         cols = dict(
             time=_column("time", self.time, n, "datetime64[ns]"),
             lat=lat,

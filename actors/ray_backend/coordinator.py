@@ -32,11 +32,12 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from actors.executor import ReplicaStats
 from actors.replica import ModelReplica, UnitReport
-from ensemble_da.assimilation import WorkUnit
+from actors.schedule import UnitQueue
+from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
 from ensemble_da.errors import InputError
 
@@ -53,6 +54,7 @@ class _Attempt:
     report: Any  # ObjectRef of the UnitReport
     stats: Any  # ObjectRef of the BlockStats (handed to the aggregators, never fetched here)
     started: float | None = None  # when the replica began it (its queue ahead was empty)
+    background: Any = None  # ObjectRef of a cycled unit's background BlockStats (fetched: the driver reduces it)
 
 
 class Coordinator:
@@ -201,11 +203,17 @@ class Coordinator:
         on_result: Callable[[UnitReport, Any], None],
         on_progress: Callable[["Coordinator"], None] | None = None,
         background: bool = False,
+        after: Mapping[WorkUnit, WorkUnit] | None = None,
+        max_lead: int | None = None,
+        on_background: Callable[[UnitReport, Any], None] | None = None,
     ) -> None:
         """Run `units`; `observations[t]` is the ObservationSet of time t. `on_result(report,
         stats_ref)` is called once per unit, in completion order, in this thread.
         `background`: unguided prior draws, nothing written; `on_result` gets the BlockStats
-        themselves (per-block moments and H x: the driver reduces the background)."""
+        themselves (per-block moments and H x: the driver reduces the background).
+        `after`, `max_lead`: the units' order (`actors.schedule.UnitQueue`). A cycled unit
+        (`CycleInputs.flow`) forecasts and analyses its block in one call; `on_background(report,
+        stats)` gets its background BlockStats just before `on_result`."""
         if any(r not in self.lost for r in self.pending.values()):
             self.replica_info()
         if not background and not self.store_checked:
@@ -213,7 +221,8 @@ class Coordinator:
             self.check_store([r for r in range(len(self.replicas)) if self.joined(r) and r not in self.lost])
             self.store_checked = True
         start = time.perf_counter()
-        _Run(self, units, observations, on_result, on_progress, background).loop()
+        queue = UnitQueue(units, after, max_lead)
+        _Run(self, queue, observations, on_result, on_progress, background, on_background).loop()
         self.run_seconds += time.perf_counter() - start
 
     def check_store(self, replicas: Sequence[int]) -> None:
@@ -264,14 +273,17 @@ class Coordinator:
 class _Run:
     """The state of one `Coordinator.run`: queue, attempts in flight per replica, deliveries."""
 
-    def __init__(self, co: Coordinator, units, observations, on_result, on_progress, background: bool):
+    def __init__(self, co: Coordinator, queue: UnitQueue, observations, on_result, on_progress, background: bool,
+                 on_background=None):
         ray = co._ray
         self.co, self.ray = co, ray
         self.background = background
-        self.on_result, self.on_progress = on_result, on_progress
-        self.obs_refs = {t: ray.put(observations[t]) for t in sorted({u.t_index for u in units})}
-        self.queue: deque[WorkUnit] = deque(units)
-        self.missing: set[WorkUnit] = set(units)
+        self.on_result, self.on_progress, self.on_background = on_result, on_progress, on_background
+        times = sorted({u.t_index for u in queue.missing})
+        self.flow = {t: flows(observations[t]) for t in times}
+        self.obs_refs = {t: ray.put(observations[t]) for t in times}
+        self.queue = queue
+        self.missing: set[WorkUnit] = queue.missing
         self.inflight: dict[Any, _Attempt] = {}
         self.per_replica: list[deque[_Attempt]] = [deque() for _ in co.replicas]
         self.revive = co.pending  # info() calls on replicas lost or still loading → their index
@@ -292,9 +304,13 @@ class _Run:
         return [a for a in self.inflight.values() if a.unit == unit]
 
     def submit(self, r: int, unit: WorkUnit) -> None:
-        report, stats = self.co.replicas[r].sample.options(num_returns=2).remote(
-            self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id, self.background)
-        a = _Attempt(self.next_id, r, unit, report, stats)
+        replica, background = self.co.replicas[r], None
+        args = (self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id)
+        if self.flow[unit.t_index] and not self.background:
+            report, stats, background = replica.cycle.options(num_returns=3).remote(*args)
+        else:
+            report, stats = replica.sample.options(num_returns=2).remote(*args, self.background)
+        a = _Attempt(self.next_id, r, unit, report, stats, background=background)
         self.next_id += 1
         if not self.per_replica[r]:
             a.started = time.perf_counter()
@@ -311,8 +327,8 @@ class _Run:
                 q[0].started = time.perf_counter()
 
     def requeue(self, unit: WorkUnit) -> None:
-        if unit in self.missing and not self.live_attempts(unit) and unit not in self.queue:
-            self.queue.appendleft(unit)
+        if not self.live_attempts(unit):
+            self.queue.requeue(unit)
 
     # --- the loop --------------------------------------------------------------------------
     def loop(self) -> None:
@@ -331,10 +347,15 @@ class _Run:
                 self.on_progress(self.co)
         self.check_nodes(force=True)  # the summary counts replicas lost even after their units were re-issued
 
+    def can_take(self, r: int) -> bool:
+        return self.usable(r) and len(self.per_replica[r]) < self.depth
+
     def feed(self) -> None:
         for r in range(len(self.co.replicas)):
-            while self.usable(r) and self.queue and len(self.per_replica[r]) < self.depth:
-                unit = self.queue.popleft()
+            while self.can_take(r):
+                unit = self.queue.pop(r, self.can_take)
+                if unit is None:
+                    break
                 if unit in self.missing:
                     self.submit(r, unit)
 
@@ -357,7 +378,9 @@ class _Run:
         delivered = report.written and a.unit in self.missing
         co._account(a.replica, report, seconds, delivered)
         if delivered:
-            self.missing.discard(a.unit)
+            self.queue.delivered(a.unit, a.replica)
+            if a.background is not None and self.on_background is not None:
+                self.on_background(report, self.ray.get(a.background))
             self.on_result(report, self.ray.get(a.stats) if self.background else a.stats)
         elif not report.written and a.unit in self.missing:
             # Another attempt holds the claim but has not delivered: a straggler (maybe frozen
@@ -365,7 +388,7 @@ class _Run:
             # it still write, its chunks are the same bytes (zarr writes each chunk atomically).
             holders = self.live_attempts(a.unit)
             self.call_ledger("abandon", [h.id for h in holders])
-            self.queue.appendleft(a.unit)
+            self.queue.requeue(a.unit)
 
     def call_ledger(self, method: str, *args) -> None:
         if self.co.ledger is not None:
@@ -398,7 +421,7 @@ class _Run:
     def reissue_stragglers(self) -> None:
         """Issue again, on an idle replica, the units of a replica whose current unit has run
         longer than straggler_factor × the median unit time."""
-        if not self.factor or not self.durations or self.queue:
+        if not self.factor or not self.durations or self.queue.has_ready():
             return
         idle = [r for r in range(len(self.co.replicas)) if self.usable(r) and not self.per_replica[r]]
         if not idle:

@@ -113,7 +113,7 @@ def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable
     demand (Ray initialised)."""
     import ray
 
-    from actors.coordinator import Coordinator
+    from actors.ray_backend.coordinator import Coordinator
 
     cl = config.cluster
     driver_node = ray.get_runtime_context().get_node_id()
