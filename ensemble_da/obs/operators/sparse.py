@@ -10,14 +10,16 @@ is then a few large torch kernels with no host work. Entries of weight 0 (the pa
 rows) are left out of the plan: they add nothing, and a non-finite value at the padding's cell
 would otherwise leak into every padded row. Both directions have the same shape:
 
-1. one `index_select` that gathers every entry's input (x for H, y for Hᵀ) in the order of the
-   plan;
-2. a sum per output in ascending entry order, by elementwise operations in an order fixed when
+1. a sum per output in ascending entry order, by elementwise operations in an order fixed when
    the plan is built: the outputs are sorted by how many entries they have (most first, stable),
    so "the r-th entry of every output that has one" is a prefix of the output list; step 0
-   multiplies the first entries by their weights, step r ≥ 1 adds weight × input of the r-th
-   entries to that prefix with one fused multiply-add (`addcmul_`, rounded once per entry);
-3. one write of the sums into place: for H an `index_select` back into the observations' order
+   gathers the first entries' inputs (x for H, y for Hᵀ; one `index_select`) and multiplies them
+   by their weights, step r ≥ 1 gathers the r-th entries' inputs and adds weight × input to that
+   prefix with one fused multiply-add (`addcmul_`, rounded once per entry). Gathering rank by
+   rank keeps every temporary at most (batch, outputs): one gather of all entries at once made a
+   temporary of (batch, entries), 19 MB for 10⁵ column observations, which the C allocator
+   returned to the OS and faulted in again on many calls (2-3x slower calls, at random);
+2. one write of the sums into place: for H an `index_select` back into the observations' order
    (none when every row has as many entries, as for point and column rows), for Hᵀ a `scatter_`
    of each touched state element's sum into zeros (each written once).
 
@@ -130,11 +132,10 @@ class SparsePlan:
 def _gather_sum(source: torch.Tensor, index: torch.Tensor, w: torch.Tensor, prefix: tuple[int, ...]) -> torch.Tensor:
     """(…, prefix[0]), a new tensor: per output slot, Σ_r w · source[index] over its entries, in
     rank order (the first product, then one fused multiply-add per further entry)."""
-    g = torch.index_select(source, -1, index)
     start = prefix[0]
-    acc = g[..., :start] * w[:start]
+    acc = torch.index_select(source, -1, index[:start]).mul_(w[:start])
     for n in prefix[1:]:
-        acc[..., :n].addcmul_(g[..., start : start + n], w[start : start + n])
+        acc[..., :n].addcmul_(torch.index_select(source, -1, index[start : start + n]), w[start : start + n])
         start += n
     return acc
 
