@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ensemble_da.config import ignored_model_warnings, load_config
+from ensemble_da.config import load_config
 from ensemble_da.errors import InputError
 from ensemble_da.obs.qc import QCCounts
 from ensemble_da.report import TABLE_COLUMNS as REPORT_COLUMNS, TERMINAL_KEYS
@@ -88,9 +88,6 @@ def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | Non
     if out is None:
         out = Path("runs") / f"{config.run_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     errors = Console(stderr=True)
-    if own_config:
-        for line in ignored_model_warnings(config.model, from_demo=config_path is None):
-            errors.print(line, markup=False, soft_wrap=True)
     try:
         result = run_pipeline(config, out, resume=resume)
     except KeyboardInterrupt:

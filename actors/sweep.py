@@ -219,7 +219,6 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
     ends FAILED, and the other runs go on (`SweepPlan.failures` after the call). `warn(line)`
     receives the runs' `warning:` lines (default: stderr), each naming its run.
     """
-    from ensemble_da.config import ignored_model_warnings
     from ensemble_da.tracking import Tracker
 
     from actors.command import sanity_warnings
@@ -240,8 +239,6 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
     try:
         with _progress(progress, len(plan.runs)) as (show, console), _session(plan):
             say = warn or (lambda line: console.print(line, markup=False, soft_wrap=True))
-            for line in dict.fromkeys(w for r in plan.runs for w in ignored_model_warnings(r.config.model, False)):
-                say(line)
             done = sum(r.finished for r in plan.runs)
             show(done, "")
             for run in plan.runs:

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 import torch
 
-from ensemble_da.config import GridConfig, ModelConfig, ObservationsConfig, RunConfig
+from ensemble_da.config import GridConfig, model_config, ObservationsConfig, RunConfig
 from ensemble_da.cycling import create_generator
 from ensemble_da.obs.synthetic import obs_rng, observe_truth, random_locations, truth_rng
 from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
@@ -70,7 +70,7 @@ class Meter:
 
 
 def run_generator(args, meter: Meter) -> str:
-    prior = GaussianMarkovPrior.from_config(ModelConfig.model_validate(MODEL), GridConfig(nside=args.nside))
+    prior = GaussianMarkovPrior.from_config(model_config(**MODEL), GridConfig(nside=args.nside))
     obs_cfg = ObservationsConfig.model_validate(dict(channels=["T850", "T500"], num_obs=args.obs,
                                                      heldout_fraction=0.0, sigma=dict(T850=1.0, T500=1.0)))
     gen = create_generator(prior, args.members, args.seed, window=args.window,

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ensemble_da.config import GridConfig, ModelConfig  # noqa: E402
+from ensemble_da.config import GridConfig, model_config  # noqa: E402
 from ensemble_da.data.speedy import read_speedy  # noqa: E402
 from ensemble_da.priors import time_condition  # noqa: E402
 from ensemble_da.priors.checkpoint import load_checkpoint  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     denoisers = dict(nets)
     denoisers[f"Gaussian r={args.rank}"] = ClimatologyPrior.from_config(
-        ModelConfig(kind="gaussian_climatology", path=args.data, rank=args.rank, holdout_days=args.holdout_days, channels=channels),
+        model_config(kind="gaussian_climatology", path=args.data, rank=args.rank, holdout_days=args.holdout_days, channels=channels),
         GridConfig(nside=data.nside),
     )
     print(f"{args.data}: {n_train} training states, {args.holdout_days} held out; {args.states} states per set; "

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, GuidanceConfig, ModelConfig
+from ensemble_da.config import GridConfig, GuidanceConfig, model_config
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.guidance import guided_denoiser
 from ensemble_da.obs.observation_set import ObservationSet
@@ -37,7 +37,7 @@ METHODS = [
 
 
 def gaussian_prior() -> GaussianPrior:
-    model = ModelConfig(kind="gaussian", channels=["T850", "T500", "T300"], mean=dict(T850=275.0, T500=255.0, T300=230.0),
+    model = model_config(kind="gaussian", channels=["T850", "T500", "T300"], mean=dict(T850=275.0, T500=255.0, T300=230.0),
                         std=dict(T850=6.0, T500=5.0, T300=4.0), channel_correlation=[[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]])
     return GaussianPrior.from_config(model, GridConfig(nside=16))
 

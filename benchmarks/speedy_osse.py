@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from ensemble_da.assimilation import Assimilator  # noqa: E402
 from ensemble_da.baselines import letkf, stochastic_enkf  # noqa: E402
-from ensemble_da.config import load_config  # noqa: E402
+from ensemble_da.config import ClimatologyModelConfig, load_config  # noqa: E402
 from ensemble_da.data.speedy import read_speedy  # noqa: E402
 from ensemble_da.exact import exact_posterior_physical  # noqa: E402
 from ensemble_da.grid import HealpixGrid  # noqa: E402
@@ -239,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     # --- Gaussian baseline(s): exact posterior -------------------------------------------------
     best = None
     for rank in [int(r) for r in args.ranks.split(",")]:
-        mcfg = cfg.model.model_copy(update={"kind": "gaussian_climatology", "path": args.data, "rank": rank,
-                                            "holdout_days": args.holdout_days, "channels": channels})
+        mcfg = ClimatologyModelConfig(path=args.data, rank=rank, holdout_days=args.holdout_days, channels=channels)
         t0 = time.time()
         prior = ClimatologyPrior.from_config(mcfg, cfg.grid)
         rows, clim = [], []

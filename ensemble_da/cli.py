@@ -133,14 +133,12 @@ def osse(
     """Draw a truth per analysis time from the prior; write it as ERA5-layout NetCDF, truth.zarr
     (HEALPix) and config.yaml, the run config that assimilates them."""
     with cli_errors(debug):
-        from ensemble_da.config import ignored_model_warnings, load_config
+        from ensemble_da.config import load_config
         from ensemble_da.obs.osse import write_osse_dir
         from ensemble_da.priors import load_prior
         from ensemble_da.truth import draw_truths
 
         cfg = load_config(config, set_)
-        for line in ignored_model_warnings(cfg.model, from_demo=config is None):
-            print(line, file=sys.stderr)
         prior = load_prior(cfg.model, cfg.grid)
         files = write_osse_dir(cfg, draw_truths(prior, cfg), prior.grid, list(prior.normalization.channels), out)
         print(f"wrote {', '.join(p.name for p in files.era5)}, {files.truth.name}, {files.config.name} in {out}")

@@ -21,6 +21,15 @@ __all__ = [
     "RunConfig",
     "GridConfig",
     "ModelConfig",
+    "KernelModelConfig",
+    "MODEL_KINDS",
+    "model_config",
+    "GaussianModelConfig",
+    "GaussianMarkovModelConfig",
+    "ClimatologyModelConfig",
+    "CheckpointModelConfig",
+    "CBottleModelConfig",
+    "PythonModelConfig",
     "CBottleConfig",
     "SamplerConfig",
     "GuidanceConfig",
@@ -43,8 +52,6 @@ __all__ = [
     "load_yaml_model",
     "read_yaml_file",
     "validate_tree",
-    "GAUSSIAN_KEYS",
-    "ignored_model_warnings",
 ]
 
 
@@ -103,70 +110,38 @@ DEFAULT_CYCLE_WINDOW = 3
 DEFAULT_NUGGET = 0.05
 
 
-class ModelConfig(_Strict):
-    """The prior. `gaussian` is DESIGN.md §4; `gaussian_climatology` is fitted from data;
-    `checkpoint` is a learned HEALPix denoiser (safetensors + JSON); `cbottle` the cBottle
-    adapter (settings under `cbottle:`); `python` a user plug-in: `factory`
-    ("package.module:function") called with `options` as keywords returns a `Denoiser`."""
+class _ModelBase(_Strict):
+    """What every prior kind has: `channels`, None for the model's own (checkpoint, cbottle,
+    python)."""
 
-    kind: Literal["gaussian", "gaussian_markov", "gaussian_climatology", "checkpoint", "cbottle", "python"] = "gaussian"
-    # None: the kind's own — the model's channels (checkpoint, cbottle, python), else DEFAULT_CHANNELS.
     channels: list[str] | None = None
+
+
+def _default_channels() -> list[str]:
+    return list(DEFAULT_CHANNELS)
+
+
+class KernelModelConfig(_ModelBase):
+    """The §4 Gaussian kernel prior's settings (`ensemble_da.priors.gaussian`): per-channel `mean`
+    and `std` (physical units), a Gaussian kernel of `length_scale_km`, a `channel_correlation`
+    matrix, a white `nugget` share (0, 1); the covariance `approximation`: "exact" (nside ≤ 16),
+    "lowrank" (the top `rank` modes + nugget), "spherical_harmonics" (whole degrees l with
+    (l+1)² ≤ rank); `cache_dir` for the kernel's eigenpairs."""
+
+    channels: list[str] = Field(default_factory=_default_channels)
     mean: dict[str, float] | None = None
     std: dict[str, float] | None = None
     length_scale_km: float = 1500.0
     channel_correlation: list[list[float]] | None = None
-    # None: 0.05 for kind gaussian, fitted from the data's trailing variance for gaussian_climatology.
-    nugget: float | None = None
-    # Kernel covariance (kind gaussian; priors/gaussian.py): "exact" (nside <= 16), "lowrank" (the
-    # top `rank` modes + nugget), "spherical_harmonics" (whole degrees l with (l+1)^2 <= rank).
+    nugget: float = DEFAULT_NUGGET
     approximation: Literal["exact", "lowrank", "spherical_harmonics"] = "exact"
     rank: int = Field(512, ge=1)
-    # checkpoint / gaussian_climatology / cbottle: where the weights or training data live.
-    path: str | None = None
     cache_dir: str | None = None
-    # gaussian_climatology: states at the end of the dataset left out of the fit (held out).
-    holdout_days: int = 0
-    cbottle: CBottleConfig | None = None
-    # python: "package.module:function" and the keyword arguments it is called with.
-    factory: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    # gaussian_markov (DESIGN.md §10): the AR(1) coefficient between consecutive analysis times,
-    # z_{k+1} = ρ z_k + √(1 − ρ²) ξ_k, 0 < ρ < 1; required for that kind, ignored by the others.
-    rho: float | None = None
-
-    @model_validator(mode="after")
-    def _kind_settings(self) -> "ModelConfig":
-        if self.kind == "python" and not self.factory:
-            raise ValueError('model.kind python needs model.factory ("package.module:function")')
-        if self.kind != "python" and (self.factory or self.options):
-            raise ValueError("model.factory and model.options belong to model.kind python")
-        if self.kind == "cbottle" and self.cbottle is None:
-            raise ValueError("model.kind cbottle needs a model.cbottle section (checkpoints, ...)")
-        # Kind-dependent defaults are filled here, not inferred later from which keys were set, so
-        # a run's resolved config.yaml (every key written out) rebuilds the same prior on --resume.
-        if self.channels is None and self.kind in ("gaussian", "gaussian_markov", "gaussian_climatology"):
-            self.channels = list(DEFAULT_CHANNELS)
-        if self.nugget is None and self.kind in ("gaussian", "gaussian_markov"):
-            self.nugget = DEFAULT_NUGGET
-        if self.kind == "gaussian_markov" and self.rho is None:
-            raise ValueError("model.kind gaussian_markov needs model.rho, the AR(1) coefficient between "
-                             "consecutive analysis times (0 < rho < 1)")
-        if self.rho is not None and self.kind != "gaussian_markov":
-            raise ValueError("model.rho belongs to model.kind gaussian_markov")
-        return self
-
-    @field_validator("rho")
-    @classmethod
-    def _rho_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
-            raise ValueError(f"rho must be in (0, 1) (an AR(1) coefficient of a stationary process), got {v}")
-        return v
 
     @field_validator("nugget")
     @classmethod
-    def _nugget_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
+    def _nugget_range(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
             raise ValueError(f"nugget must be in (0, 1), got {v}")
         return v
 
@@ -176,6 +151,101 @@ class ModelConfig(_Strict):
         if not v > 0:
             raise ValueError(f"length_scale_km must be > 0, got {v}")
         return v
+
+
+class GaussianModelConfig(KernelModelConfig):
+    """`model.kind: gaussian`, DESIGN.md §4: the exact Gaussian prior (`KernelModelConfig`'s keys)."""
+
+    kind: Literal["gaussian"] = "gaussian"
+
+
+class GaussianMarkovModelConfig(KernelModelConfig):
+    """`model.kind: gaussian_markov`, DESIGN.md §10: the §4 Gaussian as the stationary covariance
+    of an AR(1) process, z_{k+1} = ρ z_k + √(1 − ρ²) ξ_k, with `rho` (0 < ρ < 1, required)."""
+
+    kind: Literal["gaussian_markov"] = "gaussian_markov"
+    rho: float
+
+    @field_validator("rho")
+    @classmethod
+    def _rho_range(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"rho must be in (0, 1) (an AR(1) coefficient of a stationary process), got {v}")
+        return v
+
+
+class ClimatologyModelConfig(_ModelBase):
+    """`model.kind: gaussian_climatology`: a Gaussian fitted from the dataset at `path`
+    (`ensemble_da.priors.climatology`), the top `rank` modes plus a `nugget` (None: fitted from
+    the data's trailing variance); the last `holdout_days` states are left out of the fit."""
+
+    kind: Literal["gaussian_climatology"] = "gaussian_climatology"
+    channels: list[str] = Field(default_factory=_default_channels)
+    path: str | None = None
+    holdout_days: int = 0
+    nugget: float | None = None
+    rank: int = Field(512, ge=1)
+
+    @field_validator("nugget")
+    @classmethod
+    def _nugget_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"nugget must be in (0, 1), got {v}")
+        return v
+
+
+class CheckpointModelConfig(_ModelBase):
+    """`model.kind: checkpoint`: a learned HEALPix denoiser (safetensors + JSON) at `path`
+    (None: the shipped one; "shipped-window": the shipped window prior)."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    path: str | None = None
+
+
+class CBottleModelConfig(_ModelBase):
+    """`model.kind: cbottle`: the cBottle adapter, its settings under `cbottle:` (`CBottleConfig`)."""
+
+    kind: Literal["cbottle"] = "cbottle"
+    cbottle: CBottleConfig
+
+
+class PythonModelConfig(_ModelBase):
+    """`model.kind: python`: a plug-in; `factory` ("package.module:function") called with
+    `options` as keywords returns a `Denoiser`."""
+
+    kind: Literal["python"] = "python"
+    factory: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+# Each kind's section, by `model.kind` (gaussian when none is given): a key another kind reads is
+# an unknown key here, not a silently ignored one.
+MODEL_KINDS: dict[str, type[_ModelBase]] = {
+    "gaussian": GaussianModelConfig,
+    "gaussian_markov": GaussianMarkovModelConfig,
+    "gaussian_climatology": ClimatologyModelConfig,
+    "checkpoint": CheckpointModelConfig,
+    "cbottle": CBottleModelConfig,
+    "python": PythonModelConfig,
+}
+
+
+def _model_kind(v: Any) -> str | None:
+    kind = v.get("kind", "gaussian") if isinstance(v, dict) else getattr(v, "kind", None)
+    return kind if kind in MODEL_KINDS else None
+
+
+ModelConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in MODEL_KINDS.items())],  # type: ignore[misc]
+    Discriminator(_model_kind, custom_error_type="model_kind",
+                  custom_error_message=f"model.kind must be one of {', '.join(MODEL_KINDS)}"),
+]
+"""The prior section, a union discriminated by `kind` (the classes of `MODEL_KINDS`)."""
+
+
+def model_config(**settings: Any) -> _ModelBase:
+    """The model section of `settings` (a `kind` and that kind's keys), validated."""
+    return TypeAdapter(ModelConfig).validate_python(settings)
 
 
 class SamplerConfig(_Strict):
@@ -635,7 +705,7 @@ class RunConfig(_Strict):
     cycle: CycleConfig = Field(default_factory=CycleConfig)
     times: list[str] = Field(default_factory=lambda: ["2020-01-01T00:00"])
     grid: GridConfig = Field(default_factory=GridConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=GaussianModelConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
@@ -720,30 +790,6 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-# The keys only the Gaussian priors read: §4's kernel prior all of them, gaussian_climatology its
-# nugget and rank; every other kind ignores them.
-GAUSSIAN_KEYS = ("mean", "std", "length_scale_km", "channel_correlation", "nugget", "approximation", "rank")
-_GAUSSIAN_KEYS_READ = {"gaussian": set(GAUSSIAN_KEYS), "gaussian_markov": set(GAUSSIAN_KEYS),
-                       "gaussian_climatology": {"nugget", "rank"}}
-
-
-def ignored_model_warnings(model: ModelConfig, from_demo: bool) -> list[str]:
-    """One `warning: model.<key> is ignored for model.kind '<kind>'` line per Gaussian-prior key
-    (`GAUSSIAN_KEYS`) that `model.kind` does not read and that this run's own input changed.
-
-    "Changed" means its value differs from the one the run starts from: the packaged demo's when
-    no CONFIG file is given (`from_demo`: so `--set model.kind=checkpoint` alone is quiet, the
-    demo's Gaussian settings are not the user's), else the field's default. Comparing values
-    rather than `model_fields_set` keeps a run's resolved config.yaml, which lists every key,
-    reused as a CONFIG, from warning about the keys it holds at their defaults.
-    """
-    read = _GAUSSIAN_KEYS_READ.get(model.kind, set())
-    base = load_config(None).model if from_demo else ModelConfig()
-    return [f"warning: model.{key} is ignored for model.kind {model.kind!r}"
-            for key in GAUSSIAN_KEYS
-            if key not in read and getattr(model, key) is not None and getattr(model, key) != getattr(base, key)]
-
-
 def default_config_path() -> Path:
     """The packaged demo config (the embedded default of DESIGN.md §8)."""
     return Path(str(resources.files("ensemble_da") / "configs" / "demo.yaml"))
@@ -802,8 +848,10 @@ def _override_source(loc: str, overrides: list[str], source: str) -> str:
 def _loc(parts: tuple) -> str:
     """An error location as a dotted key: union tags left out, list items as `[i]`."""
     out = ""
-    for p in parts:
+    for i, p in enumerate(parts):
         if p in (_ONE_SET, _SET_LIST) or str(p).startswith("function-"):
+            continue
+        if i > 0 and parts[i - 1] == "model" and p in MODEL_KINDS:  # the model section's kind tag
             continue
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out
@@ -816,8 +864,20 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
     if err["type"] == "extra_forbidden" and loc == "sweep":
         return (f"{source}: a sweep: section is for `ensemble-da sweep {source}` (every combination of its "
                 "values); `ensemble-da run` takes one configuration")
+    if err["type"] == "extra_forbidden" and loc.startswith("model.") and len(err["loc"]) > 1:
+        kind = err["loc"][1]
+        readers = [k for k, cls in MODEL_KINDS.items() if loc.split(".")[1] in cls.model_fields]
+        also = f" (it is a key of model.kind {', '.join(readers)})" if readers else ""
+        return f"{source}: {loc!r} is not a key of model.kind {kind}{also}"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
+    if err["type"] == "missing" and loc.startswith("model.") and len(err["loc"]) > 1:
+        source = _override_source("model.kind", overrides or [], source)
+        return f"{source}: model.kind {err['loc'][1]} needs {loc!r}"
+    if err["type"] == "missing":
+        return f"{source}: missing key {loc!r}"
+    if err["type"] == "model_kind":
+        return f"{source}: bad value for 'model.kind' ({err['input'].get('kind')!r}): {err['msg']}"
     if not loc:  # a check across sections (RunConfig's own validator): its message names the keys
         return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     value = err.get("input")
@@ -908,5 +968,17 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a run config from YAML (None: the packaged demo) and apply `--set` overrides."""
-    return load_yaml_model(RunConfig, path if path is not None else default_config_path(), overrides)
+    """Load a run config from YAML (None: the packaged demo) and apply `--set` overrides.
+
+    On the demo, a `--set model.kind=K` of another kind keeps only the demo's model keys that K
+    has: the demo's Gaussian settings are not the user's, and K would refuse the others."""
+    if path is not None:
+        return load_yaml_model(RunConfig, path, overrides)
+    demo = default_config_path()
+    tree = read_yaml_file(demo, "config file")
+    kinds = [item.split("=", 1)[1].strip() for item in overrides or [] if item.split("=", 1)[0].strip() == "model.kind"]
+    if kinds and kinds[-1] in MODEL_KINDS:
+        fields = MODEL_KINDS[kinds[-1]].model_fields
+        tree["model"] = {k: v for k, v in tree.get("model", {}).items() if k in fields}
+    apply_overrides(tree, overrides or [])
+    return validate_tree(RunConfig, tree, str(demo), overrides)

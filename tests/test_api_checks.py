@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import ensemble_da
 from ensemble_da.cli import app
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.errors import InputError
 from ensemble_da.obs import ObservationOperator, ObservationSet
 from ensemble_da.priors import GaussianPrior
@@ -55,7 +55,7 @@ BAD = [dict(lat=10.0, lon=20.0, variable="t850", observation=470.0),
 @pytest.fixture(scope="module")
 def prior():
     return GaussianPrior.from_config(
-        ModelConfig(kind="gaussian", channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
+        model_config(kind="gaussian", channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
                     std={"T850": 6.0, "T500": 5.0}, length_scale_km=2500), GridConfig(nside=4))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ensemble_da.background_observation import background_operator, cycle_with_background_observation
-from ensemble_da.config import GridConfig, GuidanceConfig, ModelConfig, SamplerConfig
+from ensemble_da.config import GridConfig, GuidanceConfig, model_config, SamplerConfig
 from ensemble_da.dynamics.markov import MarkovForecast
 from ensemble_da.kalman import dense_covariance, kalman_filter
 from ensemble_da.obs.observation_set import ObservationSet
@@ -13,7 +13,7 @@ from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.obs.synthetic import random_locations
 from ensemble_da.priors.gaussian_markov import GaussianMarkovPrior
 
-MODEL = ModelConfig(kind="gaussian_markov", rho=0.8, channels=["T850", "T500"], mean=dict(T850=275.0, T500=255.0),
+MODEL = model_config(kind="gaussian_markov", rho=0.8, channels=["T850", "T500"], mean=dict(T850=275.0, T500=255.0),
                     std=dict(T850=6.0, T500=5.0), length_scale_km=2500)
 
 

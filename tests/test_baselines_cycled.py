@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ensemble_da.baselines.cycled import EnsembleFilter, cycle_ensemble_filter
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.dynamics.markov import MarkovForecast
 from ensemble_da.kalman import kalman_filter
 from ensemble_da.obs.operators import ObservationOperator
@@ -17,7 +17,7 @@ TIMES = 8
 
 @pytest.fixture(scope="module")
 def problem():
-    model = ModelConfig(kind="gaussian_markov", rho=0.8, channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
+    model = model_config(kind="gaussian_markov", rho=0.8, channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
                         std={"T850": 6.0, "T500": 5.0}, channel_correlation=[[1, 0.5], [0.5, 1]], length_scale_km=2500)
     prior = load_prior(model, GridConfig(nside=2))
     rng = np.random.default_rng(3)

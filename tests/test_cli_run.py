@@ -322,24 +322,22 @@ def test_too_few_steps_and_a_variance_far_from_exact_are_not_silent(tmp_path, ti
     assert len(background) == 1 and "removed 3 of 60" in background[0] and "background_rejected/T850: 3" in background[0]
 
 
-def test_gaussian_keys_set_for_another_prior_are_warned_once_each(tmp_path):
-    """`--set model.kind=checkpoint` on the demo is quiet (the demo's Gaussian keys are not the
-    user's); a Gaussian key the user sets is one warning line, printed before the run starts (here
-    it stops at once: the --out directory is taken)."""
+def test_a_key_of_another_prior_kind_is_one_error_line(tmp_path):
+    """`--set model.kind=checkpoint` on the demo keeps none of the demo's Gaussian keys (here the
+    run stops at once: the --out directory is taken); a Gaussian key the user sets with it is one
+    `error:` line naming the kinds that have it, exit 2, before anything is written."""
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "file").write_text("x")
     quiet = invoke("run", "--set", "model.kind=checkpoint", "--out", taken)
     assert quiet.exit_code == 2 and quiet.stderr.strip().splitlines() == [
         f"error: output directory {taken} already exists; choose another --out or add --resume"]
-    loud = invoke("run", "--set", "model.kind=checkpoint", "--set", "model.length_scale_km=900",
-                  "--set", "model.std={T850: 1.0}", "--out", taken)
-    assert loud.exit_code == 2
+    fresh = tmp_path / "fresh"
+    loud = invoke("run", "--set", "model.kind=checkpoint", "--set", "model.std={T850: 1.0}", "--out", fresh)
+    assert loud.exit_code == 2 and not fresh.exists()
     assert loud.stderr.strip().splitlines() == [
-        "warning: model.std is ignored for model.kind 'checkpoint'",
-        "warning: model.length_scale_km is ignored for model.kind 'checkpoint'",
-        f"error: output directory {taken} already exists; choose another --out or add --resume",
-    ]
+        "error: --set model.std: 'model.std' is not a key of model.kind checkpoint (it is a key of model.kind "
+        "gaussian, gaussian_markov)"]
 
 
 def test_unit_conversions_of_the_readers_are_notes_on_stderr(tmp_path):

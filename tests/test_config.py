@@ -48,38 +48,43 @@ def test_unparsable_set_value_is_one_line_with_the_fix():
     assert cfg.observations.time_format == "%m/%d/%Y %H:%M"
 
 
-def test_gaussian_keys_a_user_set_for_another_kind_are_named_once_each(tmp_path):
-    """Rule (README, Configuration): warn for a Gaussian-prior key the kind does not read when this
-    run's input changed it from where the run starts (the demo without CONFIG, else the defaults)."""
-    from ensemble_da.config import ignored_model_warnings
+def test_model_is_a_section_per_kind_and_a_key_of_another_kind_is_refused(tmp_path):
+    """Rule (README, Configuration): `model` is discriminated by `kind`; a key the kind does not
+    have is one error naming the kinds that have it, never silently ignored."""
+    from ensemble_da.config import CheckpointModelConfig, GaussianMarkovModelConfig, PythonModelConfig
 
-    # The demo's own Gaussian settings are not the user's: switching kind alone is quiet.
+    # The demo's own Gaussian settings are not the user's: switching kind alone starts afresh.
     demo = load_config(None, ["model.kind=checkpoint"])
-    assert demo.model.std is not None and ignored_model_warnings(demo.model, from_demo=True) == []
-    # ... but a --set of such a key is the user's, on the demo too.
-    demo = load_config(None, ["model.kind=checkpoint", "model.length_scale_km=800", "model.rank=64"])
-    assert ignored_model_warnings(demo.model, from_demo=True) == [
-        "warning: model.length_scale_km is ignored for model.kind 'checkpoint'",
-        "warning: model.rank is ignored for model.kind 'checkpoint'",
-    ]
-    # A user's file: keys it sets to non-default values; a default value written out is not an error.
+    assert isinstance(demo.model, CheckpointModelConfig) and demo.model.path is None
+    assert load_config(None, ["model.kind=gaussian_markov", "model.rho=0.8"]).model.length_scale_km == 1500.0
+    # ... but a --set of a key the new kind lacks is the user's, on the demo too.
+    with pytest.raises(InputError) as exc:
+        load_config(None, ["model.kind=checkpoint", "model.length_scale_km=800"])
+    assert str(exc.value) == ("--set model.length_scale_km: 'model.length_scale_km' is not a key of model.kind "
+                              "checkpoint (it is a key of model.kind gaussian, gaussian_markov)")
+    # A user's file: a key of another kind, a missing required key, an unknown kind.
     path = tmp_path / "run.yaml"
-    path.write_text("model:\n  kind: python\n  factory: 'm:f'\n  std: {T850: 2.0}\n  nugget: 0.05\n")
-    cfg = load_config(path)
-    assert ignored_model_warnings(cfg.model, from_demo=False) == ["warning: model.std is ignored for model.kind 'python'"]
-    # gaussian_climatology reads nugget and rank, not the kernel's keys.
-    cfg = load_config(path, ["model.kind=gaussian_climatology", "model.factory=null", "model.rank=16", "model.nugget=0.1",
-                             "model.mean={T850: 1.0}"])
-    assert ignored_model_warnings(cfg.model, from_demo=False) == [
-        "warning: model.mean is ignored for model.kind 'gaussian_climatology'",
-        "warning: model.std is ignored for model.kind 'gaussian_climatology'",
-    ]
-    # The Gaussian prior reads them all. A resolved config.yaml reused as CONFIG names the Gaussian
-    # values it carries (the file sets them), never its defaults (nugget, rank, ...).
-    assert ignored_model_warnings(load_config(None).model, from_demo=False) == []
-    path.write_text(load_config(None, ["model.kind=checkpoint"]).to_yaml())
-    assert ignored_model_warnings(load_config(path).model, from_demo=False) == [
-        f"warning: model.{k} is ignored for model.kind 'checkpoint'" for k in ("mean", "std", "channel_correlation")]
+    path.write_text("model:\n  kind: python\n  factory: 'm:f'\n  std: {T850: 2.0}\n")
+    with pytest.raises(InputError, match=r"run.yaml: 'model.std' is not a key of model.kind python \(it is a key"):
+        load_config(path)
+    path.write_text("model:\n  kind: python\n")
+    with pytest.raises(InputError, match=r"run.yaml: model.kind python needs 'model.factory'$"):
+        load_config(path)
+    with pytest.raises(InputError, match=r"--set model.kind: model.kind gaussian_markov needs 'model.rho'$"):
+        load_config(None, ["model.kind=gaussian_markov"])
+    with pytest.raises(InputError, match=r"bad value for 'model.kind' \('gauss'\): model.kind must be one of gaussian, "):
+        load_config(None, ["model.kind=gauss"])
+    # No kind given: the Gaussian prior, as before. A resolved config.yaml reused as CONFIG holds
+    # only its kind's keys, so it loads again unchanged.
+    path.write_text("model:\n  factory: 'm:f'\n")
+    with pytest.raises(InputError, match="'model.factory' is not a key of model.kind gaussian"):
+        load_config(path)
+    for kind in (["model.kind=checkpoint"], ["model.kind=python", "model.factory=m:f"]):
+        cfg = load_config(None, kind)
+        path.write_text(cfg.to_yaml())
+        assert load_config(path).model == cfg.model
+    assert isinstance(load_config(None, ["model.kind=python", "model.factory=m:f"]).model, PythonModelConfig)
+    assert not isinstance(load_config(None).model, GaussianMarkovModelConfig)
 
 
 def test_validation_messages_carry_no_pydantic_prefix():

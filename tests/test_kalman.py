@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.exact import exact_posterior
 from ensemble_da.kalman import kalman_filter, rts_smoother
 from ensemble_da.obs.operators import ObservationOperator
@@ -16,7 +16,7 @@ RHO, TIMES = 0.75, 5
 
 @pytest.fixture(scope="module")
 def problem():
-    model = ModelConfig(kind="gaussian_markov", rho=RHO, channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
+    model = model_config(kind="gaussian_markov", rho=RHO, channels=["T850", "T500"], mean={"T850": 275.0, "T500": 255.0},
                         std={"T850": 6.0, "T500": 5.0}, channel_correlation=[[1, 0.5], [0.5, 1]], length_scale_km=2500)
     prior = load_prior(model, GridConfig(nside=2))
     rng = np.random.default_rng(3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.errors import InputError
 from ensemble_da.exact import ExactPosteriorUnavailable, exact_posterior
 from ensemble_da.guidance import DPSGuidance, MMPSGuidance, RegressionGuidance
@@ -16,7 +16,7 @@ from ensemble_da.obs.operators import NonlinearOperatorError, ObservationOperato
 from ensemble_da.obs.synthetic import random_locations
 from ensemble_da.priors.gaussian import GaussianPrior
 
-WIND = ModelConfig(kind="gaussian", channels=["U850", "V850"], mean={"U850": 8.0, "V850": -2.0},
+WIND = model_config(kind="gaussian", channels=["U850", "V850"], mean={"U850": 8.0, "V850": -2.0},
                    std={"U850": 4.0, "V850": 3.0}, length_scale_km=2500, channel_correlation=[[1.0, 0.3], [0.3, 1.0]],
                    nugget=0.05)
 SPEED = {"kind": "wind_speed", "level": 850}

@@ -80,12 +80,12 @@ def test_column_run_exact_posterior_is_dense_gaussian_conditioning_of_its_observ
     observations through a column W built here from healpy's weights (Σ element by element,
     tests/test_priors_gaussian.py). Tolerance 1e-5 relative: the store keeps float32 fields; both
     sides are float64 direct solves of a well-conditioned 576-dimensional system."""
-    from ensemble_da.config import ModelConfig
+    from ensemble_da.config import model_config
     from test_priors_gaussian import dense_covariance
 
     _, ds, obs = run(tmp_path, COLUMN)
     weights = {"T850": 0.5, "T500": 0.3, "T300": 0.2}
-    model = ModelConfig(kind="gaussian", channels=list(weights), length_scale_km=2500,
+    model = model_config(kind="gaussian", channels=list(weights), length_scale_km=2500,
                         mean={"T850": 275.0, "T500": 255.0, "T300": 230.0}, std={"T850": 6.0, "T500": 5.0, "T300": 4.0})
     if model.channel_correlation is None:
         model.channel_correlation = np.eye(3).tolist()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.errors import InputError
 from ensemble_da.guidance import RegressionGuidance
 from ensemble_da.obs.operators import ObservationOperator
@@ -152,7 +152,7 @@ def test_sst_file_is_regridded_and_land_filled(tmp_path):
     field[:, (lon >= 0) & (lon < 60)] = np.nan  # "land"
     xr.Dataset({"sst": (("time", "latitude", "longitude"), field[None])},
                coords={"time": [np.datetime64("2021-03-01", "ns")], "latitude": lat, "longitude": lon}).to_netcdf(tmp_path / "sst.nc")
-    cfg = ModelConfig(kind="cbottle", cbottle=dict(checkpoints=[str(tmp_path / "a.checkpoint")], sst=str(tmp_path / "sst.nc")))
+    cfg = model_config(kind="cbottle", cbottle=dict(checkpoints=[str(tmp_path / "a.checkpoint")], sst=str(tmp_path / "sst.nc")))
     den = load_prior(cfg, GridConfig(nside=4))
     enc = den._condition[0, 0, 0][torch.as_tensor(pad_xy_to_nest(4))].double().numpy()
     lon_c, lat_c = hp.pix2ang(4, np.arange(192), nest=True, lonlat=True)
@@ -172,7 +172,7 @@ def test_errors_are_one_line_input_errors(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not a readable cBottle checkpoint"):
         load_cbottle([str(tmp_path / "bad.checkpoint")], sst=290.0)
     with pytest.raises(InputError, match="nside 2, grid.nside is 8"):
-        load_prior(ModelConfig(kind="cbottle", cbottle=dict(checkpoints=[str(path)], sst_constant=290.0)), GridConfig(nside=8))
+        load_prior(model_config(kind="cbottle", cbottle=dict(checkpoints=[str(path)], sst_constant=290.0)), GridConfig(nside=8))
     with pytest.raises(InputError, match="one checkpoint more than sigma_thresholds"):
         from ensemble_da.config import validate_tree, RunConfig
 
@@ -239,7 +239,7 @@ def test_thresholds_that_do_not_decrease_are_refused_by_the_mixture_itself(tmp_p
     experts = load_cbottle(paths, sigma_thresholds=[100.0, 10.0], sst=290.0)
     with pytest.raises(InputError, match="must decrease"):
         CBottleDenoiser(experts.experts, [1.0, 5.0], experts.normalization, experts.grid)
-    model = ModelConfig(kind="cbottle", cbottle=dict(checkpoints=paths, sigma_thresholds=[10.0, 100.0], sst_constant=290.0))
+    model = model_config(kind="cbottle", cbottle=dict(checkpoints=paths, sigma_thresholds=[10.0, 100.0], sst_constant=290.0))
     with pytest.raises(InputError, match="must decrease"):  # the config path reaches the same check
         load_prior(model, GridConfig(nside=2))
     assert experts.expert_index(150.0) == 0 and experts.expert_index(50.0) == 1 and experts.expert_index(5.0) == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.data.speedy import read_speedy
 from ensemble_da.errors import InputError
 from ensemble_da.priors import Denoiser, load_prior
@@ -70,10 +70,10 @@ def test_bad_checkpoints_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         load_checkpoint(bad / "m.json")
     with pytest.raises(InputError, match="nside"):
-        load_prior(ModelConfig(kind="checkpoint", path=str(path)), GridConfig(nside=8))
+        load_prior(model_config(kind="checkpoint", path=str(path)), GridConfig(nside=8))
     with pytest.raises(InputError, match="differ"):
-        load_prior(ModelConfig(kind="checkpoint", path=str(path), channels=["T850"]), GridConfig(nside=4))
-    assert isinstance(load_prior(ModelConfig(kind="checkpoint", path=str(path)), GridConfig(nside=4)), LearnedDenoiser)
+        load_prior(model_config(kind="checkpoint", path=str(path), channels=["T850"]), GridConfig(nside=4))
+    assert isinstance(load_prior(model_config(kind="checkpoint", path=str(path)), GridConfig(nside=4)), LearnedDenoiser)
 
 
 def test_demo_switched_to_a_checkpoint_and_its_resolved_config_load(tmp_path):

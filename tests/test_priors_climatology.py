@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.data.speedy import write_dataset
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
@@ -79,7 +79,7 @@ def test_load_prior_fits_from_a_dataset_and_holds_out_the_tail(tmp_path):
     state = (_states(t=30) * np.array([3.0, 900.0])[None, :, None] + np.array([280.0, 55000.0])[None, :, None])
     times = np.datetime64("2001-01-01", "ns") + np.arange(30) * np.timedelta64(1, "D")
     write_dataset(tmp_path / "d.zarr", state.astype(np.float32), times, ["T850", "Z500"], grid)
-    cfg = ModelConfig(kind="gaussian_climatology", path=str(tmp_path / "d.zarr"), channels=["Z500"], rank=4, holdout_days=10)
+    cfg = model_config(kind="gaussian_climatology", path=str(tmp_path / "d.zarr"), channels=["Z500"], rank=4, holdout_days=10)
     prior = load_prior(cfg, GridConfig(nside=NSIDE))
     assert prior.normalization.channels == ("Z500",)
     assert prior.meta["fit_states"] == 20
@@ -89,7 +89,7 @@ def test_load_prior_fits_from_a_dataset_and_holds_out_the_tail(tmp_path):
     assert out.shape == (2, 1, grid.npix)
 
     with pytest.raises(InputError, match="model.path"):
-        load_prior(ModelConfig(kind="gaussian_climatology"), GridConfig(nside=NSIDE))
+        load_prior(model_config(kind="gaussian_climatology"), GridConfig(nside=NSIDE))
     with pytest.raises(InputError, match="nside"):
         load_prior(cfg, GridConfig(nside=4))
     with pytest.raises(InputError, match="not a channel"):

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, ModelConfig, model_config
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.priors.gaussian import GaussianPrior, spherical_harmonic_kernel_eigen
 
 CORR = [[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]]
-MODEL = ModelConfig(
+MODEL = model_config(
     kind="gaussian", channels=["T850", "T500", "T300"], mean=dict(T850=275.0, T500=255.0, T300=230.0),
     std=dict(T850=6.0, T500=5.0, T300=4.0), length_scale_km=2500, channel_correlation=CORR, nugget=0.05,
 )

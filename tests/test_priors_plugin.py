@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ensemble_da.cli import app
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, model_config
 from ensemble_da.errors import InputError
 from ensemble_da.io import open_run
 from ensemble_da.priors import load_prior
@@ -44,7 +44,7 @@ cluster: {address: inprocess, replicas: 1, members_per_unit: 2}
 
 
 def test_factory_options_build_the_denoiser():
-    den = load_prior(ModelConfig(kind="python", factory="plugin_denoiser:white_noise", options={"nside": 2}), GridConfig(nside=2))
+    den = load_prior(model_config(kind="python", factory="plugin_denoiser:white_noise", options={"nside": 2}), GridConfig(nside=2))
     assert den.grid.nside == 2 and den.normalization.channels == ("T850", "T500")
 
 
@@ -63,7 +63,7 @@ def test_factory_options_build_the_denoiser():
 )
 def test_bad_plugins_are_one_line_errors_naming_the_factory(factory, options, needle):
     with pytest.raises(InputError) as info:
-        load_prior(ModelConfig(kind="python", factory=factory, options=options), GridConfig(nside=4))
+        load_prior(model_config(kind="python", factory=factory, options=options), GridConfig(nside=4))
     msg = str(info.value)
     assert needle in msg and factory in msg and "\n" not in msg
 
@@ -71,9 +71,9 @@ def test_bad_plugins_are_one_line_errors_naming_the_factory(factory, options, ne
 def test_config_requires_a_factory_for_python_and_only_there():
     from ensemble_da.config import RunConfig, validate_tree
 
-    with pytest.raises(InputError, match="needs model.factory"):
+    with pytest.raises(InputError, match="needs 'model.factory'"):
         validate_tree(RunConfig, {"model": {"kind": "python"}})
-    with pytest.raises(InputError, match="belong to model.kind python"):
+    with pytest.raises(InputError, match="'model.factory' is not a key of model.kind gaussian .it is a key of model.kind python"):
         validate_tree(RunConfig, {"model": {"kind": "gaussian", "factory": "a:b"}})
 
 

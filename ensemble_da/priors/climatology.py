@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import ClimatologyModelConfig, GridConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.priors.base import Condition
@@ -113,7 +113,7 @@ class ClimatologyPrior(GaussianPrior):
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, model: ModelConfig, grid: GridConfig) -> "ClimatologyPrior":
+    def from_config(cls, model: ClimatologyModelConfig, grid: GridConfig) -> "ClimatologyPrior":
         """Fit from `model.path` (dataset zarr or .npz; None: the packaged held-out sample is NOT
         used — a training dataset is required)."""
         from ensemble_da.data.speedy import read_speedy

@@ -44,7 +44,7 @@ import scipy.special
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, KernelModelConfig
 from ensemble_da.errors import InputError
 from ensemble_da.grid import EARTH_RADIUS_KM, HealpixGrid
 from ensemble_da.memory import check_fits
@@ -255,7 +255,7 @@ class GaussianPrior:
     sigma_max: float = 80.0
 
     @classmethod
-    def from_config(cls, model: ModelConfig, grid: GridConfig) -> "GaussianPrior":
+    def from_config(cls, model: KernelModelConfig, grid: GridConfig) -> "GaussianPrior":
         """Build the §4 prior from `model:` (kind gaussian); InputError for bad values."""
         if model.mean is None or model.std is None:
             raise InputError("model.mean and model.std (maps channel → value) are required for kind gaussian")

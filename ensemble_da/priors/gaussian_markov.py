@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ensemble_da.channels import Normalization
-from ensemble_da.config import GridConfig, ModelConfig
+from ensemble_da.config import GridConfig, KernelModelConfig
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.priors.base import Condition
 from ensemble_da.priors.gaussian import GaussianPrior, _channel_mix
@@ -62,7 +62,7 @@ class GaussianMarkovPrior(GaussianPrior):
     rho: float = 0.5
 
     @classmethod
-    def from_config(cls, model: ModelConfig, grid: GridConfig) -> "GaussianMarkovPrior":
+    def from_config(cls, model: KernelModelConfig, grid: GridConfig) -> "GaussianMarkovPrior":
         """Build from `model:` (kind gaussian_markov: §4's keys and `rho`); InputError for bad values."""
         base = GaussianPrior.from_config(model, grid)
         return cls(base.grid, base.normalization, base.basis, rho=float(model.rho))
