@@ -43,6 +43,7 @@ from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
 from actors.replica import UnitReport
 from actors.run_state import RunState
+from actors.stopwatch import Stopwatch
 
 __all__ = ["run_pipeline"]
 
@@ -97,51 +98,47 @@ def run_pipeline(
     sets = config.observation_sets()
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)
-    # Wall seconds of the run's phases (summary.json `timings_s`), so a slow run says where.
-    phases = {"prepare_s": time.perf_counter() - t_start}
+    watch = Stopwatch(sampling_s=0.0, writing_s=0.0, aggregating_s=0.0)
+    watch.add("prepare_s", time.perf_counter() - t_start)
     # 3. executor session
     start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
-    t0 = time.perf_counter()
     with session:
-        runtime = start_runtime()
-        phases["runtime_start_s"] = time.perf_counter() - t0
+        with watch.time("runtime_start_s"):
+            runtime = start_runtime()
         executor = background = None
         try:
             if config.diagnostics.background and config.mode == "analysis":
                 # The background of every time first, then its QC; the analysis assimilates what passed.
-                t0 = time.perf_counter()
-                executor = runtime.start_executor()
-                phases["replicas_start_s"] = time.perf_counter() - t0
-                background = draw_background(executor, config, inputs.observations)
+                with watch.time("replicas_start_s"):
+                    executor = runtime.start_executor()
+                with watch.time("background_s"):
+                    background = draw_background(executor, config, inputs.observations)
                 inputs = dataclasses.replace(inputs, observations=background.observations)
-                phases["background_s"] = time.perf_counter() - t0 - phases["replicas_start_s"]
         except BaseException:
             if executor is not None:
                 executor.shutdown()
             runtime.close()
             raise
-        t0 = time.perf_counter()
-        operators = [build_operator(o, prior.grid, prior.normalization, sets) for o in inputs.observations]
-        try:
-            exact = _exact_references(config, prior, inputs.observations)
-        except ExactPosteriorUnavailable as exc:
-            exact = None  # a reference for the analysis, not part of it: the run goes on without it
-            print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
-                  file=sys.stderr)
-        phases["exact_s"] = time.perf_counter() - t0
+        with watch.time("exact_s"):
+            operators = [build_operator(o, prior.grid, prior.normalization, sets) for o in inputs.observations]
+            try:
+                exact = _exact_references(config, prior, inputs.observations)
+            except ExactPosteriorUnavailable as exc:
+                exact = None  # a reference for the analysis, not part of it: the run goes on without it
+                print(f"warning: {exc}; the run continues without exact_mean/exact_spread and exact_* metrics",
+                      file=sys.stderr)
         # 4. store and tracking
-        t0 = time.perf_counter()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        store = _open_store(config, out_dir, resume, inputs, channels, exact, input_identity(prior, inputs.observations))
-        if grow_from is not None:
-            store = grow_store(store, config, out_dir)
+        with watch.time("store_tracking_s"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            store = _open_store(config, out_dir, resume, inputs, channels, exact,
+                                input_identity(prior, inputs.observations))
+            if grow_from is not None:
+                store = grow_store(store, config, out_dir)
+            state = RunState(out_dir)
+            if grow_from is not None:
+                state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
+            tracker = _start_tracking(config, out_dir, state, tags)
         time_aware = config.mode != "analysis"
-        state = RunState(out_dir)
-        if grow_from is not None:
-            state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
-        tracker = _start_tracking(config, out_dir, state, tags)
-        phases["store_tracking_s"] = time.perf_counter() - t0
-        timings = {"sampling_s": 0.0, "writing_s": 0.0, "aggregating_s": 0.0}
 
         if config.mode == "cycle":
             background = Background([], [], [])  # filled time by time (`run_cycle`)
@@ -164,17 +161,16 @@ def run_pipeline(
         ]
         status = "FAILED"
         try:
-            t_agg = time.perf_counter()
-            aggregation = runtime.start_aggregation(times, on_time)
-            done = store.done()
-            t0 = time.perf_counter()
-            # The blocks a resumed run has on disk are merged first. A fresh run has none: it does
-            # not wait here for the aggregators to start, which then overlaps the replicas' start.
-            # (A reanalysis reduces every block from the store once they are all there.)
-            if not time_aware and done.any():
-                aggregation.catch_up()
-            timings["aggregating_s"] += time.perf_counter() - t0
-            phases["aggregators_start_s"] = time.perf_counter() - t_agg
+            with watch.time("aggregators_start_s"):
+                aggregation = runtime.start_aggregation(times, on_time)
+                done = store.done()
+                # The blocks a resumed run has on disk are merged first. A fresh run has none: it
+                # does not wait here for the aggregators to start, which then overlaps the
+                # replicas' start. (A reanalysis reduces every block from the store once they are
+                # all there.)
+                if not time_aware and done.any():
+                    with watch.time("aggregating_s"):
+                        aggregation.catch_up()
 
             # 5. the units still missing: sampled and written by the replicas, merged by the aggregators
             units = [
@@ -191,46 +187,42 @@ def run_pipeline(
 
             def on_result(report: UnitReport, stats) -> None:
                 state.note_residual(report.unit.t_index, float(report.diagnostics.get("cg_residual_max", np.nan)))
-                t0 = time.perf_counter()
                 if config.mode != "reanalysis":
-                    aggregation.add(report.unit, stats)
-                timings["aggregating_s"] += time.perf_counter() - t0
-                timings["writing_s"] += float(report.diagnostics.get("write_s", 0.0))
-                timings["sampling_s"] += float(report.diagnostics.get("seconds", 0.0))
+                    with watch.time("aggregating_s"):
+                        aggregation.add(report.unit, stats)
+                watch.add("writing_s", report.diagnostics.get("write_s", 0.0))
+                watch.add("sampling_s", report.diagnostics.get("seconds", 0.0))
                 counts["done"] += len(report.unit.members) * pairs_per_member
                 counts["sampled"] += len(report.unit.members) * pairs_per_member
                 if on_unit is not None:
                     on_unit(report, executor)
 
-            t_units, replicas_start = time.perf_counter(), 0.0
             with progress_bar(progress, int(done.size), counts["done"]) as show:
                 if units or executor is not None:
-                    t0 = time.perf_counter()
-                    executor = executor or runtime.start_executor()
-                    replicas_start = time.perf_counter() - t0
-                    phases.setdefault("replicas_start_s", replicas_start)
-                    try:
-                        show(executor, counts["done"])
+                    if executor is None:
+                        with watch.time("replicas_start_s"):
+                            executor = runtime.start_executor()
+                    with watch.time("units_s"):
+                        try:
+                            show(executor, counts["done"])
 
-                        def on_progress(ex) -> None:
-                            aggregation.poll()
-                            show(ex, counts["done"])
+                            def on_progress(ex) -> None:
+                                aggregation.poll()
+                                show(ex, counts["done"])
 
-                        if config.mode == "cycle":
-                            cycle = run_cycle if config.cycle.first_guess_check else run_cycle_flow
-                            cycled = cycle(config, prior, inputs.observations, inputs.truth, executor,
+                            if config.mode == "cycle":
+                                cycle = run_cycle if config.cycle.first_guess_check else run_cycle_flow
+                                cycled = cycle(config, prior, inputs.observations, inputs.truth, executor,
                                                aggregation, background, on_result, on_progress, store, done)
-                        elif config.mode == "reanalysis":
-                            run_reanalysis(inputs.observations, store, executor, aggregation, on_result, on_progress)
-                        else:
-                            executor.run(units, inputs.observations, on_result, on_progress)
-                    finally:
-                        executor.shutdown()
-            phases["units_s"] = time.perf_counter() - t_units - replicas_start
-            t0 = time.perf_counter()
-            aggregation.drain()
-            timings["aggregating_s"] += time.perf_counter() - t0
-            phases["drain_s"] = time.perf_counter() - t0
+                            elif config.mode == "reanalysis":
+                                run_reanalysis(inputs.observations, store, executor, aggregation, on_result,
+                                               on_progress)
+                            else:
+                                executor.run(units, inputs.observations, on_result, on_progress)
+                        finally:
+                            executor.shutdown()
+            with watch.time("drain_s"), watch.time("aggregating_s"):
+                aggregation.drain()
             if len(aggregation.results) != len(inputs.times):
                 raise RuntimeError("some analysis times were not finished; the run is incomplete")
             # 6. finish
@@ -241,9 +233,8 @@ def run_pipeline(
                 store.write_fields(background.fields(store.group["ensemble_mean"][...]))
             if background is not None:
                 qc.update(background.qc_totals())
-            timings.update(phases)
             result = finish_run(config, out_dir, store, inputs.observations, aggregation, tracker, inputs.times,
-                                channels, prior_spread, counts, timings, executor, t_start, qc,
+                                channels, prior_spread, counts, dict(watch), executor, t_start, qc,
                                 None if background is None else background.observation_columns())
             status = "FINISHED"
             return result

@@ -58,4 +58,14 @@ def test_diagnostics_exact_false_skips_the_exact_reference(tmp_path):
     np.testing.assert_array_equal(a["analysis"].values, b["analysis"].values)
     summary = json.loads((tmp_path / "without" / "summary.json").read_text())
     assert not [k for k in summary if k.startswith("exact_")], summary
-    assert any(k.startswith("exact_") for k in json.loads((tmp_path / "with" / "summary.json").read_text()))
+    full = json.loads((tmp_path / "with" / "summary.json").read_text())
+    assert any(k.startswith("exact_") for k in full)
+    # timings_s: the run's phases, one after another, each timed once, so they add up to at most
+    # the run's wall time (measured by its own clock from the start), and none is missing.
+    timings = full["timings_s"]
+    phases = ("prepare_s", "runtime_start_s", "exact_s", "store_tracking_s", "aggregators_start_s",
+              "replicas_start_s", "units_s", "drain_s", "outputs_s")
+    assert all(timings[k] >= 0 for k in phases), timings
+    assert sum(timings[k] for k in phases) <= full["wall_time_s"] + 0.05, timings
+    assert timings["sampling_s"] > 0 and timings["aggregating_s"] <= timings["units_s"] + timings["drain_s"] + \
+        timings["aggregators_start_s"], timings
