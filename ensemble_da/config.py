@@ -244,8 +244,10 @@ ModelConfig = Annotated[
 
 
 def model_config(**settings: Any) -> _ModelBase:
-    """The model section of `settings` (a `kind` and that kind's keys), validated."""
-    return TypeAdapter(ModelConfig).validate_python(settings)
+    """The model section of `settings` (a `kind`, gaussian when none, and that kind's keys),
+    validated: the `MODEL_KINDS` class of that kind. InputError with the CLI's one-line message
+    for a key of another kind, a missing required key or a bad value."""
+    return validate_tree(RunConfig, {"model": settings}, "model_config").model
 
 
 class SamplerConfig(_Strict):
@@ -866,9 +868,14 @@ def _format_validation(exc: ValidationError, source: str, overrides: list[str] |
                 "values); `ensemble-da run` takes one configuration")
     if err["type"] == "extra_forbidden" and loc.startswith("model.") and len(err["loc"]) > 1:
         kind = err["loc"][1]
+        keys = [_loc(e["loc"]) for e in exc.errors() if e["type"] == "extra_forbidden" and _loc(e["loc"]).startswith("model.")]
         readers = [k for k, cls in MODEL_KINDS.items() if loc.split(".")[1] in cls.model_fields]
         also = f" (it is a key of model.kind {', '.join(readers)})" if readers else ""
-        return f"{source}: {loc!r} is not a key of model.kind {kind}{also}"
+        default = "; model.kind is gaussian when none is given" if kind == "gaussian" else ""
+        if len(keys) > 1:
+            return (f"{source}: {', '.join(repr(k) for k in keys)} are not keys of model.kind {kind}; "
+                    f"remove them or choose the kind that has them{default}")
+        return f"{source}: {loc!r} is not a key of model.kind {kind}{also}{default}"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown config key {loc!r}"
     if err["type"] == "missing" and loc.startswith("model.") and len(err["loc"]) > 1:

@@ -84,6 +84,15 @@ def test_model_is_a_section_per_kind_and_a_key_of_another_kind_is_refused(tmp_pa
         path.write_text(cfg.to_yaml())
         assert load_config(path).model == cfg.model
     assert isinstance(load_config(None, ["model.kind=python", "model.factory=m:f"]).model, PythonModelConfig)
+    # Several keys of other kinds are named at once; the Python builder says what the CLI says.
+    from ensemble_da.config import model_config
+
+    path.write_text("model: {kind: checkpoint, mean: {T850: 1.0}, std: {T850: 1.0}}\n")
+    with pytest.raises(InputError, match=r"'model.mean', 'model.std' are not keys of model.kind checkpoint; remove them"):
+        load_config(path)
+    with pytest.raises(InputError, match=r"^model_config: 'model.rank' is not a key of model.kind checkpoint"):
+        model_config(kind="checkpoint", rank=3)
+    assert isinstance(model_config(kind="gaussian_markov", rho=0.8), GaussianMarkovModelConfig)
     assert not isinstance(load_config(None).model, GaussianMarkovModelConfig)
 
 
