@@ -70,7 +70,7 @@ def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
             raise InputError(f"the checkpoint is a window prior of {prior.window_slots} times: use mode cycle or "
                              "reanalysis, or a single-time checkpoint for mode analysis")
         return
-    if not callable(getattr(prior, "window", None)) or not is_time_prior(prior):
+    if not is_time_prior(prior):
         raise InputError(f"mode {config.mode} needs a prior over time windows (model.kind gaussian_markov or a "
                          f"window checkpoint); model.kind {config.model.kind} has none: use mode analysis")
     if fixed_window(prior):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import numpy as np
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
 from ensemble_da.errors import InputError
@@ -121,6 +121,16 @@ def _default_channels() -> list[str]:
     return list(DEFAULT_CHANNELS)
 
 
+def _nugget_range(v: float) -> float:
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"nugget must be in (0, 1), got {v}")
+    return v
+
+
+# The white share ν² of a Gaussian prior's variance (§4), in (0, 1).
+Nugget = Annotated[float, AfterValidator(_nugget_range)]
+
+
 class KernelModelConfig(_ModelBase):
     """The §4 Gaussian kernel prior's settings (`ensemble_da.priors.gaussian`): per-channel `mean`
     and `std` (physical units), a Gaussian kernel of `length_scale_km`, a `channel_correlation`
@@ -133,17 +143,10 @@ class KernelModelConfig(_ModelBase):
     std: dict[str, float] | None = None
     length_scale_km: float = 1500.0
     channel_correlation: list[list[float]] | None = None
-    nugget: float = DEFAULT_NUGGET
+    nugget: Nugget = DEFAULT_NUGGET
     approximation: Literal["exact", "lowrank", "spherical_harmonics"] = "exact"
     rank: int = Field(512, ge=1)
     cache_dir: str | None = None
-
-    @field_validator("nugget")
-    @classmethod
-    def _nugget_range(cls, v: float) -> float:
-        if not 0.0 < v < 1.0:
-            raise ValueError(f"nugget must be in (0, 1), got {v}")
-        return v
 
     @field_validator("length_scale_km")
     @classmethod
@@ -183,15 +186,8 @@ class ClimatologyModelConfig(_ModelBase):
     channels: list[str] = Field(default_factory=_default_channels)
     path: str | None = None
     holdout_days: int = 0
-    nugget: float | None = None
+    nugget: Nugget | None = None
     rank: int = Field(512, ge=1)
-
-    @field_validator("nugget")
-    @classmethod
-    def _nugget_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v < 1.0:
-            raise ValueError(f"nugget must be in (0, 1), got {v}")
-        return v
 
 
 class CheckpointModelConfig(_ModelBase):
@@ -983,9 +979,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return load_yaml_model(RunConfig, path, overrides)
     demo = default_config_path()
     tree = read_yaml_file(demo, "config file")
-    kinds = [item.split("=", 1)[1].strip() for item in overrides or [] if item.split("=", 1)[0].strip() == "model.kind"]
-    if kinds and kinds[-1] in MODEL_KINDS:
-        fields = MODEL_KINDS[kinds[-1]].model_fields
-        tree["model"] = {k: v for k, v in tree.get("model", {}).items() if k in fields}
+    demo_keys = set(tree.get("model", {}))
     apply_overrides(tree, overrides or [])
+    model = tree.get("model")
+    if isinstance(model, dict) and model.get("kind", "gaussian") in MODEL_KINDS:
+        fields = MODEL_KINDS[model.get("kind", "gaussian")].model_fields
+        users = {item.split("=", 1)[0].strip().split(".")[1] for item in overrides or []
+                 if item.split("=", 1)[0].strip().startswith("model.")}
+        for key in demo_keys - users - set(fields):
+            model.pop(key, None)
     return validate_tree(RunConfig, tree, str(demo), overrides)

@@ -55,14 +55,14 @@ def cycle_step(t_index: int, window: int, carry: bool = True, fixed: bool = Fals
     return CycleStep(t_index, tuple(range(t_index - slots + 1, t_index + 1)), carry and t_index >= window)
 
 
-def is_time_prior(prior: object) -> bool:
-    """Whether `prior` is a prior over time windows: `gaussian_markov`, or a window checkpoint."""
-    return isinstance(prior, GaussianMarkovPrior) or getattr(prior, "window_slots", 1) > 1
-
-
 def fixed_window(prior: object) -> bool:
     """Whether the prior's windows have one length only (a learned window prior)."""
     return getattr(prior, "window_slots", 1) > 1
+
+
+def is_time_prior(prior: object) -> bool:
+    """Whether `prior` is a prior over time windows: `gaussian_markov`, or a window checkpoint."""
+    return isinstance(prior, GaussianMarkovPrior) or fixed_window(prior)
 
 
 def analyse_cycle(

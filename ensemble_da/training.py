@@ -163,6 +163,11 @@ def states_per_day(times: np.ndarray) -> int:
     return int(round(24 / hours))
 
 
+def training_states(n_states: int, times: np.ndarray, holdout_days: int) -> int:
+    """How many states, from the start, are trained on: all but the last `holdout_days` days."""
+    return n_states - holdout_days * states_per_day(times)
+
+
 def window_starts(n_train: int, window: int, previous: bool) -> np.ndarray:
     """First states of every training window: s with s − 1 ≥ 0 (when `previous`) and s + L ≤ n_train."""
     return np.arange(1 if previous else 0, n_train - window + 1)
@@ -202,7 +207,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     names = list(config.channels or data.channels)
     chan = Normalization(data.channels, data.center, data.scale).index(names)
     norm = Normalization(tuple(names), data.center[chan], data.scale[chan])
-    n_train = data.state.shape[0] - config.holdout_days * states_per_day(data.time)
+    n_train = training_states(data.state.shape[0], data.time, config.holdout_days)
     if n_train < 1:
         raise InputError(f"{config.data}: {data.state.shape[0]} states, holdout_days={config.holdout_days} leaves none to train on")
     starts = window_starts(n_train, config.window, config.previous)
@@ -277,8 +282,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         task = bar.add_task("", total=config.steps, completed=step)
         while step < config.steps:
             idx = starts[nrng.integers(0, len(starts), size=config.batch_size)]
-            z0 = z_all_t[idx] if config.window == 1 and not config.previous else stack_windows(
-                z_all_t, torch.as_tensor(idx, device=device), config.window)
+            z0 = stack_windows(z_all_t, torch.as_tensor(idx, device=device), config.window)
             u = torch.rand(config.batch_size, generator=gen)
             sigma = torch.exp(log_sigma.icdf(u.clamp(1e-6, 1 - 1e-6))).clamp(config.sigma_min, config.sigma_max)
             noise = torch.randn(z0.shape, generator=gen)
@@ -332,7 +336,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
 
 def _write_checkpoint(out, config, ema, norm, data, step, losses, wall, save_checkpoint) -> Path:
-    n_train = data.state.shape[0] - config.holdout_days * states_per_day(data.time)
+    n_train = training_states(data.state.shape[0], data.time, config.holdout_days)
     return save_checkpoint(
         out / config.name,
         ema,
