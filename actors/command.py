@@ -97,7 +97,9 @@ def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | Non
     console = Console(width=None if Console().is_terminal else 132)
     console.print(results_table(result.rows))
     s = result.summary
-    console.print(f"members: {s['members_done']} ({s['members_sampled']} sampled now, {s['retries']} retries) "
+    times = len(config.times)
+    console.print(f"members: {config.ensemble.members} at {times} analysis time{'s' if times > 1 else ''}, "
+                  f"{s['members_done']} member-times ({s['members_sampled']} sampled now, {s['retries']} retries) "
                   f"in {s['wall_time_s']:.1f} s")
     console.print(f"run directory: {out}")
     for line in sanity_warnings(config.sampler.steps, s):

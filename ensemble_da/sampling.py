@@ -45,16 +45,16 @@ class DivergenceError(InputError):
         super().__init__(f"sampling diverged at step {step}/{steps} (σ = {sigma:.3g}): {detail}")
 
 
-def _divergence(first_bad: torch.Tensor, z: torch.Tensor, sigmas: np.ndarray, checked: int) -> DivergenceError:
-    """The error for the earliest flagged step; `checked` is the step (0-based) just finished."""
+def _divergence(first_bad: torch.Tensor, first_abs: torch.Tensor, sigmas: np.ndarray) -> DivergenceError:
+    """The error for the earliest flagged step; `first_abs` is each row's max |z| at the step it
+    was first flagged, so the bound and the value the message quotes are of the same step."""
     steps = len(sigmas) - 1
     step = int(first_bad[first_bad >= 0].min())
     rows = [int(r) for r in torch.nonzero(first_bad == step).flatten()]
     bound = DIVERGENCE_BOUND * math.sqrt(1.0 + float(sigmas[step + 1]) ** 2)
-    now = z[rows]
-    state = "non-finite values" if not bool(torch.isfinite(now).all()) else f"max |z| = {float(now.abs().max()):.3g}"
-    detail = (f"|z| passed {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std at that σ); "
-              f"{state} when checked after step {checked + 1}")
+    value = first_abs[rows]
+    state = "non-finite values" if not bool(torch.isfinite(value).all()) else f"max |z| = {float(value.max()):.3g}"
+    detail = f"{state} after that step, beyond {bound:.3g} normalised units ({DIVERGENCE_BOUND:g} prior std at that σ)"
     return DivergenceError(step + 1, steps, float(sigmas[step]), rows, detail)
 
 
@@ -140,6 +140,7 @@ def edm_sample(
     n = schedule.steps
     gamma = min(churn / n, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
     first_bad = torch.full((z.shape[0],), -1, dtype=torch.long, device=device)
+    first_abs = torch.zeros(z.shape[0], dtype=torch.float64, device=device)
     for i in range(n):
         s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
         s_hat = s_cur * (1.0 + gamma)
@@ -152,8 +153,11 @@ def edm_sample(
             z_next = z + (s_next - s_hat) * 0.5 * (d_cur + d_next)
         z = z_next
         limit = DIVERGENCE_BOUND * math.sqrt(1.0 + s_next**2)
-        bad = ~(z.flatten(1).abs().amax(1) <= limit)  # NaN and inf compare False: bad too
-        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
+        size = z.flatten(1).abs().amax(1)
+        bad = ~(size <= limit)  # NaN and inf compare False: bad too
+        new = bad & (first_bad < 0)
+        first_bad = torch.where(new, torch.full_like(first_bad, i), first_bad)
+        first_abs = torch.where(new, size.to(first_abs.dtype), first_abs)
         if ((i + 1) % CHECK_EVERY == 0 or i == n - 1) and bool((first_bad >= 0).any()):
-            raise _divergence(first_bad, z, sigmas, i)
+            raise _divergence(first_bad, first_abs, sigmas)
     return z

@@ -40,6 +40,11 @@ def test_edm_sample_names_the_first_bad_step_and_member(value, what):
     assert err.step == 6 and err.rows == [1] and err.sigma == pytest.approx(sigmas[5])
     msg = str(err)
     assert "\n" not in msg and "step 6/10" in msg and what in msg and f"σ = {sigmas[5]:.3g}" in msg
+    if np.isfinite(value):
+        # The |z| quoted is step 6's (not the later step the check ran at): one Euler step from
+        # z (|z| of a few units) towards D = 1e6 moves z by (1 − σ_6/σ_5)·1e6, dwarfing the rest.
+        quoted = float(msg.split("max |z| = ")[1].split()[0])
+        assert quoted == pytest.approx((1 - sigmas[6] / sigmas[5]) * value, rel=1e-3)
 
 
 def test_healthy_sampling_stays_inside_the_bound():
