@@ -4,8 +4,12 @@ against the single-time learned prior (`analysis`, times alone), at the same obs
 Truths: `--truth heldout`, K consecutive six-hourly states from the held-out tail of the window
 checkpoint's dataset (never in a training window), one trajectory per `--trajectories`, spread
 over the tail; `--truth prior`, a trajectory drawn from the window prior itself (the
-self-consistency OSSE, `ensemble_da.truth.draw_window_truths`), where a correct sampler is
-calibrated whatever the prior's quality. Observations: `--obs` random cells per time, channels
+self-consistency OSSE, `ensemble_da.truth.draw_window_truths`: L-slot windows chained, each
+given the last state of the one before), where a correct sampler is calibrated whatever the
+prior's quality; `--truth composed`, a trajectory drawn unguided from the SDA-composed windows
+(`ensemble_da.reanalysis.ComposedWindows`), the law `reanalysis` samples the posterior of when
+K > L, so that its self-consistency measures the sampler alone, and the gap to `prior` measures
+what composing the windows costs. Observations: `--obs` random cells per time, channels
 drawn uniformly, the truth's cell value plus N(0, σ²) noise with σ = `--sigma` × the channel's
 climatological std (the same observations for the three modes).
 
@@ -33,10 +37,12 @@ from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.posterior import sample_posterior
 from ensemble_da.priors.base import time_condition
 from ensemble_da.priors.checkpoint import load_checkpoint
-from ensemble_da.reanalysis import sample_trajectories
+from ensemble_da.reanalysis import sample_trajectories, trajectory_denoiser
+from ensemble_da.obs.synthetic import TRUTH_STREAM
 from ensemble_da.stats import fair_crps
 from ensemble_da.training import states_per_day
 from ensemble_da.truth import draw_window_truths
+from ensemble_da.window import sample_window
 
 
 def observations(truth: np.ndarray, prior, n: int, sigma_frac: float, rng: np.random.Generator):
@@ -63,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="the window checkpoint (stem or .json)")
     ap.add_argument("--single", default=None, help="the single-time checkpoint (default: shipped)")
     ap.add_argument("--data", default=".cache/speedy6h_nside16.zarr", help="the window checkpoint's dataset")
-    ap.add_argument("--truth", choices=["heldout", "prior"], default="heldout")
+    ap.add_argument("--truth", choices=["heldout", "prior", "composed"], default="heldout")
     ap.add_argument("--trajectories", type=int, default=1)
     ap.add_argument("--times", type=int, default=4)
     ap.add_argument("--members", type=int, default=16)
@@ -98,6 +104,9 @@ def main(argv=None) -> int:
         when = times[s:s + K]
         if args.truth == "heldout":
             truth = held[s:s + K].astype(np.float64)
+        elif args.truth == "composed":
+            truth = sample_window(trajectory_denoiser(window, K, L), None, [TRUTH_STREAM], args.seed + 1000 + j, 0,
+                                  sampler, GuidanceConfig(method="none"))[0].astype(np.float64)
         else:
             cfg = RunConfig.model_validate(dict(seed=args.seed + 1000 + j, grid=dict(nside=window.grid.nside),
                                                 times=[str(t) for t in when], sampler=sampler.model_dump()))
