@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -17,7 +18,7 @@ from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
 
 from actors.aggregator import Aggregator, TimeInputs, TimeResult
-from actors.replica import ModelReplica, UnitReport
+from actors.replica import ModelReplica, RunBinding, UnitReport
 from actors.schedule import UnitQueue
 from actors.writer import DirectSink, StoreWriter
 
@@ -111,8 +112,15 @@ class Aggregation(Protocol):
 class InProcessExecutor:
     """One `ModelReplica` in this process: the `inprocess` executor."""
 
-    def __init__(self, config: RunConfig, sink, prior_factory: Callable | None = None):
-        self.replica = ModelReplica(config.model_dump(mode="json"), 0, sink, prior_factory)
+    def __init__(self, config: RunConfig, sink, prior_factory: Callable | None = None, cache=None):
+        binding = RunBinding(uuid.uuid4().hex, config.model_dump(mode="json"), sink, prior_factory)
+        if cache is not None and cache.local_replica is not None:
+            self.replica = cache.local_replica  # a session's: it keeps its prior for an unchanged config
+            self.replica.info(binding)
+        else:
+            self.replica = ModelReplica(binding.config, 0, sink, prior_factory, binding.token)
+            if cache is not None:
+                cache.local_replica = self.replica
         self.stats = [ReplicaStats(0, info=self.replica.info())]
         self.retries = 0
         self.bytes_received = 0
@@ -185,8 +193,9 @@ class Runtime:
     close: Callable[[], None] = lambda: None
 
 
-def start_inprocess(config: RunConfig, store_url: str, prior_factory: Callable | None = None) -> Runtime:
-    """The in-process runtime for the run store at `store_url`."""
+def start_inprocess(config: RunConfig, store_url: str, prior_factory: Callable | None = None, cache=None) -> Runtime:
+    """The in-process runtime for the run store at `store_url` (`cache`: a session's, whose
+    replica it reuses)."""
     sink = DirectSink(store_url, StoreWriter(store_url))
-    return Runtime(lambda: InProcessExecutor(config, sink, prior_factory),
+    return Runtime(lambda: InProcessExecutor(config, sink, prior_factory, cache),
                    lambda times, on_time: LocalAggregation(Aggregator(store_url, times, config.seed), on_time))

@@ -11,6 +11,7 @@ H x per member). Torch tensors and member fields never leave the replica.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -23,7 +24,7 @@ from ensemble_da.assimilation import BlockResult, CycleInputs, TrajectoryInputs,
 from ensemble_da.errors import InputError
 from ensemble_da.stats import BlockStats
 
-__all__ = ["ModelReplica", "UnitReport", "OPERATORS_KEPT"]
+__all__ = ["ModelReplica", "RunBinding", "UnitReport", "OPERATORS_KEPT"]
 
 # Observation operators a replica keeps (its last few (time, pass) pairs).
 OPERATORS_KEPT = 4
@@ -69,6 +70,19 @@ def select_device(device: str, gpus_per_replica: float, cuda_available: bool) ->
     return "cuda:0"
 
 
+@dataclass(frozen=True)
+class RunBinding:
+    """Which run a replica works for: its resolved config (`RunConfig.model_dump(mode="json")`),
+    the sink of its store and the prior factory, under a token unique to the run. The driver
+    passes it with every call, so a replica kept for the next run of a session (a sweep), or
+    restarted by Ray with its first run's constructor arguments, serves the run that calls it."""
+
+    token: str
+    config: dict
+    sink: Any
+    prior_factory: Callable | None = None
+
+
 class ModelReplica:
     """Loads the prior once, samples member blocks and writes them.
 
@@ -82,22 +96,36 @@ class ModelReplica:
         Where blocks go (`actors.writer`).
     prior_factory : callable(device) -> Denoiser, optional
         Builds the prior instead of `config.model` (benchmarks use a stand-in denoiser).
+    token : str, optional
+        The run's `RunBinding` token; a call with another binding rebinds the replica.
 
     A failure while loading is kept and raised by `info()`/`sample()` instead of killing the
     actor, so a replica with `max_restarts=-1` does not restart forever on a bad config.
     """
 
-    def __init__(self, config: dict, index: int, sink, prior_factory: Callable | None = None):
+    def __init__(self, config: dict, index: int, sink, prior_factory: Callable | None = None, token: str | None = None):
         self.index = index
         self.pid = os.getpid()
         self.started = time.time()
-        self.sink = sink
+        self._prior_key: tuple | None = None
+        self._prior = None
+        self.prior_kept = False
+        self._bind(RunBinding(token or "", config, sink, prior_factory))
+
+    def _bind(self, binding: RunBinding | None) -> None:
+        """Serve `binding`'s run (None: the current one). The prior is kept when the new run's
+        model, grid, device and prior factory are the same: it is a function of them only."""
+        if binding is None or binding.token == getattr(self, "token", None):
+            return
+        start = time.time()
+        self.token, self.sink = binding.token, binding.sink
         self._operators: OrderedDict[tuple[int, bool], Any] = OrderedDict()
         self._error: BaseException | None = None
         try:
-            self._load(config, prior_factory)
+            self._load(binding.config, binding.prior_factory)
         except BaseException as exc:  # noqa: BLE001 - reported through info()/sample()
             self._error = exc
+        self.load_seconds = time.time() - start
 
     def _load(self, config: dict, prior_factory: Callable | None) -> None:
         import torch
@@ -115,15 +143,24 @@ class ModelReplica:
         threadpool_limits(limits=threads)
         torch.set_num_threads(threads)
         self.device = select_device(cfg.cluster.device, cfg.cluster.gpus_per_replica, torch.cuda.is_available())
-        prior = prior_factory(self.device) if prior_factory is not None else None
-        self.assimilator = Assimilator(cfg, prior=prior, device=self.device)
+        key = (json.dumps(config["model"], sort_keys=True), json.dumps(config["grid"], sort_keys=True), self.device,
+               prior_factory)
+        self.prior_kept = key == self._prior_key
+        if not self.prior_kept:
+            self._prior_key, self._prior = None, None
+            prior = prior_factory(self.device) if prior_factory is not None else None
+            self.assimilator = Assimilator(cfg, prior=prior, device=self.device)
+            self._prior_key, self._prior = key, self.assimilator.prior
+        else:
+            self.assimilator = Assimilator(cfg, prior=self._prior, device=self.device)
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def info(self) -> dict[str, Any]:
+    def info(self, binding: RunBinding | None = None) -> dict[str, Any]:
         """Where this replica runs: pid, host, device, torch threads, Ray node and GPU ids."""
+        self._bind(binding)
         self._check()
         import torch
 
@@ -133,7 +170,8 @@ class ModelReplica:
             "host": socket.gethostname(),
             "device": self.device,
             "threads": torch.get_num_threads(),
-            "load_seconds": time.time() - self.started,
+            "load_seconds": self.load_seconds,
+            "prior_kept": self.prior_kept,
             **_ray_context(),
         }
 
@@ -155,16 +193,18 @@ class ModelReplica:
                 self._operators.popitem(last=False)
         return self._operators[key]
 
-    def check_store(self) -> None:
+    def check_store(self, binding: RunBinding | None = None) -> None:
         """Fail (InputError) when this replica cannot reach the run store it is to write into."""
+        self._bind(binding)
         self._check()
         self.sink.check()
 
     def sample(self, obs, t_index: int, members: Sequence[int], attempt: int = 0,
-               background: bool = False) -> tuple[UnitReport, BlockStats]:
+               background: bool = False, binding: RunBinding | None = None) -> tuple[UnitReport, BlockStats]:
         """Sample `members` for analysis time `t_index` given `obs` (the time's ObservationSet;
         the config's guidance decides whether it is assimilated), write the block, and return
         (UnitReport, BlockStats). `background`: draw the unguided prior and write nothing."""
+        self._bind(binding)
         self._check()
         members, extra = list(members), None
         if isinstance(obs, CycleInputs):
@@ -182,11 +222,12 @@ class ModelReplica:
                               block.diagnostics.get("cg_residual_max", float("nan")))
         return UnitReport(block.unit, attempt, bool(written), diagnostics), stats
 
-    def cycle(self, inputs: CycleInputs, t_index: int, members: Sequence[int], attempt: int = 0
-              ) -> tuple[UnitReport, BlockStats, BlockStats]:
+    def cycle(self, inputs: CycleInputs, t_index: int, members: Sequence[int], attempt: int = 0,
+              binding: RunBinding | None = None) -> tuple[UnitReport, BlockStats, BlockStats]:
         """A cycled unit in one call (`CycleInputs.flow`): the background of `members` at `t_index`
         (the forecast of their analyses at t − 1, read from the store), then their analysis, written;
         (UnitReport, the analysis' BlockStats, the background's BlockStats)."""
+        self._bind(binding)
         self._check()
         t0 = time.perf_counter()
         background, _ = self._cycle(inputs, t_index, list(members), True)

@@ -38,6 +38,7 @@ from actors.background import draw_background
 from actors.time_modes import reanalysis_units, run_cycle, run_cycle_flow, run_reanalysis
 from actors.checks import check_time_mode, check_cluster, check_out_dir, check_resume_config, check_resume_inputs, input_identity
 from actors.backends import open_runtime
+from actors.session_cache import SessionCache
 from actors.grow import check_grow, grow_store
 from actors.outputs import RunResult, finish_run
 from actors.progress import progress_bar
@@ -57,6 +58,7 @@ def run_pipeline(
     on_unit: Callable[[UnitReport, Any], None] | None = None,
     prior_factory: Callable | None = None,
     tags: dict[str, str] | None = None,
+    session: SessionCache | None = None,
 ) -> RunResult:
     """Run `config` into `out_dir` (DESIGN.md §7) and return its summary.
 
@@ -78,6 +80,9 @@ def run_pipeline(
         describes (benchmarks use a stand-in denoiser); must be picklable for Ray.
     tags : dict, optional
         Extra MLflow tags of the run (a sweep's child runs get `mlflow.parentRunId`).
+    session : SessionCache, optional
+        What the runs of one session (a sweep) share: the driver's priors by config and the Ray
+        replicas (`ReplicaPool`), reused while the prior's config is unchanged.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -92,7 +97,12 @@ def run_pipeline(
     from ensemble_da.priors import load_prior
     from ensemble_da.truth import osse_truths
 
-    prior = prior_factory("cpu") if prior_factory is not None else load_prior(config.model, config.grid)
+    if prior_factory is not None:
+        prior = prior_factory("cpu")
+    elif session is not None:
+        prior = session.prior(config)
+    else:
+        prior = load_prior(config.model, config.grid)
     check_time_mode(config, prior, resume)
     inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     sets = config.observation_sets()
@@ -101,8 +111,8 @@ def run_pipeline(
     watch = Stopwatch(sampling_s=0.0, writing_s=0.0, aggregating_s=0.0)
     watch.add("prepare_s", time.perf_counter() - t_start)
     # 3. executor session
-    start_runtime, session = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory)
-    with session:
+    start_runtime, ray_or_none = open_runtime(config, str((out_dir / STORE_NAME).resolve()), prior_factory, session)
+    with ray_or_none:
         with watch.time("runtime_start_s"):
             runtime = start_runtime()
         executor = background = None

@@ -34,7 +34,9 @@ from ensemble_da.config import RunConfig, apply_overrides, default_config_path, 
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME
 
+from actors.ray_backend.pool import ReplicaPool
 from actors.run_state import write_json
+from actors.session_cache import SessionCache
 
 __all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "SWEEP_FILE"]
 
@@ -198,16 +200,22 @@ def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _session(plan: SweepPlan):
-    """One Ray session for the whole sweep when every run asks for a local Ray."""
+    """The sweep's `SessionCache` (priors and replicas reused from run to run), inside one Ray
+    session for the whole sweep when every run asks for a local Ray."""
     addresses = {r.config.cluster.address for r in plan.runs}
     if addresses == {"local"} and not all(r.finished for r in plan.runs):
         from actors.ray_backend.session import ray_session
 
+        cache = SessionCache(replicas=ReplicaPool())  # Ray replicas live only as long as this session
+
         cpus = max(int(-(-r.config.cluster.replicas * r.config.cluster.cpus_per_replica // 1)) for r in plan.runs)
         with ray_session("local", num_cpus=cpus):
-            yield
+            try:
+                yield cache
+            finally:
+                cache.close()
     else:
-        yield
+        yield SessionCache()
 
 
 def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None, warn=None):
@@ -237,7 +245,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
     plan.failures = {}
     status = "FAILED"
     try:
-        with _progress(progress, len(plan.runs)) as (show, console), _session(plan):
+        with _progress(progress, len(plan.runs)) as (show, console), _session(plan) as cache:
             say = warn or (lambda line: console.print(line, markup=False, soft_wrap=True))
             done = sum(r.finished for r in plan.runs)
             show(done, "")
@@ -256,7 +264,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
                         **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}}
                 try:
                     result = run_pipeline(cfg, run.out_dir, resume=part_way, progress=False,
-                                          prior_factory=prior_factory, tags=tags)
+                                          prior_factory=prior_factory, tags=tags, session=cache)
                 except (InputError, RuntimeError) as exc:
                     message = " ".join(str(exc).split())
                     plan.failures[run.index] = message

@@ -85,6 +85,11 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
         assert col in table.columns
     csv = pd.read_csv(out / "sweep.csv")
     assert list(csv.columns) == list(table.columns)
+    # Replicas and priors are reused from run to run: the same replica processes served every
+    # run, and after the first they kept their prior (the model config is the same).
+    replicas = [json.loads((Path(d) / "summary.json").read_text())["replicas"] for d in table["run_dir"]]
+    assert len({tuple(r["pid"] for r in rs) for rs in replicas}) == 1, replicas
+    assert [all(r["prior_kept"] for r in rs) for rs in replicas] == [False, True, True, True]
     html = (out / "sweep.html").read_text()
     assert "data:image/png;base64" in html and "rmse/T850" in html
     for run_dir in table["run_dir"]:
@@ -126,6 +131,9 @@ def test_sweep_resume_runs_only_unfinished(cfg_file, tmp_path):
     assert invoke("sweep", config, "--grid", "seed=1,2", "--out", out).exit_code == 0
     table = pd.read_parquet(out / "sweep.parquet")
     kept = (out / "runs" / "00" / "summary.json").stat().st_mtime_ns
+    # In-process too, run 01 reused run 00's replica and prior; run again alone below (a fresh
+    # replica and prior), it gives the same metrics.
+    assert json.loads((out / "runs" / "01" / "summary.json").read_text())["replicas"][0]["prior_kept"]
     shutil.rmtree(out / "runs" / "01")
     result = invoke("sweep", config, "--out", out, "--resume")  # the grid comes from the sweep directory
     assert result.exit_code == 0, result.output

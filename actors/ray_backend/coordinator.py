@@ -30,12 +30,14 @@ from __future__ import annotations
 import pickle
 import statistics
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from actors.executor import ReplicaStats
-from actors.replica import ModelReplica, UnitReport
+from actors.ray_backend.pool import ReplicaPool, release
+from actors.replica import ModelReplica, RunBinding, UnitReport
 from actors.schedule import UnitQueue
 from ensemble_da.assimilation import WorkUnit, flows
 from ensemble_da.config import RunConfig
@@ -69,9 +71,13 @@ class Coordinator:
         The claim ledger (abandoned attempts are reported to it).
     prior_factory : callable(device) -> Denoiser, optional
         Passed to the replicas (benchmarks).
+    pool : ReplicaPool, optional
+        Replicas kept from an earlier run of the session: taken when their placement fits, given
+        back at `shutdown` when the runs ended cleanly.
     """
 
-    def __init__(self, config: RunConfig, sink, ledger, prior_factory: Callable | None = None):
+    def __init__(self, config: RunConfig, sink, ledger, prior_factory: Callable | None = None,
+                 pool: ReplicaPool | None = None):
         import ray
         from ray.util import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -83,6 +89,29 @@ class Coordinator:
         bundle = {"CPU": float(cl.cpus_per_replica)}
         if cl.gpus_per_replica > 0:
             bundle["GPU"] = float(cl.gpus_per_replica)
+        tree = config.model_dump(mode="json")
+        self.binding = RunBinding(uuid.uuid4().hex, tree, sink, prior_factory)
+        self.pool, self.pool_key, self.clean = pool, (cl.replicas, tuple(sorted(bundle.items())), cl.placement), True
+        kept = None if pool is None else pool.take(self.pool_key)
+        if kept is not None:
+            self.placement_group, self.replicas = kept
+        else:
+            self._start_replicas(ray, config, bundle, placement_group, PlacementGroupSchedulingStrategy)
+        self.stats = [ReplicaStats(i) for i in range(cl.replicas)]
+        # info() calls not yet answered (replicas loading their prior, or lost and maybe placed
+        # again) → replica index; the run's loop lets a late one join.
+        self.pending: dict[Any, int] = {r.info.remote(self.binding): i for i, r in enumerate(self.replicas)}
+        self.retries = 0
+        self.reissued = 0
+        self.lost: set[int] = set()
+        self.bytes_received = 0
+        self.run_seconds = 0.0  # in run(), replicas loaded: from the first unit issued to the last delivered
+        self.store_checked = False
+        self.max_consecutive_failures = 5
+
+    def _start_replicas(self, ray, config: RunConfig, bundle: dict, placement_group, strategy) -> None:
+        """Place `cluster.replicas` bundles and start a replica actor in each."""
+        cl = config.cluster
         total = ray.cluster_resources()
         for key, need in bundle.items():
             if total.get(key, 0.0) < need * cl.replicas and cl.address == "local":
@@ -101,30 +130,17 @@ class Coordinator:
                 f"cluster.placement_timeout_s={cl.placement_timeout_s:g} s; the cluster has {have}"
             ) from None
         remote = ray.remote(ModelReplica)
-        tree = config.model_dump(mode="json")
+        b = self.binding
         self.replicas = [
             remote.options(
                 num_cpus=cl.cpus_per_replica,
                 num_gpus=cl.gpus_per_replica,
                 max_restarts=-1,
                 max_task_retries=-1,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.placement_group, placement_group_bundle_index=i
-                ),
-            ).remote(tree, i, sink, prior_factory)
+                scheduling_strategy=strategy(self.placement_group, placement_group_bundle_index=i),
+            ).remote(b.config, i, b.sink, b.prior_factory, b.token)
             for i in range(cl.replicas)
         ]
-        self.stats = [ReplicaStats(i) for i in range(cl.replicas)]
-        # info() calls not yet answered (replicas loading their prior, or lost and maybe placed
-        # again) → replica index; the run's loop lets a late one join.
-        self.pending: dict[Any, int] = {r.info.remote(): i for i, r in enumerate(self.replicas)}
-        self.retries = 0
-        self.reissued = 0
-        self.lost: set[int] = set()
-        self.bytes_received = 0
-        self.run_seconds = 0.0  # in run(), replicas loaded: from the first unit issued to the last delivered
-        self.store_checked = False
-        self.max_consecutive_failures = 5
 
     def _get(self, refs):
         """ray.get, with a bad input met inside a replica raised as itself (one line, no remote traceback)."""
@@ -151,7 +167,7 @@ class Coordinator:
         if node_id and "node_id" not in self.stats[r].info:
             self.stats[r].info = {**self.stats[r].info, "index": r, "node_id": node_id}
         if r not in self.pending.values():
-            self.pending[self.replicas[r].info.remote()] = r
+            self.pending[self.replicas[r].info.remote(self.binding)] = r
 
     def take_info(self, ref) -> bool:
         """Record the answer of a pending `info()` call; False when its replica died instead."""
@@ -222,13 +238,15 @@ class Coordinator:
             self.store_checked = True
         start = time.perf_counter()
         queue = UnitQueue(units, after, max_lead)
+        self.clean = False  # until the loop returns: a replica may still be busy with this run
         _Run(self, queue, observations, on_result, on_progress, background, on_background).loop()
+        self.clean = True
         self.run_seconds += time.perf_counter() - start
 
     def check_store(self, replicas: Sequence[int]) -> None:
         """Every replica in `replicas` can reach the run store (InputError if not); one whose node
         goes meanwhile is lost instead of waited for."""
-        calls = {self.replicas[r].check_store.remote(): r for r in replicas}
+        calls = {self.replicas[r].check_store.remote(self.binding): r for r in replicas}
         while calls:
             ready, _ = self._ray.wait(list(calls), num_returns=len(calls), timeout=NODE_CHECK_S)
             for ref in ready:
@@ -257,17 +275,12 @@ class Coordinator:
         s.busy_seconds += seconds
 
     def shutdown(self) -> None:
-        """Stop the replicas and release their placement group."""
-        ray = self._ray
-        for r in self.replicas:
-            try:
-                ray.kill(r, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        try:
-            ray.util.remove_placement_group(self.placement_group)
-        except Exception:  # noqa: BLE001
-            pass
+        """Give the replicas back to the pool when every run ended cleanly and none was lost, else
+        stop them and release their placement group."""
+        if self.pool is not None and self.clean and not self.lost:
+            self.pool.give(self.pool_key, self.placement_group, self.replicas)
+        else:
+            release(self.placement_group, self.replicas)
 
 
 class _Run:
@@ -307,9 +320,9 @@ class _Run:
         replica, background = self.co.replicas[r], None
         args = (self.obs_refs[unit.t_index], unit.t_index, unit.members, self.next_id)
         if self.flow[unit.t_index] and not self.background:
-            report, stats, background = replica.cycle.options(num_returns=3).remote(*args)
+            report, stats, background = replica.cycle.options(num_returns=3).remote(*args, self.co.binding)
         else:
-            report, stats = replica.sample.options(num_returns=2).remote(*args, self.background)
+            report, stats = replica.sample.options(num_returns=2).remote(*args, self.background, self.co.binding)
         a = _Attempt(self.next_id, r, unit, report, stats, background=background)
         self.next_id += 1
         if not self.per_replica[r]:

@@ -22,6 +22,7 @@ from ensemble_da.config import RunConfig
 
 from actors.aggregator import Aggregator, TimeInputs, TimeResult, score_cells
 from actors.executor import Runtime
+from actors.ray_backend.pool import ReplicaPool
 from actors.writer import DirectSink, NamedActor, StoreWriter, WriterSink
 
 __all__ = ["start_ray_runtime", "RayAggregation", "RayScoreMap"]
@@ -108,9 +109,10 @@ class RayAggregation:
             self._ray.kill(a)
 
 
-def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None) -> Runtime:
-    """The writer actor for the run store at `store_url` now; replicas and aggregator actors on
-    demand (Ray initialised)."""
+def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable | None = None,
+                      pool: ReplicaPool | None = None) -> Runtime:
+    """The writer actor for the run store at `store_url` now; replicas (from `pool` when it
+    keeps fitting ones) and aggregator actors on demand (Ray initialised)."""
     import ray
 
     from actors.ray_backend.coordinator import Coordinator
@@ -137,4 +139,4 @@ def start_ray_runtime(config: RunConfig, store_url: str, prior_factory: Callable
             aggregation.shutdown()
         ray.kill(writer)
 
-    return Runtime(lambda: Coordinator(config, sink, writer, prior_factory), start_aggregation, close)
+    return Runtime(lambda: Coordinator(config, sink, writer, prior_factory, pool), start_aggregation, close)
