@@ -113,7 +113,7 @@ class InProcessExecutor:
     """One `ModelReplica` in this process: the `inprocess` executor."""
 
     def __init__(self, config: RunConfig, sink, prior_factory: Callable | None = None, cache=None):
-        binding = RunBinding(uuid.uuid4().hex, config.model_dump(mode="json"), sink, prior_factory)
+        binding = RunBinding(uuid.uuid4().hex, config.replica_spec().model_dump(mode="json"), sink, prior_factory)
         if cache is not None and cache.local_replica is not None:
             self.replica = cache.local_replica  # a session's: it keeps its prior for an unchanged config
             self.replica.info(binding)

@@ -72,7 +72,7 @@ def select_device(device: str, gpus_per_replica: float, cuda_available: bool) ->
 
 @dataclass(frozen=True)
 class RunBinding:
-    """Which run a replica works for: its resolved config (`RunConfig.model_dump(mode="json")`),
+    """Which run a replica works for: its `ReplicaSpec` (`RunConfig.replica_spec()`, as JSON data),
     the sink of its store and the prior factory, under a token unique to the run. The driver
     passes it with every call, so a replica kept for the next run of a session (a sweep), or
     restarted by Ray with its first run's constructor arguments, serves the run that calls it."""
@@ -89,7 +89,8 @@ class ModelReplica:
     Parameters
     ----------
     config : dict
-        The resolved run config (`RunConfig.model_dump(mode="json")`), so the actor gets plain data.
+        The run's `ReplicaSpec` (`RunConfig.replica_spec().model_dump(mode="json")`): plain data
+        for the actor, and only what a replica needs.
     index : int
         The replica's number (for progress and diagnostics).
     sink : DirectSink or WriterSink
@@ -132,17 +133,16 @@ class ModelReplica:
         from threadpoolctl import threadpool_limits
 
         from ensemble_da.assimilation import Assimilator
-        from ensemble_da.config import RunConfig
+        from ensemble_da.config import ReplicaSpec
 
-        cfg = RunConfig.model_validate(config)
+        cfg = ReplicaSpec.model_validate(config)
         self.config = cfg
         # Every thread pool (torch's OpenMP, numpy's BLAS) gets cpus_per_replica threads, in Ray
         # workers and in-process alike: reductions split over a different number of threads
         # round differently, and members must not depend on where they ran.
-        threads = max(1, int(cfg.cluster.cpus_per_replica))
-        threadpool_limits(limits=threads)
-        torch.set_num_threads(threads)
-        self.device = select_device(cfg.cluster.device, cfg.cluster.gpus_per_replica, torch.cuda.is_available())
+        threadpool_limits(limits=cfg.threads)
+        torch.set_num_threads(cfg.threads)
+        self.device = select_device(cfg.device, cfg.gpus, torch.cuda.is_available())
         key = (json.dumps(config["model"], sort_keys=True), json.dumps(config["grid"], sort_keys=True), self.device,
                prior_factory)
         self.prior_kept = key == self._prior_key

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ensemble_da.config import ObservationsConfig, RunConfig
+from ensemble_da.config import ObservationsConfig, ReplicaSpec, RunConfig
 from ensemble_da.cycling import CycleStep, analyse_cycle
 from ensemble_da.errors import InputError
 from ensemble_da.diagnostics import Background, BackgroundQC, heldout_rank_histogram
@@ -91,15 +91,17 @@ class Assimilator:
 
     Parameters
     ----------
-    config : RunConfig
-        The run config (grid, model, sampler, guidance).
+    config : RunConfig or ReplicaSpec
+        The run config, or the part of it a replica needs (`RunConfig.replica_spec`).
     prior : Denoiser, optional
         A prior already built (default: built from `config.model`).
     device : str or torch.device
         Where the denoiser runs ("cpu", "cuda:0").
     """
 
-    def __init__(self, config: RunConfig, prior: Denoiser | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, config: RunConfig | ReplicaSpec, prior: Denoiser | None = None,
+                 device: str | torch.device = "cpu"):
+        config = config if isinstance(config, ReplicaSpec) else config.replica_spec()
         self.config = config
         self.device = torch.device(device)
         self.prior = prior if prior is not None else load_prior(config.model, config.grid, device=self.device)

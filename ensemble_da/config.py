@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, Sequence, TypeVar, Union
 
 import numpy as np
 import yaml
@@ -19,6 +19,8 @@ from ensemble_da.errors import InputError
 
 __all__ = [
     "RunConfig",
+    "ReplicaSpec",
+    "analysis_times",
     "GridConfig",
     "ModelConfig",
     "KernelModelConfig",
@@ -782,10 +784,56 @@ class RunConfig(_Strict):
 
     def analysis_times(self) -> np.ndarray:
         """Analysis times as datetime64[ns] (UTC)."""
-        return np.array([np.datetime64(t, "ns") for t in self.times])
+        return analysis_times(self.times)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def replica_spec(self) -> "ReplicaSpec":
+        """What a model replica needs of this run (`ReplicaSpec`)."""
+        cl = self.cluster
+        return ReplicaSpec(seed=self.seed, mode=self.mode, times=list(self.times), grid=self.grid, model=self.model,
+                           sampler=self.sampler, guidance=self.guidance, observations=self.observation_sets(),
+                           cycle=self.cycle, window=self.window_length(), threads=max(1, int(cl.cpus_per_replica)),
+                           device=cl.device, gpus=cl.gpus_per_replica)
+
+
+class ReplicaSpec(_Strict):
+    """What a model replica needs of a run (DESIGN.md §2), built once by the driver
+    (`RunConfig.replica_spec`) from the validated run config: the prior (model on grid), how it
+    samples (sampler, guidance), the sets' operators and bias models (observations), the seed
+    and analysis times (member streams, time conditions), the mode and cycle with its resolved
+    window L, and the replica's threads, device and GPUs. Not the run's outputs, ensemble size,
+    tracking or diagnostics; the run-level checks are not repeated here."""
+
+    seed: int
+    mode: Literal["analysis", "cycle", "reanalysis"]
+    times: list[str]
+    grid: GridConfig
+    model: ModelConfig
+    sampler: SamplerConfig
+    guidance: GuidanceConfig
+    observations: list[ObservationsConfig]
+    cycle: CycleConfig
+    window: int
+    threads: int = 1
+    device: str = "auto"
+    gpus: float = 0.0
+
+    def observation_sets(self) -> list[ObservationsConfig]:
+        return list(self.observations)
+
+    def window_length(self) -> int:
+        return self.window
+
+    def analysis_times(self) -> np.ndarray:
+        """Analysis times as datetime64[ns] (UTC)."""
+        return analysis_times(self.times)
+
+
+def analysis_times(times: Sequence[str]) -> np.ndarray:
+    """ISO analysis times as datetime64[ns] (UTC)."""
+    return np.array([np.datetime64(t, "ns") for t in times])
 
 
 def default_config_path() -> Path:

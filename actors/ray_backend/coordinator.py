@@ -89,8 +89,7 @@ class Coordinator:
         bundle = {"CPU": float(cl.cpus_per_replica)}
         if cl.gpus_per_replica > 0:
             bundle["GPU"] = float(cl.gpus_per_replica)
-        tree = config.model_dump(mode="json")
-        self.binding = RunBinding(uuid.uuid4().hex, tree, sink, prior_factory)
+        self.binding = RunBinding(uuid.uuid4().hex, config.replica_spec().model_dump(mode="json"), sink, prior_factory)
         self.pool, self.pool_key, self.clean = pool, (cl.replicas, tuple(sorted(bundle.items())), cl.placement), True
         kept = None if pool is None else pool.take(self.pool_key)
         if kept is not None:

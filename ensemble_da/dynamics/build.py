@@ -6,14 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_da.config import RunConfig
+from ensemble_da.config import ReplicaSpec, RunConfig
 from ensemble_da.errors import InputError
 
 __all__ = ["build_forecast"]
 
 
-def build_forecast(config: RunConfig, prior: Any):
-    """The `ForecastModel` of `config.cycle.forecast` for `prior` (the run's `Denoiser`).
+def build_forecast(config: ReplicaSpec | RunConfig, prior: Any):
+    """The `ForecastModel` of `config.cycle.forecast` for `prior` (the run's `Denoiser`); `config`
+    is the run's `ReplicaSpec` (a RunConfig serves as well: the same names).
 
     markov: `MarkovForecast` (needs model.kind gaussian_markov); python: the checked plug-in
     (`ensemble_da.dynamics.plugin`); window: `WindowForecast` (a window checkpoint's own
