@@ -56,16 +56,21 @@ def no_forecast(prior):
     return object()
 
 
-def slow_block(prior, seconds: float = 10.0, time: int = 2, member: int = 0):
+def slow_block(prior, seconds: float = 10.0, time: int = 2, member: int = 0, until: str | None = None):
     """`ar1`, but the block holding `member` takes `seconds` longer at analysis time `time` (a slow
-    node, a slow GPU): the members are those of `ar1`."""
+    node, a slow GPU): the members are those of `ar1`. With `until` (a file path) it is slow
+    until that file exists, at most `seconds`: a test's own signal, so that a busy machine does
+    not decide how far the others get while it waits."""
+    import os
     import time as clock
 
     good = AR1(prior)
 
     def forecast(x, t, members, seed):
         if t == time and member in list(members):
-            clock.sleep(seconds)
+            stop = clock.monotonic() + seconds
+            while clock.monotonic() < stop and not (until and os.path.exists(until)):
+                clock.sleep(0.1)
         return good.forecast(x, t, members, seed)
 
     return SimpleNamespace(forecast=forecast)

@@ -82,14 +82,22 @@ def ray_tmp(monkeypatch, request):
 
 @pytest.mark.slow  # a local Ray with 2 replicas (~30 s)
 def test_a_slow_block_does_not_stall_the_others_on_ray(reference, tmp_path, ray_tmp):
-    """Block 0's forecast into time 2 takes 15 s longer (the `slow_block` plug-in: `ar1`, whose
-    members equal `markov`'s). Meanwhile the other replica takes the other blocks on through the
-    later times: with a barrier per time none of them could pass time 2 before block 0 does."""
-    slow = dict(kind="python", object="plugin_forecast:slow_block", options=dict(seconds=15.0, time=2, member=0))
+    """Block 0's forecast into time 2 is held back (the `slow_block` plug-in: `ar1`, whose members
+    equal `markov`'s) until another block has been delivered at time 3, at most 180 s. Meanwhile
+    the other replica takes the other blocks on through the later times: with a barrier per time
+    none of them could pass time 2 before block 0 does, and the hold would run out instead."""
+    signal = tmp_path / "others-at-time-3"
+    slow = dict(kind="python", object="plugin_forecast:slow_block",
+                options=dict(seconds=180.0, time=2, member=0, until=str(signal)))
     cfg = _config("local", forecast=slow, replicas=2, straggler_factor=0)
     delivered = []
-    run_pipeline(cfg, tmp_path / "ray", progress=False,
-                 on_unit=lambda report, executor: delivered.append((report.unit.t_index, report.unit.members[0])))
+
+    def on_unit(report, executor):
+        delivered.append((report.unit.t_index, report.unit.members[0]))
+        if report.unit.t_index >= 3 and report.unit.members[0] != 0:
+            signal.touch()
+
+    run_pipeline(cfg, tmp_path / "ray", progress=False, on_unit=on_unit)
     assert len(delivered) == len(set(delivered)) == BLOCKS * len(TIMES)
     before_slow = delivered[:delivered.index((2, 0))]
     others_reached = max(t for t, m in before_slow if m != 0)
