@@ -169,6 +169,7 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     grown, fresh = tmp_path / "grown", tmp_path / "fresh"
     assert invoke("run", config, "--out", grown).exit_code == 0
     before = open_run(grown).analysis.values.copy()
+    old_id = json.loads((grown / "summary.json").read_text())["run_id"]
     result = invoke("run", "--out", grown, "--resume", "--set", "ensemble.members=16")
     assert result.exit_code == 0, result.output
     assert "8 sampled now" in result.output
@@ -184,6 +185,19 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     residual = [{t: m["mmps_residual/max"] for t, m in s["by_time"].items()} for s in (summary, fresh_summary)]
     assert residual[0] == residual[1] and summary["mmps_residual/max"] == fresh_summary["mmps_residual/max"]
     assert yaml.safe_load((grown / "config.yaml").read_text())["ensemble"]["members"] == 16
+
+    # MLflow: the grow is a new run (params cannot change), tagged with the run it grew from, in
+    # the same experiment; each run has one metric history, the new one the 16-member values.
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    new, old = client.get_run(summary["run_id"]), client.get_run(old_id)
+    assert new.info.run_id != old_id and new.data.tags["grown_from"] == old_id
+    assert new.info.experiment_id == old.info.experiment_id and new.info.run_name == old.info.run_name
+    assert (new.data.params["ensemble.members"], old.data.params["ensemble.members"]) == ("16", "8")
+    assert new.data.tags["members"] == "16" and new.info.status == old.info.status == "FINISHED"
+    for run in (new, old):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "rmse/T850")] == [0]
+    assert client.get_metric_history(new.info.run_id, "rmse/T850")[0].value == pytest.approx(fresh_summary["rmse/T850"])
+    assert json.loads((grown / "run_state.json").read_text())["run_id"] == new.info.run_id
 
     # Fewer members than the run has: one error line, nothing touched.
     stamp = {p: p.stat().st_mtime_ns for p in grown.rglob("*") if p.is_file()}
