@@ -11,8 +11,8 @@ the sweep are children (tag `mlflow.parentRunId`) of one parent run in one exper
 in `DIR/mlflow.db` unless `tracking.uri` (or MLFLOW_TRACKING_URI) says otherwise.
 
 Outputs: `sweep.json` (the plan, for `--resume`), `sweep.parquet` and `sweep.csv` (one row per
-run: a typed column per swept key, a column per summary.json metric, `run_dir`, `run_id`) and
-`sweep.html` (metric-vs-parameter plots and the table).
+run: a typed column per swept key, `members`, a column per summary.json metric, `run_dir`,
+`run_id`) and `sweep.html` (every metric against every swept key, and the table).
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from ensemble_da.io import STORE_NAME
 
 from actors.run_state import write_json
 
-__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "SWEEP_FILE"]
+__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "sweep_table", "metric_families",
+           "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
-# Metric families plotted in sweep.html (every summary metric is in the table).
-PLOTTED = ("rmse/", "spread/", "ssr/", "crps/", "oa_rmse/", "heldout_oa_rmse/", "exact_mean_err/", "exact_var_ratio/")
 
 
 @dataclass
@@ -298,8 +297,18 @@ def _progress(enabled: bool, total: int):
         yield (lambda d, text: prog.update(task, completed=d, description=text)), console
 
 
+def _members(run: SweepRun) -> int:
+    """Members of the run as it is on disk (its resolved config.yaml: a run grown after the sweep
+    has more than planned), else as planned."""
+    path = run.out_dir / "config.yaml"
+    if run.finished and path.is_file():
+        return int(yaml.safe_load(path.read_text())["ensemble"]["members"])
+    return run.config.ensemble.members
+
+
 def sweep_table(plan: SweepPlan):
-    """One row per run: the swept keys (typed), every numeric summary.json metric, run_dir, run_id."""
+    """One row per run: the swept keys (typed), status, error, `members`, every numeric
+    summary.json metric (`qc/*` counts as integers), run_dir, run_id."""
     import pandas as pd
 
     rows = []
@@ -307,16 +316,17 @@ def sweep_table(plan: SweepPlan):
     for run in plan.runs:
         if run.index in failures or not run.finished:
             rows.append({**run.params, "status": "failed", "error": failures.get(run.index, "did not finish"),
-                         "run_dir": str(run.out_dir), "run_id": None})
+                         "members": _members(run), "run_dir": str(run.out_dir), "run_id": None})
             continue
         summary = json.loads((run.out_dir / "summary.json").read_text())
         metrics = {k: v for k, v in summary.items()
                    if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({**run.params, "status": "finished", "error": "", **metrics, "run_dir": str(run.out_dir),
-                     "run_id": summary.get("run_id")})
+        rows.append({**run.params, "status": "finished", "error": "", "members": _members(run), **metrics,
+                     "run_dir": str(run.out_dir), "run_id": summary.get("run_id")})
     table = pd.DataFrame(rows)
-    table = table[[*plan.grid, "status", "error", *[c for c in table.columns
-                                                    if c not in plan.grid and c not in ("status", "error")]]]
+    first = [*plan.grid, "status", "error", "members"]
+    table = table[[*first, *[c for c in table.columns if c not in first]]]
+    table["members"] = table["members"].astype("int64")
     for key in plan.grid:  # typed: ints stay integers, strings strings
         values = [r.params[key] for r in plan.runs]
         if all(isinstance(v, bool) for v in values):
@@ -327,6 +337,10 @@ def sweep_table(plan: SweepPlan):
             table[key] = table[key].astype("float64")
         else:
             table[key] = table[key].map(lambda v: v if isinstance(v, str) else json.dumps(v)).astype(str)
+    for col in [c for c in table.columns if c.startswith("qc/")]:  # counts: int64 (Int64 beside a failed run's NaN)
+        known = table[col].dropna()
+        if (known == known.round()).all():
+            table[col] = table[col].astype("Int64" if table[col].isna().any() else "int64")
     return table
 
 
@@ -336,37 +350,63 @@ def write_outputs(plan: SweepPlan, table) -> None:
     (plan.out_dir / "sweep.html").write_text(sweep_html(plan, table))
 
 
+def metric_families(table) -> dict[str, list[str]]:
+    """The table's numeric summary metrics by family (the name before the first `/`), in column
+    order: {"rmse": ["rmse/T850", ...], "qc": ["qc/read", ...], ...}."""
+    import pandas as pd
+
+    families: dict[str, list[str]] = {}
+    for col in table.columns:
+        if "/" in col and pd.api.types.is_numeric_dtype(table[col]):
+            families.setdefault(col.split("/", 1)[0], []).append(col)
+    return families
+
+
 def sweep_html(plan: SweepPlan, table) -> str:
-    """Metric-vs-parameter panels (one per plotted metric and swept key), then the table."""
+    """Per swept key, a grid of metric-vs-value panels (a row per metric family, a panel per
+    metric of it: every numeric summary metric), then the table."""
+    import collections
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [c for c in table.columns if any(c.startswith(p) for p in PLOTTED)]
+    families = metric_families(table)
+    # A row of panels per family, as wide as the commonest family (the channels), 3 to 6 panels.
+    ncol = min(6, max(3, collections.Counter(len(m) for m in families.values()).most_common(1)[0][0])) \
+        if families else 0
+    cells = []  # (row, column, metric)
+    for metrics in families.values():
+        row0 = cells[-1][0] + 1 if cells else 0
+        cells += [(row0 + i // ncol, i % ncol, m) for i, m in enumerate(metrics)]
     keys = list(plan.grid)
     parts = [f"<h1>Sweep: {len(table)} runs</h1>"]
     for key in keys:
-        if not metrics:
+        if not cells:
             break
         others = [k for k in keys if k != key]
-        ncol = min(4, len(metrics))
-        nrow = -(-len(metrics) // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
-        groups = table.groupby(others) if others else [((), table)]
-        for ax, metric in zip(axes.flat, metrics):
+        nrow = cells[-1][0] + 1
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
+        groups = list(table.groupby(others)) if others else [((), table)]
+        used = set()
+        for r, c, metric in cells:
+            ax = axes[r, c]
+            used.add((r, c))
             for label, sub in groups:
                 sub = sub.sort_values(key)
                 lab = ", ".join(f"{k}={v}" for k, v in zip(others, label if isinstance(label, tuple) else (label,)))
-                ax.plot(sub[key].astype(str) if sub[key].dtype == object else sub[key], sub[metric], "o-",
-                        label=lab or None)
+                ax.plot(sub[key].astype(str) if sub[key].dtype == object else sub[key],
+                        sub[metric].astype("float64"), "o-", label=lab or None)
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel(key, fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(metrics):]:
-            ax.axis("off")
+        for r in range(nrow):
+            for c in range(ncol):
+                if (r, c) not in used:
+                    axes[r, c].axis("off")
         if others:
-            axes.flat[0].legend(fontsize=6)
+            axes[0, 0].legend(fontsize=6)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)

@@ -114,7 +114,7 @@ def sweep(
             print(f"error: interrupted; the finished runs are kept: continue with {again}", file=sys.stderr)
             raise typer.Exit(130) from None
         keys = list(plan.grid)
-        shown = keys + ["status"] + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
+        shown = keys + ["status", "members"] + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
         print(table[shown].to_string(index=False))
         print(f"sweep directory: {out} (sweep.parquet, sweep.csv, sweep.html)")
         if plan.failures:

@@ -262,6 +262,9 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(cfg_file, tmp_path):
     assert list(table["status"]) == ["failed", "finished"]
     assert "'Q700' is not a channel" in table["error"][0] and table["error"][1] == ""
     assert np.isnan(table["rmse/T850"][0]) and np.isfinite(table["rmse/T850"][1])
+    # Counts stay integers beside the failed run's missing value; members is known for both.
+    assert table["qc/read"].dtype == pd.Int64Dtype() and pd.isna(table["qc/read"][0]) and table["qc/read"][1] == 40
+    assert table["members"].dtype == np.int64 and list(table["members"]) == [4, 4]
     assert (out / "runs" / "01" / "summary.json").is_file()
     again = invoke("sweep", config, "--out", out, "--resume")
     assert again.exit_code == 2 and "1 of 2 sweep runs failed: runs/00" in again.output
