@@ -2,7 +2,8 @@
 
 A sweep is planned first: the grid (`--grid KEY=V1,V2,...`, values parsed as YAML, or a
 `sweep:` section of the config file) is expanded into its combinations and every combination's
-config is validated, so an unknown key, a value the config rejects or an empty list is one
+config (CONFIG, then the `--set` overrides, then the grid values) is validated, so an unknown key,
+a value the config rejects, an empty list or a swept sigma of a channel no run observes is one
 `InputError` before anything runs. Then the runs go one after another through `run_pipeline`
 into `DIR/runs/<NN>/` (each a complete run directory, the members those of a standalone run
 with the same settings), inside ONE Ray session when the configs use `cluster.address: local`
@@ -61,6 +62,8 @@ class SweepPlan:
     runs: list[SweepRun]
     tracking_uri: str
     experiment: str
+    # The `--set KEY=VALUE` overrides, applied to the config before the grid.
+    overrides: list[str] = field(default_factory=list)
     # Runs that failed in the last `run_sweep` (index → the one-line error).
     failures: dict[int, str] = field(default_factory=dict)
 
@@ -128,27 +131,75 @@ def _read_tree(config_path: Path | None) -> tuple[dict, dict[str, list], str]:
     return tree, grid, str(path)
 
 
-def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[str]) -> RunConfig:
-    """The config of one combination; an error names the `--grid` item, or the file's `sweep:`
-    section for the keys in `from_file`."""
+def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[str],
+              overrides: Sequence[str] = ()) -> RunConfig:
+    """The config of one combination: `tree`, then the `--set` `overrides`, then the grid values.
+    An error names the `--grid` item (the file's `sweep:` section for the keys in `from_file`), or
+    the `--set` it came from."""
     import copy
 
-    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    grid_overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
     t = copy.deepcopy(tree)
     try:
-        apply_overrides(t, overrides)
-        return validate_tree(RunConfig, t, source, overrides)
+        apply_overrides(t, [*overrides, *grid_overrides])
+        return validate_tree(RunConfig, t, source, [*overrides, *grid_overrides])
     except InputError as exc:
         text = str(exc)
         for key in params:
             if text.startswith(f"--set {key}:"):
                 where = f"{source}: sweep: {key}:" if key in from_file else f"--grid {key}:"
                 raise InputError(where + text[len(f"--set {key}:"):]) from None
-        raise InputError(text.replace("--set ", "--grid ")) from None
+        raise
 
 
-def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path, resume: bool = False) -> SweepPlan:
-    """Expand and validate the sweep (InputError before anything runs or is written)."""
+def _align_grid(grid: dict[str, list], stored: dict[str, list], out_dir: Path) -> dict[str, list]:
+    """For `--resume`: `grid` in the order of the sweep's own `stored` grid (its keys and values),
+    so each combination keeps its run directory; InputError naming the keys or values that differ."""
+    def show(values: list) -> str:
+        return ",".join(json.dumps(v) for v in values)
+
+    problems = [f"{k}={show(v)} is not in the sweep's grid" for k, v in grid.items() if k not in stored]
+    problems += [f"the sweep's grid has {k}={show(v)}, not given here" for k, v in stored.items() if k not in grid]
+    problems += [f"{k}={show(grid[k])} here but {k}={show(v)} in the sweep" for k, v in stored.items()
+                 if k in grid and (len(grid[k]) != len(v) or any(x not in v for x in grid[k]))]
+    if problems:
+        raise InputError(f"--resume: the grid differs from the sweep in {out_dir}: {'; '.join(problems)}; "
+                         f"resume with the sweep's grid (or --resume --out {out_dir} alone)")
+    return {k: sorted(grid[k], key=v.index) for k, v in stored.items()}
+
+
+def _sigma_channel(key: str, config: RunConfig) -> tuple[str, list[str]] | None:
+    """(channel, that set's `observations.channels`) when `key` is an observation set's
+    `sigma.<channel>` (`observations.sigma.T850`, `observations.<set>.sigma.T850`), else None."""
+    parts = key.split(".")
+    if parts[0] != "observations" or len(parts) not in (3, 4) or parts[-2] != "sigma":
+        return None
+    sets = config.observation_sets()
+    if len(parts) == 4:
+        names = [o.name for o in sets]
+        sets = [sets[names.index(parts[1]) if parts[1] in names else int(parts[1])]]
+    return parts[-1], list(sets[0].channels)
+
+
+def _refuse_ineffective(runs: list["SweepRun"], source: str, from_file: set[str]) -> None:
+    """A swept `observations.sigma.<C>` of a channel no run observes is ignored by every run (the
+    observations' errors are looked up for `observations.channels` only), so its values would give
+    identical runs: InputError. Checked on the configs alone (no prior is built)."""
+    for key in runs[0].params:
+        found = [_sigma_channel(key, r.config) for r in runs]
+        if found[0] is None or any(ch in channels for ch, channels in found):
+            continue
+        ch, channels = found[0]
+        where = f"{source}: sweep: {key}:" if key in from_file else f"--grid {key}:"
+        raise InputError(f"{where} {ch!r} is not an observed channel (observations.channels: {channels}), so every "
+                         "run ignores this sigma and its values would give identical runs; sweep the sigma of an "
+                         "observed channel")
+
+
+def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path, resume: bool = False,
+               overrides: Sequence[str] = ()) -> SweepPlan:
+    """Expand and validate the sweep (InputError before anything runs or is written). `overrides`
+    (`--set KEY=VALUE`) apply to the config before the grid, as for `ensemble-da run`."""
     if resume and not (out_dir / SWEEP_FILE).is_file():
         raise InputError(f"--resume: {out_dir} is not a sweep directory (no {SWEEP_FILE})")
     tree, grid, source = _read_tree(config_path)
@@ -156,8 +207,9 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     for key, values in parse_grid(grid_items).items():
         grid[key] = values  # the command line wins over the file's sweep: section
         from_file.discard(key)
-    if not grid and (out_dir / SWEEP_FILE).is_file():  # `--resume --out DIR` alone: the sweep's own grid
-        grid = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
+    if resume:
+        stored = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
+        grid = _align_grid(grid, stored, out_dir) if grid else stored  # `--resume --out DIR` alone: its own grid
     if not grid:
         raise InputError("sweep: no grid (give --grid KEY=V1,V2,... or a sweep: section in the config file)")
     keys = list(grid)
@@ -166,18 +218,20 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     width = max(2, len(str(len(combos) - 1)))
     for i, combo in enumerate(combos):
         params = dict(zip(keys, combo))
-        cfg = _validate(tree, params, source, from_file)
+        cfg = _validate(tree, params, source, from_file, overrides)
         runs.append(SweepRun(i, params, cfg, out_dir / "runs" / f"{i:0{width}d}"))
+    _refuse_ineffective(runs, source, from_file)
     from ensemble_da.tracking import resolve_tracking_uri
 
     first = runs[0].config
     uri = resolve_tracking_uri(first.tracking.uri, out_dir)
-    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment)
+    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment, list(overrides))
 
 
 def _plan_record(plan: SweepPlan) -> dict[str, Any]:
-    return {"grid": plan.grid, "runs": [{"index": r.index, "params": r.params, "run_dir": str(r.out_dir),
-                                         "config": r.config.to_yaml()} for r in plan.runs]}
+    return {"grid": plan.grid, "set": plan.overrides,
+            "runs": [{"index": r.index, "params": r.params, "run_dir": str(r.out_dir), "config": r.config.to_yaml()}
+                     for r in plan.runs]}
 
 
 def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
@@ -186,9 +240,14 @@ def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"--resume: {plan.out_dir} is not a sweep directory (no {SWEEP_FILE})")
         stored = json.loads(path.read_text())
-        if [r["config"] for r in stored["runs"]] != [r.config.to_yaml() for r in plan.runs]:
-            raise InputError(f"--resume: the grid or config differs from the sweep in {plan.out_dir} "
-                             f"(see its {SWEEP_FILE})")
+        from actors.checks import config_difference
+
+        for then, run in zip(stored["runs"], plan.runs):  # the grid is the sweep's own (`_align_grid`)
+            diff = config_difference(yaml.safe_load(then["config"]), yaml.safe_load(run.config.to_yaml()))
+            if diff is not None:
+                key, was, now = diff
+                raise InputError(f"--resume: config key {key!r} is {now!r} but the sweep in {plan.out_dir} used "
+                                 f"{was!r} (run {run.out_dir.name}); resume with the same config and --set")
         return stored
     if plan.out_dir.exists() and (not plan.out_dir.is_dir() or any(plan.out_dir.iterdir())):
         raise InputError(f"output directory {plan.out_dir} already exists; choose another --out or add --resume")
