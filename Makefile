@@ -9,7 +9,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench
+.PHONY: demo test bench venv-python
 
 # The report test drives Debian's Chromium over WebDriver (never a downloaded browser build);
 # installed from the system's package registry when missing (root, or sudo).
@@ -18,7 +18,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
-$(STAMP): pyproject.toml
+# An existing $(VENV) of another Python version than $(PYTHON) would be reused as it is (the stamp
+# is up to date): stop instead. Order-only, so it runs every time without forcing a reinstall.
+venv-python:
+	@if [ -x $(VENV)/bin/python ]; then \
+	  have=$$($(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+	    || { echo "error: PYTHON=$(PYTHON) is not a Python interpreter on this machine" >&2; exit 2; }; \
+	  [ "$$have" = "$$want" ] || { echo "error: $(VENV) was made with Python $$have but PYTHON=$(PYTHON) is Python $$want; remove $(VENV) (rm -rf $(VENV)) to rebuild it with $(PYTHON), or keep it with PYTHON=python$$have" >&2; exit 2; }; \
+	fi
+
+$(STAMP): pyproject.toml | venv-python
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q '$(TORCH)' 2>/dev/null \

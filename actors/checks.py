@@ -18,8 +18,8 @@ from ensemble_da.config import RunConfig, config_from_tree
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME
 
-__all__ = ["RESUME_FREE_KEYS", "check_time_mode", "check_cluster", "check_out_dir", "check_resume_config", "input_identity",
-           "check_resume_inputs"]
+__all__ = ["RESUME_FREE_KEYS", "check_time_mode", "check_cluster", "check_out_dir", "check_resume_config",
+           "config_difference", "input_identity", "check_resume_inputs"]
 
 # Config keys that may change between a run and its `--resume`: where it runs and where it is
 # tracked. Everything else decides the members (and the store's chunking) and must match.
@@ -134,17 +134,24 @@ def _stored_config(out_dir: Path) -> RunConfig:
     return config_from_tree(tree or {}, str(path))
 
 
+def config_difference(then: dict, now: dict, skip: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
+    """The first dotted key (sorted) whose value differs between two config trees, with its value
+    in `then` and in `now` (None where absent); keys starting with one of `skip` are left out."""
+    a, b = _flat(then), _flat(now)
+    for key in sorted(set(a) | set(b)):
+        if not key.startswith(skip) and a.get(key) != b.get(key):
+            return key, a.get(key), b.get(key)
+    return None
+
+
 def check_resume_config(given: RunConfig, out_dir: Path, free: tuple[str, ...] = ()) -> None:
     """`--resume` must use the config of the run in `out_dir`, except RESUME_FREE_KEYS (and `free`)."""
-    a, b = _flat(_stored_config(out_dir).model_dump(mode="json")), _flat(given.model_dump(mode="json"))
-    for key in sorted(set(a) | set(b)):
-        if key.startswith(RESUME_FREE_KEYS + tuple(free)):
-            continue
-        if a.get(key) != b.get(key):
-            raise InputError(
-                f"--resume: config key {key!r} is {b.get(key)!r} but the run in {out_dir} used "
-                f"{a.get(key)!r}; resume with the same config"
-            )
+    diff = config_difference(_stored_config(out_dir).model_dump(mode="json"), given.model_dump(mode="json"),
+                             RESUME_FREE_KEYS + tuple(free))
+    if diff is not None:
+        key, then, now = diff
+        raise InputError(f"--resume: config key {key!r} is {now!r} but the run in {out_dir} used {then!r}; "
+                         "resume with the same config")
 
 
 # What a prior's `meta` says about where its numbers come from (weights file, training or fitting data).

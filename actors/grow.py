@@ -4,8 +4,9 @@ A member depends only on (seed, time, member) (DESIGN.md §3), so a finished M-m
 N > M members by sampling members M..N-1 only: the store's member dimension is resized (the first
 M members stay byte for byte as they are), the store is marked incomplete again, and the resume
 then merges the members on disk with the new ones (`Aggregator.catch_up`) and recomputes every
-statistic, score, figure, the report and summary.json for the whole ensemble. The MLflow run is
-continued and each time's metrics are logged again for the grown ensemble.
+statistic, score, figure, the report and summary.json for the whole ensemble. The grown ensemble
+gets a new MLflow run (params cannot change in MLflow; one metric history per ensemble), tagged
+`grown_from` the old one and keeping its name and sweep parent (`Tracker(grown_from=...)`).
 
 Checked before anything is touched: N < M is refused; so is a time-aware mode (its members carry
 states between times) and any other config change than `ensemble.members`.

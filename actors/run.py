@@ -146,8 +146,8 @@ def run_pipeline(
                 store = grow_store(store, config, out_dir)
             state = RunState(out_dir)
             if grow_from is not None:
-                state.data["logged_times"] = []  # the grown ensemble's metrics are logged again
-            tracker = _start_tracking(config, out_dir, state, tags)
+                state.data["logged_times"] = []  # the grown ensemble's metrics go to a new MLflow run
+            tracker = _start_tracking(config, out_dir, state, tags, grow=grow_from is not None)
         time_aware = config.mode != "analysis"
 
         if config.mode == "cycle":
@@ -300,12 +300,16 @@ def _exact_references(config: RunConfig, prior, observations) -> ExactReference 
     return ExactReference(*rts_smoother(prior, ops).physical(prior))
 
 
-def _start_tracking(config: RunConfig, out_dir: Path, state: RunState, tags: dict[str, str] | None = None):
-    """The run's MLflow run (continued on `--resume` when tracked at the same URI), params and tags."""
+def _start_tracking(config: RunConfig, out_dir: Path, state: RunState, tags: dict[str, str] | None = None,
+                    grow: bool = False):
+    """The run's MLflow run (continued on `--resume` when tracked at the same URI; a new one that
+    replaces it when the ensemble `grow`s), params and tags."""
     from ensemble_da.tracking import Tracker, flatten, resolve_tracking_uri, run_tags
 
     uri = resolve_tracking_uri(config.tracking.uri, out_dir)
-    tracker = Tracker(uri, config.tracking.experiment, config.run_name, out_dir, run_id=state.run_id_for(uri))
+    previous = state.run_id_for(uri)
+    tracker = Tracker(uri, config.tracking.experiment, config.run_name, out_dir,
+                      run_id=None if grow else previous, grown_from=previous if grow else None)
     state.set_tracking(uri, tracker.run_id)
     tree = config.model_dump(mode="json")
     tracker.log_params(flatten(tree))

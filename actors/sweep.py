@@ -2,7 +2,8 @@
 
 A sweep is planned first: the grid (`--grid KEY=V1,V2,...`, values parsed as YAML, or a
 `sweep:` section of the config file) is expanded into its combinations and every combination's
-config is validated, so an unknown key, a value the config rejects or an empty list is one
+config (CONFIG, then the `--set` overrides, then the grid values) is validated, so an unknown key,
+a value the config rejects, an empty list or a swept sigma of a channel no run observes is one
 `InputError` before anything runs. Then the runs go one after another through `run_pipeline`
 into `DIR/runs/<NN>/` (each a complete run directory, the members those of a standalone run
 with the same settings), inside ONE Ray session when the configs use `cluster.address: local`
@@ -11,8 +12,8 @@ the sweep are children (tag `mlflow.parentRunId`) of one parent run in one exper
 in `DIR/mlflow.db` unless `tracking.uri` (or MLFLOW_TRACKING_URI) says otherwise.
 
 Outputs: `sweep.json` (the plan, for `--resume`), `sweep.parquet` and `sweep.csv` (one row per
-run: a typed column per swept key, a column per summary.json metric, `run_dir`, `run_id`) and
-`sweep.html` (metric-vs-parameter plots and the table).
+run: a typed column per swept key, `members`, a column per summary.json metric, `run_dir`,
+`run_id`) and `sweep.html` (every metric against every swept key, and the table).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ from actors.ray_backend.pool import ReplicaPool
 from actors.run_state import write_json
 from actors.session_cache import SessionCache
 
-__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "SWEEP_FILE"]
+__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "sweep_table", "metric_families",
+           "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
-# Metric families plotted in sweep.html (every summary metric is in the table).
-PLOTTED = ("rmse/", "spread/", "ssr/", "crps/", "oa_rmse/", "heldout_oa_rmse/", "exact_mean_err/", "exact_var_ratio/")
 
 
 @dataclass
@@ -64,6 +64,8 @@ class SweepPlan:
     runs: list[SweepRun]
     tracking_uri: str
     experiment: str
+    # The `--set KEY=VALUE` overrides, applied to the config before the grid.
+    overrides: list[str] = field(default_factory=list)
     # Runs that failed in the last `run_sweep` (index → the one-line error).
     failures: dict[int, str] = field(default_factory=dict)
 
@@ -131,27 +133,75 @@ def _read_tree(config_path: Path | None) -> tuple[dict, dict[str, list], str]:
     return tree, grid, str(path)
 
 
-def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[str]) -> RunConfig:
-    """The config of one combination; an error names the `--grid` item, or the file's `sweep:`
-    section for the keys in `from_file`."""
+def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[str],
+              overrides: Sequence[str] = ()) -> RunConfig:
+    """The config of one combination: `tree`, then the `--set` `overrides`, then the grid values.
+    An error names the `--grid` item (the file's `sweep:` section for the keys in `from_file`), or
+    the `--set` it came from."""
     import copy
 
-    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    grid_overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
     t = copy.deepcopy(tree)
     try:
-        apply_overrides(t, overrides)
-        return validate_tree(RunConfig, t, source, overrides)
+        apply_overrides(t, [*overrides, *grid_overrides])
+        return validate_tree(RunConfig, t, source, [*overrides, *grid_overrides])
     except InputError as exc:
         text = str(exc)
         for key in params:
             if text.startswith(f"--set {key}:"):
                 where = f"{source}: sweep: {key}:" if key in from_file else f"--grid {key}:"
                 raise InputError(where + text[len(f"--set {key}:"):]) from None
-        raise InputError(text.replace("--set ", "--grid ")) from None
+        raise
 
 
-def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path, resume: bool = False) -> SweepPlan:
-    """Expand and validate the sweep (InputError before anything runs or is written)."""
+def _align_grid(grid: dict[str, list], stored: dict[str, list], out_dir: Path) -> dict[str, list]:
+    """For `--resume`: `grid` in the order of the sweep's own `stored` grid (its keys and values),
+    so each combination keeps its run directory; InputError naming the keys or values that differ."""
+    def show(values: list) -> str:
+        return ",".join(json.dumps(v) for v in values)
+
+    problems = [f"{k}={show(v)} is not in the sweep's grid" for k, v in grid.items() if k not in stored]
+    problems += [f"the sweep's grid has {k}={show(v)}, not given here" for k, v in stored.items() if k not in grid]
+    problems += [f"{k}={show(grid[k])} here but {k}={show(v)} in the sweep" for k, v in stored.items()
+                 if k in grid and (len(grid[k]) != len(v) or any(x not in v for x in grid[k]))]
+    if problems:
+        raise InputError(f"--resume: the grid differs from the sweep in {out_dir}: {'; '.join(problems)}; "
+                         f"resume with the sweep's grid (or --resume --out {out_dir} alone)")
+    return {k: sorted(grid[k], key=v.index) for k, v in stored.items()}
+
+
+def _sigma_channel(key: str, config: RunConfig) -> tuple[str, list[str]] | None:
+    """(channel, that set's `observations.channels`) when `key` is an observation set's
+    `sigma.<channel>` (`observations.sigma.T850`, `observations.<set>.sigma.T850`), else None."""
+    parts = key.split(".")
+    if parts[0] != "observations" or len(parts) not in (3, 4) or parts[-2] != "sigma":
+        return None
+    sets = config.observation_sets()
+    if len(parts) == 4:
+        names = [o.name for o in sets]
+        sets = [sets[names.index(parts[1]) if parts[1] in names else int(parts[1])]]
+    return parts[-1], list(sets[0].channels)
+
+
+def _refuse_ineffective(runs: list["SweepRun"], source: str, from_file: set[str]) -> None:
+    """A swept `observations.sigma.<C>` of a channel no run observes is ignored by every run (the
+    observations' errors are looked up for `observations.channels` only), so its values would give
+    identical runs: InputError. Checked on the configs alone (no prior is built)."""
+    for key in runs[0].params:
+        found = [_sigma_channel(key, r.config) for r in runs]
+        if found[0] is None or any(ch in channels for ch, channels in found):
+            continue
+        ch, channels = found[0]
+        where = f"{source}: sweep: {key}:" if key in from_file else f"--grid {key}:"
+        raise InputError(f"{where} {ch!r} is not an observed channel (observations.channels: {channels}), so every "
+                         "run ignores this sigma and its values would give identical runs; sweep the sigma of an "
+                         "observed channel")
+
+
+def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Path, resume: bool = False,
+               overrides: Sequence[str] = ()) -> SweepPlan:
+    """Expand and validate the sweep (InputError before anything runs or is written). `overrides`
+    (`--set KEY=VALUE`) apply to the config before the grid, as for `ensemble-da run`."""
     if resume and not (out_dir / SWEEP_FILE).is_file():
         raise InputError(f"--resume: {out_dir} is not a sweep directory (no {SWEEP_FILE})")
     tree, grid, source = _read_tree(config_path)
@@ -159,8 +209,9 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     for key, values in parse_grid(grid_items).items():
         grid[key] = values  # the command line wins over the file's sweep: section
         from_file.discard(key)
-    if not grid and (out_dir / SWEEP_FILE).is_file():  # `--resume --out DIR` alone: the sweep's own grid
-        grid = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
+    if resume:
+        stored = dict(json.loads((out_dir / SWEEP_FILE).read_text())["grid"])
+        grid = _align_grid(grid, stored, out_dir) if grid else stored  # `--resume --out DIR` alone: its own grid
     if not grid:
         raise InputError("sweep: no grid (give --grid KEY=V1,V2,... or a sweep: section in the config file)")
     keys = list(grid)
@@ -169,18 +220,20 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     width = max(2, len(str(len(combos) - 1)))
     for i, combo in enumerate(combos):
         params = dict(zip(keys, combo))
-        cfg = _validate(tree, params, source, from_file)
+        cfg = _validate(tree, params, source, from_file, overrides)
         runs.append(SweepRun(i, params, cfg, out_dir / "runs" / f"{i:0{width}d}"))
+    _refuse_ineffective(runs, source, from_file)
     from ensemble_da.tracking import resolve_tracking_uri
 
     first = runs[0].config
     uri = resolve_tracking_uri(first.tracking.uri, out_dir)
-    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment)
+    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment, list(overrides))
 
 
 def _plan_record(plan: SweepPlan) -> dict[str, Any]:
-    return {"grid": plan.grid, "runs": [{"index": r.index, "params": r.params, "run_dir": str(r.out_dir),
-                                         "config": r.config.to_yaml()} for r in plan.runs]}
+    return {"grid": plan.grid, "set": plan.overrides,
+            "runs": [{"index": r.index, "params": r.params, "run_dir": str(r.out_dir), "config": r.config.to_yaml()}
+                     for r in plan.runs]}
 
 
 def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
@@ -189,9 +242,14 @@ def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"--resume: {plan.out_dir} is not a sweep directory (no {SWEEP_FILE})")
         stored = json.loads(path.read_text())
-        if [r["config"] for r in stored["runs"]] != [r.config.to_yaml() for r in plan.runs]:
-            raise InputError(f"--resume: the grid or config differs from the sweep in {plan.out_dir} "
-                             f"(see its {SWEEP_FILE})")
+        from actors.checks import config_difference
+
+        for then, run in zip(stored["runs"], plan.runs):  # the grid is the sweep's own (`_align_grid`)
+            diff = config_difference(yaml.safe_load(then["config"]), yaml.safe_load(run.config.to_yaml()))
+            if diff is not None:
+                key, was, now = diff
+                raise InputError(f"--resume: config key {key!r} is {now!r} but the sweep in {plan.out_dir} used "
+                                 f"{was!r} (run {run.out_dir.name}); resume with the same config and --set")
         return stored
     if plan.out_dir.exists() and (not plan.out_dir.is_dir() or any(plan.out_dir.iterdir())):
         raise InputError(f"output directory {plan.out_dir} already exists; choose another --out or add --resume")
@@ -306,8 +364,18 @@ def _progress(enabled: bool, total: int):
         yield (lambda d, text: prog.update(task, completed=d, description=text)), console
 
 
+def _members(run: SweepRun) -> int:
+    """Members of the run as it is on disk (its resolved config.yaml: a run grown after the sweep
+    has more than planned), else as planned."""
+    path = run.out_dir / "config.yaml"
+    if run.finished and path.is_file():
+        return int(yaml.safe_load(path.read_text())["ensemble"]["members"])
+    return run.config.ensemble.members
+
+
 def sweep_table(plan: SweepPlan):
-    """One row per run: the swept keys (typed), every numeric summary.json metric, run_dir, run_id."""
+    """One row per run: the swept keys (typed), status, error, `members`, every numeric
+    summary.json metric (`qc/*` counts as integers), run_dir, run_id."""
     import pandas as pd
 
     rows = []
@@ -315,16 +383,17 @@ def sweep_table(plan: SweepPlan):
     for run in plan.runs:
         if run.index in failures or not run.finished:
             rows.append({**run.params, "status": "failed", "error": failures.get(run.index, "did not finish"),
-                         "run_dir": str(run.out_dir), "run_id": None})
+                         "members": _members(run), "run_dir": str(run.out_dir), "run_id": None})
             continue
         summary = json.loads((run.out_dir / "summary.json").read_text())
         metrics = {k: v for k, v in summary.items()
                    if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({**run.params, "status": "finished", "error": "", **metrics, "run_dir": str(run.out_dir),
-                     "run_id": summary.get("run_id")})
+        rows.append({**run.params, "status": "finished", "error": "", "members": _members(run), **metrics,
+                     "run_dir": str(run.out_dir), "run_id": summary.get("run_id")})
     table = pd.DataFrame(rows)
-    table = table[[*plan.grid, "status", "error", *[c for c in table.columns
-                                                    if c not in plan.grid and c not in ("status", "error")]]]
+    first = [*plan.grid, "status", "error", "members"]
+    table = table[[*first, *[c for c in table.columns if c not in first]]]
+    table["members"] = table["members"].astype("int64")
     for key in plan.grid:  # typed: ints stay integers, strings strings
         values = [r.params[key] for r in plan.runs]
         if all(isinstance(v, bool) for v in values):
@@ -335,6 +404,10 @@ def sweep_table(plan: SweepPlan):
             table[key] = table[key].astype("float64")
         else:
             table[key] = table[key].map(lambda v: v if isinstance(v, str) else json.dumps(v)).astype(str)
+    for col in [c for c in table.columns if c.startswith("qc/")]:  # counts: int64 (Int64 beside a failed run's NaN)
+        known = table[col].dropna()
+        if (known == known.round()).all():
+            table[col] = table[col].astype("Int64" if table[col].isna().any() else "int64")
     return table
 
 
@@ -344,37 +417,63 @@ def write_outputs(plan: SweepPlan, table) -> None:
     (plan.out_dir / "sweep.html").write_text(sweep_html(plan, table))
 
 
+def metric_families(table) -> dict[str, list[str]]:
+    """The table's numeric summary metrics by family (the name before the first `/`), in column
+    order: {"rmse": ["rmse/T850", ...], "qc": ["qc/read", ...], ...}."""
+    import pandas as pd
+
+    families: dict[str, list[str]] = {}
+    for col in table.columns:
+        if "/" in col and pd.api.types.is_numeric_dtype(table[col]):
+            families.setdefault(col.split("/", 1)[0], []).append(col)
+    return families
+
+
 def sweep_html(plan: SweepPlan, table) -> str:
-    """Metric-vs-parameter panels (one per plotted metric and swept key), then the table."""
+    """Per swept key, a grid of metric-vs-value panels (a row per metric family, a panel per
+    metric of it: every numeric summary metric), then the table."""
+    import collections
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [c for c in table.columns if any(c.startswith(p) for p in PLOTTED)]
+    families = metric_families(table)
+    # A row of panels per family, as wide as the commonest family (the channels), 3 to 6 panels.
+    ncol = min(6, max(3, collections.Counter(len(m) for m in families.values()).most_common(1)[0][0])) \
+        if families else 0
+    cells = []  # (row, column, metric)
+    for metrics in families.values():
+        row0 = cells[-1][0] + 1 if cells else 0
+        cells += [(row0 + i // ncol, i % ncol, m) for i, m in enumerate(metrics)]
     keys = list(plan.grid)
     parts = [f"<h1>Sweep: {len(table)} runs</h1>"]
     for key in keys:
-        if not metrics:
+        if not cells:
             break
         others = [k for k in keys if k != key]
-        ncol = min(4, len(metrics))
-        nrow = -(-len(metrics) // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
-        groups = table.groupby(others) if others else [((), table)]
-        for ax, metric in zip(axes.flat, metrics):
+        nrow = cells[-1][0] + 1
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
+        groups = list(table.groupby(others)) if others else [((), table)]
+        used = set()
+        for r, c, metric in cells:
+            ax = axes[r, c]
+            used.add((r, c))
             for label, sub in groups:
                 sub = sub.sort_values(key)
                 lab = ", ".join(f"{k}={v}" for k, v in zip(others, label if isinstance(label, tuple) else (label,)))
-                ax.plot(sub[key].astype(str) if sub[key].dtype == object else sub[key], sub[metric], "o-",
-                        label=lab or None)
+                ax.plot(sub[key].astype(str) if sub[key].dtype == object else sub[key],
+                        sub[metric].astype("float64"), "o-", label=lab or None)
             ax.set_title(metric, fontsize=9)
             ax.set_xlabel(key, fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(metrics):]:
-            ax.axis("off")
+        for r in range(nrow):
+            for c in range(ncol):
+                if (r, c) not in used:
+                    axes[r, c].axis("off")
         if others:
-            axes.flat[0].legend(fontsize=6)
+            axes[0, 0].legend(fontsize=6)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)

@@ -93,12 +93,14 @@ def run(
 def sweep(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML, may hold a sweep: section (default: the demo)."),
     grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... (values parsed as YAML); repeatable: all combinations."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP + " Applied to CONFIG before the grid."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default runs/sweep-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: run only unfinished runs."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Run every combination of a grid of config values in one session; write DIR/runs/<NN>/, sweep.parquet/.csv/.html."""
     with cli_errors(debug), reader_notes():
+        import shlex
         from datetime import datetime
 
         from actors.sweep import plan_sweep, run_sweep
@@ -106,15 +108,16 @@ def sweep(
         if resume and out is None:
             raise InputError("--resume needs --out DIR (the sweep directory to continue)")
         out = out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        plan = plan_sweep(config, grid, out, resume=resume)
+        plan = plan_sweep(config, grid, out, resume=resume, overrides=set_)
         try:
             table = run_sweep(plan, resume=resume, progress=True)
         except KeyboardInterrupt:
-            again = " ".join(str(a) for a in ("ensemble-da sweep", config or "", "--resume --out", out) if a != "")
+            sets = [f"--set {shlex.quote(item)}" for item in set_]
+            again = " ".join(str(a) for a in ("ensemble-da sweep", config or "", *sets, "--resume --out", out) if a != "")
             print(f"error: interrupted; the finished runs are kept: continue with {again}", file=sys.stderr)
             raise typer.Exit(130) from None
         keys = list(plan.grid)
-        shown = keys + ["status"] + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
+        shown = keys + ["status", "members"] + [c for c in table.columns if c.startswith(("rmse/", "spread/", "ssr/"))][:6]
         print(table[shown].to_string(index=False))
         print(f"sweep directory: {out} (sweep.parquet, sweep.csv, sweep.html)")
         if plan.failures:

@@ -133,6 +133,16 @@ def _nugget_range(v: float) -> float:
 Nugget = Annotated[float, AfterValidator(_nugget_range)]
 
 
+def _positive_std(v: float) -> float:
+    if not v > 0:
+        raise ValueError("must be > 0 (a standard deviation)")
+    return v
+
+
+# A channel's prior std (physical units), > 0: `model.std.T850`.
+PositiveStd = Annotated[float, AfterValidator(_positive_std)]
+
+
 class KernelModelConfig(_ModelBase):
     """The §4 Gaussian kernel prior's settings (`ensemble_da.priors.gaussian`): per-channel `mean`
     and `std` (physical units), a Gaussian kernel of `length_scale_km`, a `channel_correlation`
@@ -142,7 +152,7 @@ class KernelModelConfig(_ModelBase):
 
     channels: list[str] = Field(default_factory=_default_channels)
     mean: dict[str, float] | None = None
-    std: dict[str, float] | None = None
+    std: dict[str, PositiveStd] | None = None
     length_scale_km: float = 1500.0
     channel_correlation: list[list[float]] | None = None
     nugget: Nugget = DEFAULT_NUGGET
@@ -953,31 +963,40 @@ def config_from_tree(tree: dict, source: str = "config") -> RunConfig:
 
 
 class _DuplicateKey(Exception):
-    def __init__(self, key: object, first: int, second: int):
+    def __init__(self, key: str, first: int, second: int):
         self.key, self.first, self.second = key, first, second
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently),
+    naming the key's dotted path (`sampler.steps`, `observations[1].name`)."""
 
+    def construct_document(self, node: yaml.Node):
+        self._refuse_duplicates(node, "", set())
+        return super().construct_document(node)
 
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[object, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            if key in seen:
-                raise _DuplicateKey(key, seen[key], line)
-            seen[key] = line
-        except TypeError:  # an unhashable key: construct_mapping says so
-            pass
-    return loader.construct_mapping(node, deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+    def _refuse_duplicates(self, node: yaml.Node, path: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias: checked where its anchor is
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._refuse_duplicates(item, f"{path}[{i}]", visited)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                dotted = f"{path}.{key}" if path else str(key)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(dotted, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: construct_mapping says so
+                    pass
+                self._refuse_duplicates(value_node, dotted, visited)
 
 
 def read_yaml_file(path: str | Path, what: str = "config file") -> dict:

@@ -8,6 +8,10 @@ at once): creating the schema and the experiment happens under a file lock besid
 (`<db>.lock`), since MLflow's own schema creation is not safe against a second process
 (`table … already exists`).
 
+A grown ensemble (`--resume --set ensemble.members=N`) gets a new MLflow run (`Tracker(...,
+grown_from=old_run_id)`): params cannot change in MLflow, and a second batch of metrics at the
+same steps would mix two ensembles in one history.
+
 Only the driver/aggregator uses this. Tracking never stops a run: the first failure (store
 unreachable, bad URI) is recorded in `Tracker.error`, later calls do nothing, and the run
 finishes and says that tracking failed. The store is `tracking.uri`, else MLFLOW_TRACKING_URI,
@@ -22,8 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["Tracker", "flatten", "resolve_tracking_uri", "run_tags", "store_lock"]
+__all__ = ["Tracker", "flatten", "resolve_tracking_uri", "run_tags", "store_lock", "INHERITED_TAGS"]
 
+# Tags a grown run's new MLflow run takes from the run it replaces (with every `sweep.<key>`, and
+# its run name): its place in a sweep.
+INHERITED_TAGS = ("mlflow.parentRunId", "sweep_index")
 MAX_PARAM_LENGTH = 6000
 _BATCH = 100
 # Longest wait for another process creating the same SQLite store (schema creation takes ~1 s).
@@ -95,9 +102,14 @@ class Tracker:
         The run directory (artifact root of a default SQLite store).
     run_id : str, optional
         Continue this MLflow run (`--resume`) instead of starting a new one.
+    grown_from : str, optional
+        Start a new run that replaces this one (a grown ensemble: params cannot change, and one
+        metric history per run): in its experiment, with its name, its `INHERITED_TAGS` (sweep
+        parent and tags) and the tag `grown_from`.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, run_dir: Path, run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, run_name: str, run_dir: Path, run_id: str | None = None,
+                 grown_from: str | None = None):
         self.uri = uri
         self.run_id: str | None = None
         self.error: str | None = None
@@ -113,7 +125,10 @@ class Tracker:
 
             with store_lock(uri):
                 self.client = MlflowClient(tracking_uri=uri)
-                self._start(experiment, run_name, run_dir, run_id)
+                if grown_from is None or not self._follow(grown_from):
+                    self._start(experiment, run_name, run_dir, run_id)
+                    if grown_from is not None:  # a run the store does not know: still say what it grew from
+                        self.client.set_tag(self.run_id, "grown_from", grown_from)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the run
             self._fail(exc)
 
@@ -136,6 +151,18 @@ class Tracker:
         else:
             exp_id = exp.experiment_id
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+
+    def _follow(self, old_id: str) -> bool:
+        """A new run in `old_id`'s experiment, with its inherited tags and `grown_from`; False when
+        the store does not know `old_id`."""
+        try:
+            old = self.client.get_run(old_id)
+        except Exception:  # noqa: BLE001 - deleted, or another store
+            return False
+        tags = {k: v for k, v in old.data.tags.items() if k in INHERITED_TAGS or k.startswith("sweep.")}
+        self.run_id = self.client.create_run(old.info.experiment_id, tags={**tags, "grown_from": old_id},
+                                             run_name=old.info.run_name).info.run_id
+        return True
 
     @property
     def ok(self) -> bool:

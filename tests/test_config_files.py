@@ -1,6 +1,6 @@
-"""What a study's hand-edited configs and CMIP files meet, through the CLI: a duplicate key, a tab,
-an empty file, a noleap/360_day calendar; each is one `error:` line (exit 2) that names it, or a
-run. And `open_run` gives the observations group."""
+"""What a study's hand-edited configs and CMIP files meet, through the CLI: a duplicate key (named
+by its dotted path), a tab, an empty file, a negative prior std, a noleap/360_day calendar; each
+is one `error:` line (exit 2) that names it, or a run. And `open_run` gives the observations group."""
 
 from __future__ import annotations
 
@@ -30,9 +30,28 @@ def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
     assert "duplicate key 'seed' at line 1 and line 4" in line and "c.yaml" in line
 
 
-def test_nested_duplicate_key(tmp_path):
+def test_nested_duplicate_key_names_its_dotted_path(tmp_path):
     line = _error_line(tmp_path, "model:\n  kind: gaussian\n  nugget: 0.1\n  nugget: 0.2\n")
-    assert "duplicate key 'nugget' at line 3 and line 4" in line
+    assert "duplicate key 'model.nugget' at line 3 and line 4" in line
+    line = _error_line(tmp_path, "run_name: x\nsampler:\n  steps: 8\n  steps: 8\n")
+    assert "duplicate key 'sampler.steps' at line 3 and line 4" in line
+    # In a list of observation sets, the item's index; the same key in two sections is no duplicate.
+    line = _error_line(tmp_path, "observations:\n- name: a\n  num_obs: 5\n- name: b\n  num_obs: 5\n  name: c\n")
+    assert "duplicate key 'observations[1].name' at line 4 and line 6" in line
+
+
+def test_a_negative_prior_std_names_the_channel_key(tmp_path):
+    """Refused by the config (was: `scale must be > 0 for every channel` from the prior, later)."""
+    from ensemble_da.config import model_config
+    from ensemble_da.errors import InputError
+
+    with pytest.raises(InputError, match=r"^model_config: bad value for 'model.std.T850' \(-1.0\): must be > 0"):
+        model_config(kind="gaussian", std={"T850": -1.0})
+    with pytest.raises(InputError, match=r"'model.std.T500' \(0.0\): must be > 0"):
+        model_config(kind="gaussian_markov", rho=0.5, std={"T850": 1.0, "T500": 0.0})
+    assert model_config(kind="gaussian", std={"T850": 0.5}).std == {"T850": 0.5}
+    line = _error_line(tmp_path, "model:\n  kind: gaussian\n  std: {T850: 6.0, T500: -2.0, T300: 4.0}\n")
+    assert "bad value for 'model.std.T500' (-2.0): must be > 0 (a standard deviation)" in line
 
 
 def test_tab_indentation_names_the_line_and_the_tab(tmp_path):

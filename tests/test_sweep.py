@@ -161,6 +161,10 @@ def test_sweep_grid_from_the_config_file(cfg_file, tmp_path):
     (["seed="], "error: --grid seed: empty list of values"),
     (["seed"], "error: --grid expects KEY=V1,V2,..."),
     ([], "error: sweep: no grid"),
+    (["observations.sigma.T999=1,2"], "error: --grid observations.sigma.T999: 'T999' is not an observed channel "
+                                      "(observations.channels: ['T850', 'T500', 'T300']), so every run ignores"),
+    (["observations.channels=[T850]", "observations.sigma.T500=1,2"], "error: --grid observations.sigma.T500: "
+                                                                      "'T500' is not an observed channel"),
 ])
 def test_bad_grid_is_one_error_line_before_anything_runs(grid, needle, cfg_file, tmp_path):
     config = cfg_file()
@@ -177,6 +181,7 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     grown, fresh = tmp_path / "grown", tmp_path / "fresh"
     assert invoke("run", config, "--out", grown).exit_code == 0
     before = open_run(grown).analysis.values.copy()
+    old_id = json.loads((grown / "summary.json").read_text())["run_id"]
     result = invoke("run", "--out", grown, "--resume", "--set", "ensemble.members=16")
     assert result.exit_code == 0, result.output
     assert "8 sampled now" in result.output
@@ -192,6 +197,19 @@ def test_grow_8_to_16_members(cfg_file, tmp_path):
     residual = [{t: m["mmps_residual/max"] for t, m in s["by_time"].items()} for s in (summary, fresh_summary)]
     assert residual[0] == residual[1] and summary["mmps_residual/max"] == fresh_summary["mmps_residual/max"]
     assert yaml.safe_load((grown / "config.yaml").read_text())["ensemble"]["members"] == 16
+
+    # MLflow: the grow is a new run (params cannot change), tagged with the run it grew from, in
+    # the same experiment; each run has one metric history, the new one the 16-member values.
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    new, old = client.get_run(summary["run_id"]), client.get_run(old_id)
+    assert new.info.run_id != old_id and new.data.tags["grown_from"] == old_id
+    assert new.info.experiment_id == old.info.experiment_id and new.info.run_name == old.info.run_name
+    assert (new.data.params["ensemble.members"], old.data.params["ensemble.members"]) == ("16", "8")
+    assert new.data.tags["members"] == "16" and new.info.status == old.info.status == "FINISHED"
+    for run in (new, old):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "rmse/T850")] == [0]
+    assert client.get_metric_history(new.info.run_id, "rmse/T850")[0].value == pytest.approx(fresh_summary["rmse/T850"])
+    assert json.loads((grown / "run_state.json").read_text())["run_id"] == new.info.run_id
 
     # Fewer members than the run has: one error line, nothing touched.
     stamp = {p: p.stat().st_mtime_ns for p in grown.rglob("*") if p.is_file()}
@@ -216,6 +234,35 @@ def test_sweep_reads_config_files_with_runs_checks(text, needle, tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_swept_sigma_counts_when_some_run_observes_its_channel(cfg_file, tmp_path):
+    """Refused only where every run ignores it; the file's sweep: section is named for its keys."""
+    from actors.sweep import plan_sweep
+    from ensemble_da.errors import InputError
+
+    plan = plan_sweep(cfg_file(), ["observations.channels=[T850],[T500]", "observations.sigma.T500=1,2"], tmp_path / "s")
+    assert [r.config.observations.sigma["T500"] for r in plan.runs] == [1, 2, 1, 2]
+    config = cfg_file()
+    tree = yaml.safe_load(config.read_text())
+    tree["sweep"] = {"observations.sigma.Q700": [1, 2]}
+    config.write_text(yaml.safe_dump(tree))
+    with pytest.raises(InputError, match=r"cfg.yaml: sweep: observations.sigma.Q700: 'Q700' is not an observed channel"):
+        plan_sweep(config, [], tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "sampler.stepz=3"], "error: --set sampler.stepz: unknown config key 'sampler.stepz'"),
+    (["--set", "ensemble.members=0"], "error: --set ensemble.members: bad value for 'ensemble.members' (0)"),
+    (["--set", "nosection"], "error: --set expects key=value, got 'nosection'"),
+])
+def test_a_bad_set_is_one_error_line_before_anything_runs(args, needle, cfg_file, tmp_path):
+    result = invoke("sweep", cfg_file(), "--grid", "seed=1,2", *args, "--out", tmp_path / "s")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(needle), result.output
     assert not (tmp_path / "s").exists()
 
 
@@ -256,6 +303,110 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(cfg_file, tmp_path):
     assert list(table["status"]) == ["failed", "finished"]
     assert "'Q700' is not a channel" in table["error"][0] and table["error"][1] == ""
     assert np.isnan(table["rmse/T850"][0]) and np.isfinite(table["rmse/T850"][1])
+    # Counts stay integers beside the failed run's missing value; members is known for both.
+    assert table["qc/read"].dtype == pd.Int64Dtype() and pd.isna(table["qc/read"][0]) and table["qc/read"][1] == 40
+    assert table["members"].dtype == np.int64 and list(table["members"]) == [4, 4]
     assert (out / "runs" / "01" / "summary.json").is_file()
     again = invoke("sweep", config, "--out", out, "--resume")
     assert again.exit_code == 2 and "1 of 2 sweep runs failed: runs/00" in again.output
+
+
+# The 2x2 sweep the tests below read (in-process; `--set sampler.steps=6` before the grid).
+GRID_2X2 = ["--grid", "observations.sigma.T850=0.5,2.0", "--grid", "seed=1,2"]
+
+
+@pytest.fixture(scope="module")
+def sweep_2x2(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep2x2")
+    config = tmp / "cfg.yaml"
+    config.write_text(yaml.safe_dump(TREE))
+    out = tmp / "sweep"
+    result = invoke("sweep", config, *GRID_2X2, "--set", "sampler.steps=6", "--out", out)
+    assert result.exit_code == 0, result.output
+    return config, out, pd.read_parquet(out / "sweep.parquet")
+
+
+def test_sweep_set_members_and_integer_counts(sweep_2x2):
+    config, out, table = sweep_2x2
+    for run_dir, members in zip(table["run_dir"], table["members"]):
+        resolved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        assert resolved["sampler"]["steps"] == 6 and resolved["ensemble"]["members"] == members == 4
+    assert table["members"].dtype == np.int64
+    qc = [c for c in table.columns if c.startswith("qc/")]
+    assert "qc/read" in qc and all(table[c].dtype == np.int64 for c in qc)
+    assert list(table["qc/read"]) == [TREE["observations"]["num_obs"]] * 4
+    for _, row in table.iterrows():
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert {c: row[c] for c in qc} == {c: int(summary[c]) for c in qc}
+    assert pd.read_csv(out / "sweep.csv")["qc/kept"].dtype == np.int64
+
+
+def test_sweep_html_plots_every_numeric_metric_against_every_key(sweep_2x2, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from actors.sweep import plan_sweep, sweep_html
+
+    config, out, table = sweep_2x2
+    titles = []
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text), real(ax, text, *a, **k))[1])
+    plan = plan_sweep(config, GRID_2X2[1::2], out, resume=True, overrides=["sampler.steps=6"])
+    html = sweep_html(plan, table)
+    metrics = [c for c in table.columns if "/" in c]
+    for family in ("oa_bias/", "spread_at_obs/", "heldout_ssr/", "heldout_crps/", "mmps_residual/", "qc/"):
+        assert any(m.startswith(family) for m in metrics)
+    assert sorted(titles) == sorted(metrics * 2)  # a panel per metric and swept key
+    assert html.count("data:image/png;base64") == 2
+
+
+def test_sweep_resume_is_independent_of_the_grid_order(sweep_2x2):
+    config, out, table = sweep_2x2
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
+    result = invoke("sweep", config, *GRID_2X2[2:], *GRID_2X2[:2], "--set", "sampler.steps=6", "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")} == stamps  # nothing ran
+    again = pd.read_parquet(out / "sweep.parquet")
+    assert list(again.columns[:2]) == ["observations.sigma.T850", "seed"]  # the sweep's own order
+    pd.testing.assert_frame_equal(again, table)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--grid", "seed=1,3", "--grid", "observations.sigma.T850=0.5,2.0", "--set", "sampler.steps=6"],
+     "the grid differs from the sweep in {out}: seed=1,3 here but seed=1,2 in the sweep"),
+    (["--grid", "seed=1,2", "--set", "sampler.steps=6"],
+     "the grid differs from the sweep in {out}: the sweep's grid has observations.sigma.T850=0.5,2.0, not given here"),
+    ([*GRID_2X2, "--grid", "sampler.steps=6,8"], "sampler.steps=6,8 is not in the sweep's grid"),
+    (GRID_2X2, "config key 'sampler.steps' is 8 but the sweep in {out} used 6 (run 00)"),
+    ([*GRID_2X2, "--set", "sampler.steps=6", "--set", "guidance.cg_iters=3"],
+     "config key 'guidance.cg_iters' is 3 but the sweep in {out} used 2 (run 00)"),
+])
+def test_sweep_resume_names_what_differs(args, needle, sweep_2x2):
+    config, out, _ = sweep_2x2
+    stamp = (out / "sweep.json").stat().st_mtime_ns
+    result = invoke("sweep", config, *args, "--out", out, "--resume")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --resume: ") and needle.format(out=out) in lines[0], \
+        result.output
+    assert (out / "sweep.json").stat().st_mtime_ns == stamp
+
+
+def test_a_grown_sweep_run_stays_under_the_parent_and_its_table_row_says_so(cfg_file, tmp_path):
+    config, out = cfg_file(), tmp_path / "sweep"
+    assert invoke("sweep", config, "--grid", "seed=1,2", "--out", out).exit_code == 0
+    old_id = json.loads((out / "runs" / "00" / "summary.json").read_text())["run_id"]
+    grow = invoke("run", "--out", out / "runs" / "00", "--resume", "--set", "ensemble.members=8")
+    assert grow.exit_code == 0, grow.output
+    result = invoke("sweep", config, "--out", out, "--resume")  # nothing to run: the table rewritten
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert list(table["members"]) == [8, 4]
+    new_id = json.loads((out / "runs" / "00" / "summary.json").read_text())["run_id"]
+    assert table["run_id"][0] == new_id != old_id
+    state = json.loads((out / "sweep.json").read_text())
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    new, old = client.get_run(new_id), client.get_run(old_id)
+    for tag in ("mlflow.parentRunId", "sweep_index", "sweep.seed"):
+        assert new.data.tags[tag] == old.data.tags[tag]
+    assert new.data.tags["mlflow.parentRunId"] == state["parent_run_id"] and new.data.tags["grown_from"] == old_id
+    assert new.info.run_name == "uq-00" and new.data.params["ensemble.members"] == "8"
