@@ -24,7 +24,7 @@ def _python(path: Path, version: str) -> Path:
 def _make(tmp_path: Path, python: Path) -> subprocess.CompletedProcess:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    return subprocess.run(["make", "-s", "venv-python", f"PYTHON={python}"], cwd=tmp_path,
+    return subprocess.run(["make", "--no-print-directory", "-s", "venv-python", f"PYTHON={python}"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -48,7 +48,7 @@ def test_the_same_python_or_no_venv_passes(tmp_path, venv):
 
 def test_the_check_runs_before_the_install_even_when_the_venv_is_up_to_date():
     """Order-only: listed by `make -n demo`, first, however fresh the stamp."""
-    res = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("if [ -x .venv/bin/python ]; then")
     assert "was made with Python" in res.stdout
