@@ -11,7 +11,6 @@ H x per member). Torch tensors and member fields never leave the replica.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -133,7 +132,7 @@ class ModelReplica:
         from threadpoolctl import threadpool_limits
 
         from ensemble_da.assimilation import Assimilator
-        from ensemble_da.config import ReplicaSpec
+        from ensemble_da.config import ReplicaSpec, prior_key
 
         cfg = ReplicaSpec.model_validate(config)
         self.config = cfg
@@ -143,8 +142,7 @@ class ModelReplica:
         threadpool_limits(limits=cfg.threads)
         torch.set_num_threads(cfg.threads)
         self.device = select_device(cfg.device, cfg.gpus, torch.cuda.is_available())
-        key = (json.dumps(config["model"], sort_keys=True), json.dumps(config["grid"], sort_keys=True), self.device,
-               prior_factory)
+        key = (prior_key(cfg.model, cfg.grid), self.device, prior_factory)
         self.prior_kept = key == self._prior_key
         if not self.prior_kept:
             self._prior_key, self._prior = None, None

@@ -17,6 +17,8 @@ One run, two executors (`actors.backends`): in-process and Ray give the same sto
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import sys
 import time
@@ -104,7 +106,8 @@ def run_pipeline(
     else:
         prior = load_prior(config.model, config.grid)
     check_time_mode(config, prior, resume)
-    inputs = prepare_inputs(config, prior, osse_truths(prior, config))
+    with session.inputs_lock if session is not None else contextlib.nullcontext():
+        inputs = prepare_inputs(config, prior, osse_truths(prior, config))
     sets = config.observation_sets()
     prior_spread = prior.prior_spread().mean(-1) if hasattr(prior, "prior_spread") else None
     channels = tuple(prior.normalization.channels)

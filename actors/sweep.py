@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,8 @@ from actors.ray_backend.pool import ReplicaPool
 from actors.run_state import write_json
 from actors.session_cache import SessionCache
 
-__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "run_sweep", "sweep_table", "metric_families",
-           "SWEEP_FILE"]
+__all__ = ["SweepRun", "SweepPlan", "parse_grid", "plan_sweep", "parallel_runs", "run_sweep", "sweep_table",
+           "metric_families", "SWEEP_FILE"]
 
 SWEEP_FILE = "sweep.json"
 
@@ -276,19 +277,38 @@ def _session(plan: SweepPlan):
         yield SessionCache()
 
 
-def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None, warn=None):
+def parallel_runs(plan: SweepPlan, cache: SessionCache, max_parallel: int | None = None) -> int:
+    """How many of the sweep's runs go at once: on the sweep's own Ray, as many as the cluster's
+    free CPUs and GPUs hold (each run's replicas × cpus_per_replica / gpus_per_replica, the
+    largest of the sweep's runs), at most `max_parallel` and the runs left; else 1 (in-process
+    runs share one process and its replica)."""
+    todo = [r for r in plan.runs if not r.finished]
+    if cache.replicas is None or len(todo) < 2 or max_parallel == 1:
+        return 1
+    import ray
+
+    free = ray.available_resources()
+    need = {"CPU": max(r.config.cluster.replicas * r.config.cluster.cpus_per_replica for r in todo),
+            "GPU": max(r.config.cluster.replicas * r.config.cluster.gpus_per_replica for r in todo)}
+    fits = min(int(free.get(k, 0.0) // v) for k, v in need.items() if v > 0)
+    return max(1, min(fits, len(todo), max_parallel or len(todo)))
+
+
+def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, prior_factory=None, warn=None,
+              max_parallel: int | None = None):
     """Run the planned sweep; returns the table (pandas DataFrame). Runs already finished are
     skipped with `resume`; a run left part-way is resumed; a run that failed before is run again.
+    On the sweep's own local Ray, `parallel_runs` runs go at once (each in a driver thread, its
+    own Coordinator and replicas); a run's members do not depend on what runs beside it.
 
     A run that fails on its inputs or diverges (InputError) or stops short (RuntimeError) is a
     result of the study: its row has `status` failed and the one-line `error`, its MLflow child
     ends FAILED, and the other runs go on (`SweepPlan.failures` after the call). `warn(line)`
     receives the runs' `warning:` lines (default: stderr), each naming its run.
     """
-    from ensemble_da.tracking import Tracker
+    from concurrent.futures import ThreadPoolExecutor
 
-    from actors.command import sanity_warnings
-    from actors.run import run_pipeline
+    from ensemble_da.tracking import Tracker
 
     stored = _check_resume(plan, resume)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -305,35 +325,25 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
     try:
         with _progress(progress, len(plan.runs)) as (show, console), _session(plan) as cache:
             say = warn or (lambda line: console.print(line, markup=False, soft_wrap=True))
-            done = sum(r.finished for r in plan.runs)
-            show(done, "")
-            for run in plan.runs:
-                if run.finished:
-                    continue
-                name = f"run {run.out_dir.name} (" + ", ".join(f"{k}={v}" for k, v in run.params.items()) + ")"
-                show(done, name)
-                if run.index in failed_before and run.out_dir.exists():
-                    shutil.rmtree(run.out_dir)  # its members are drawn again, the same as before
-                cfg = run.config.model_copy(deep=True)
-                cfg.tracking.uri = plan.tracking_uri
-                part_way = (run.out_dir / STORE_NAME / "zarr.json").is_file()
-                tags = {"mlflow.parentRunId": tracker.run_id or "", "sweep_index": str(run.index),
-                        "mlflow.runName": f"{cfg.run_name}-{run.out_dir.name}",
-                        **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}}
+            todo = [r for r in plan.runs if not r.finished]
+            board = _Board(show, len(plan.runs) - len(todo))
+            show(board.done, "")
+            context = _RunContext(plan, tracker.run_id or "", record, failed_before, cache, prior_factory, say, board)
+            workers = parallel_runs(plan, cache, max_parallel)
+            if workers == 1:
+                for run in todo:
+                    context.run(run)
+            else:
+                pool = ThreadPoolExecutor(workers, thread_name_prefix="sweep-run")
                 try:
-                    result = run_pipeline(cfg, run.out_dir, resume=part_way, progress=False,
-                                          prior_factory=prior_factory, tags=tags, session=cache)
-                except (InputError, RuntimeError) as exc:
-                    message = " ".join(str(exc).split())
-                    plan.failures[run.index] = message
-                    record["failures"][str(run.index)] = message
-                    write_json(plan.out_dir / SWEEP_FILE, record)
-                    say(f"warning: {name} failed: {message}")
-                else:
-                    for line in sanity_warnings(cfg.sampler.steps, result.summary):
-                        say(f"warning: {name}: {line.removeprefix('warning: ')}")
-                done += 1
-                show(done, "")
+                    for future in [pool.submit(context.run, run) for run in todo]:
+                        future.result()
+                except BaseException:
+                    # Interrupted: nothing new starts; the runs under way stop when the session's
+                    # Ray goes down (they resume with --resume).
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown()
         table = sweep_table(plan)
         write_outputs(plan, table)
         tracker.log_artifacts([plan.out_dir / n for n in ("sweep.csv", "sweep.parquet", "sweep.html")])
@@ -344,6 +354,72 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, progress: bool = True, p
         raise
     finally:
         tracker.end(status)
+
+
+@dataclass
+class _Board:
+    """The progress bar's state, shared by the runs going at once: runs done and those running."""
+
+    show: Any
+    done: int
+    running: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, name: str) -> None:
+        with self.lock:
+            self.running.append(name)
+            self.show(self.done, "; ".join(self.running))
+
+    def finish(self, name: str) -> None:
+        with self.lock:
+            self.running.remove(name)
+            self.done += 1
+            self.show(self.done, "; ".join(self.running))
+
+
+@dataclass
+class _RunContext:
+    """What every run of one `run_sweep` call shares; `run(run)` runs one (from any thread)."""
+
+    plan: SweepPlan
+    parent_run_id: str
+    record: dict[str, Any]
+    failed_before: set[int]
+    cache: SessionCache
+    prior_factory: Any
+    say: Any
+    board: _Board
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, run: SweepRun) -> None:
+        from actors.command import sanity_warnings
+        from actors.run import run_pipeline
+
+        name = f"run {run.out_dir.name} (" + ", ".join(f"{k}={v}" for k, v in run.params.items()) + ")"
+        self.board.start(name)
+        if run.index in self.failed_before and run.out_dir.exists():
+            shutil.rmtree(run.out_dir)  # its members are drawn again, the same as before
+        cfg = run.config.model_copy(deep=True)
+        cfg.tracking.uri = self.plan.tracking_uri
+        part_way = (run.out_dir / STORE_NAME / "zarr.json").is_file()
+        tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_index": str(run.index),
+                "mlflow.runName": f"{cfg.run_name}-{run.out_dir.name}",
+                **{f"sweep.{k}": json.dumps(v) for k, v in run.params.items()}}
+        try:
+            result = run_pipeline(cfg, run.out_dir, resume=part_way, progress=False,
+                                  prior_factory=self.prior_factory, tags=tags, session=self.cache)
+        except (InputError, RuntimeError) as exc:
+            message = " ".join(str(exc).split())
+            with self.lock:
+                self.plan.failures[run.index] = message
+                self.record["failures"][str(run.index)] = message
+                write_json(self.plan.out_dir / SWEEP_FILE, self.record)
+            self.say(f"warning: {name} failed: {message}")
+        else:
+            for line in sanity_warnings(cfg.sampler.steps, result.summary):
+                self.say(f"warning: {name}: {line.removeprefix('warning: ')}")
+        finally:
+            self.board.finish(name)
 
 
 @contextlib.contextmanager
@@ -434,10 +510,7 @@ def sweep_html(plan: SweepPlan, table) -> str:
     metric of it: every numeric summary metric), then the table."""
     import collections
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     families = metric_families(table)
     # A row of panels per family, as wide as the commonest family (the channels), 3 to 6 panels.
@@ -454,7 +527,8 @@ def sweep_html(plan: SweepPlan, table) -> str:
             break
         others = [k for k in keys if k != key]
         nrow = cells[-1][0] + 1
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
+        fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow))
+        axes = fig.subplots(nrow, ncol, squeeze=False)
         groups = list(table.groupby(others)) if others else [((), table)]
         used = set()
         for r, c, metric in cells:
@@ -477,7 +551,6 @@ def sweep_html(plan: SweepPlan, table) -> str:
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
         parts.append(f"<h2>metrics vs {key}</h2><img src='data:image/png;base64,"
                      f"{base64.b64encode(buf.getvalue()).decode()}'>")
     parts.append("<h2>table</h2>" + table.to_html(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -28,6 +28,7 @@ from ensemble_da.exact import kalman_update
 from ensemble_da.grid import HealpixGrid
 from ensemble_da.obs.operators import ObservationOperator
 from ensemble_da.posterior import sample_posterior
+from ensemble_da.priors.base import Condition, Denoiser
 from ensemble_da.priors.gaussian import GaussianPrior
 
 __all__ = ["background_operator", "cycle_with_background_observation"]
@@ -52,7 +53,7 @@ def background_operator(forecast: np.ndarray, grid: HealpixGrid, normalization: 
 
 
 def cycle_with_background_observation(
-    prior: GaussianPrior,
+    prior: Denoiser,
     forecast_model,
     operators: Sequence[ObservationOperator | None],
     members: int,
@@ -60,16 +61,20 @@ def cycle_with_background_observation(
     sampler: SamplerConfig,
     guidance: GuidanceConfig,
     inflation: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    conditions: Sequence[Condition | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Cycle way (b) through `operators` (one per time, normalised units; None: no observations).
 
-    forecast_model: `forecast(x, t_index, members, seed)` (`ensemble_da.dynamics`), physical units.
-    Returns (analysis float32 (time, member, channel, cell) physical; and, per time, the exact
-    posterior of the same Gaussian problem, mean and std (time, channel, cell) physical: what the
-    sampler should reproduce, so the method's error is told apart from the sampler's).
+    prior: the single-time prior (a `GaussianPrior`, or a learned one with `conditions[k]` its
+    time k conditioning, e.g. `time_condition`); forecast_model: `forecast(x, t_index, members,
+    seed)` (`ensemble_da.dynamics`), physical units. Returns (analysis float32 (time, member,
+    channel, cell) physical; and, for a `GaussianPrior`, per time the exact posterior of the same
+    Gaussian problem, mean and std (time, channel, cell) physical: what the sampler should
+    reproduce, so the method's error is told apart from the sampler's; None for other priors).
     """
     ids = list(range(members))
     norm = prior.normalization
+    exact = isinstance(prior, GaussianPrior)
     out, exact_mean, exact_std = [], [], []
     previous = None
     for k, op in enumerate(operators):
@@ -79,7 +84,11 @@ def cycle_with_background_observation(
                                              inflation))
         joint = ObservationOperator.concatenate(parts) if parts else None
         x = sample_posterior(prior, joint, ids, seed, sampler=sampler, guidance=guidance, t_index=k,
-                             check_inputs=False)
+                             condition=None if conditions is None else conditions[k], check_inputs=False)
+        out.append(x)
+        previous = x
+        if not exact:
+            continue
         if joint is None:
             mu = prior.prior_mean()
             var = prior.basis.diag_covariance()
@@ -88,6 +97,6 @@ def cycle_with_background_observation(
             mean, var = kalman_update(prior.basis, joint.matrix(), joint.y, joint.sigma, prior.prior_mean())
         exact_mean.append(norm.denormalize(mean))
         exact_std.append(norm.scale[:, None] * np.sqrt(var))
-        out.append(x)
-        previous = x
+    if not exact:
+        return np.stack(out), None, None
     return np.stack(out), np.stack(exact_mean), np.stack(exact_std)

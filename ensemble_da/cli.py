@@ -96,6 +96,9 @@ def sweep(
     set_: list[str] = typer.Option([], "--set", help=_SET_HELP + " Applied to CONFIG before the grid."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default runs/sweep-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: run only unfinished runs."),
+    max_parallel: Optional[int] = typer.Option(
+        None, "--max-parallel", min=1,
+        help="Runs at once on the sweep's local Ray (default: as many as its free CPUs/GPUs hold)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Run every combination of a grid of config values in one session; write DIR/runs/<NN>/, sweep.parquet/.csv/.html."""
@@ -110,7 +113,7 @@ def sweep(
         out = out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         plan = plan_sweep(config, grid, out, resume=resume, overrides=set_)
         try:
-            table = run_sweep(plan, resume=resume, progress=True)
+            table = run_sweep(plan, resume=resume, progress=True, max_parallel=max_parallel)
         except KeyboardInterrupt:
             sets = [f"--set {shlex.quote(item)}" for item in set_]
             again = " ".join(str(a) for a in ("ensemble-da sweep", config or "", *sets, "--resume --out", out) if a != "")

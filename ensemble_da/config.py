@@ -5,6 +5,7 @@ Unknown keys are errors; every error is an `InputError` naming the key and the v
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from ensemble_da.errors import InputError
 __all__ = [
     "RunConfig",
     "ReplicaSpec",
+    "prior_key",
     "analysis_times",
     "GridConfig",
     "ModelConfig",
@@ -806,6 +808,12 @@ class RunConfig(_Strict):
                            sampler=self.sampler, guidance=self.guidance, observations=self.observation_sets(),
                            cycle=self.cycle, window=self.window_length(), threads=max(1, int(cl.cpus_per_replica)),
                            device=cl.device, gpus=cl.gpus_per_replica)
+
+
+def prior_key(model: "ModelConfig", grid: GridConfig) -> str:
+    """The identity of a prior: its model and grid config as canonical JSON. Two runs with the
+    same key can share a built prior (a sweep's driver cache, a kept replica)."""
+    return json.dumps([model.model_dump(mode="json"), grid.model_dump(mode="json")], sort_keys=True)
 
 
 class ReplicaSpec(_Strict):

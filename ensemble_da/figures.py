@@ -15,7 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import healpy as hp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import rcParams  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["plot_maps", "plot_mean_spread", "plot_obs_residuals", "plot_rank_histogram", "plot_spread_skill"]
@@ -32,7 +33,6 @@ def _save(fig, path: Path, title: str = "", tight: bool = False) -> Path:
     if tight:
         fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return Path(path)
 
 def _projector(xsize: int = 480) -> hp.projector.MollweideProj:
@@ -64,8 +64,8 @@ def plot_maps(path: Path, fields: Mapping[str, np.ndarray], channels: Sequence[s
     """
     labels, nc = list(fields), len(channels)
     proj = _projector()
-    fig, axes = plt.subplots(nc, len(labels), figsize=(4.2 * len(labels), 2.6 * nc), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(4.2 * len(labels), 2.6 * nc), layout="constrained")
+    axes = fig.subplots(nc, len(labels), squeeze=False)
     for c, name in enumerate(channels):
         full = [np.asarray(fields[k][c], dtype=np.float64) for k in labels if k in ("mean", "truth")]
         lo, hi = (min(f.min() for f in full), max(f.max() for f in full)) if full else (None, None)
@@ -110,7 +110,8 @@ def plot_obs_residuals(
     """
     nc = len(channels)
     proj = _projector()
-    fig, axes = plt.subplots(1, nc, figsize=(5.0 * nc, 3.8), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(5.0 * nc, 3.8), layout="constrained")
+    axes = fig.subplots(1, nc, squeeze=False)
     for c, name in enumerate(channels):
         ax = axes[0, c]
         mine = np.abs(residual[obs_channel == name])
@@ -134,7 +135,8 @@ def plot_rank_histogram(path: Path, counts: np.ndarray, channels: Sequence[str],
     counts : int (channel, member + 1); a flat histogram means a calibrated ensemble.
     """
     nc = len(channels)
-    fig, axes = plt.subplots(1, nc, figsize=(3.5 * nc, 3), squeeze=False)
+    fig = Figure(figsize=(3.5 * nc, 3))
+    axes = fig.subplots(1, nc, squeeze=False)
     for c, name in enumerate(channels):
         ax = axes[0, c]
         freq = counts[c] / max(1, counts[c].sum())
@@ -156,7 +158,8 @@ def plot_spread_skill(
     curves : channel → (rms spread per bin, rms error per bin); ratios : channel → spread-skill ratio.
     """
     names = list(curves)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 3.3), squeeze=False)
+    fig = Figure(figsize=(3.5 * len(names), 3.3))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for k, name in enumerate(names):
         ax = axes[0, k]
         s, e = curves[name]
@@ -179,9 +182,10 @@ def plot_time_series(path: Path, times: np.ndarray, panels: Mapping[str, Mapping
     "(spread)" or "(background)" is drawn dashed in the colour of the line it belongs to (same channel name first).
     """
     names = list(panels)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(names), 3.2))
+    axes = fig.subplots(1, len(names), squeeze=False)
     colours: dict[str, str] = {}
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
     for k, name in enumerate(names):
         ax = axes[0, k]
         for label, values in panels[name].items():

@@ -85,11 +85,12 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
         assert col in table.columns
     csv = pd.read_csv(out / "sweep.csv")
     assert list(csv.columns) == list(table.columns)
-    # Replicas and priors are reused from run to run: the same replica processes served every
-    # run, and after the first they kept their prior (the model config is the same).
+    # The cluster has room for two runs (2 CPUs, one 1-CPU replica each): two runs went at once,
+    # each on its own replica, and the two later runs took those replicas, prior kept (the model
+    # config is the same).
     replicas = [json.loads((Path(d) / "summary.json").read_text())["replicas"] for d in table["run_dir"]]
-    assert len({tuple(r["pid"] for r in rs) for rs in replicas}) == 1, replicas
-    assert [all(r["prior_kept"] for r in rs) for rs in replicas] == [False, True, True, True]
+    assert len({tuple(r["pid"] for r in rs) for rs in replicas}) == 2, replicas
+    assert sorted(all(r["prior_kept"] for r in rs) for rs in replicas) == [False, False, True, True]
     html = (out / "sweep.html").read_text()
     assert "data:image/png;base64" in html and "rmse/T850" in html
     for run_dir in table["run_dir"]:
@@ -108,6 +109,9 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
     # Each run's warnings are printed, naming the run (8 steps is below the resolved range).
     assert "warning: run 00 (observations.sigma.T850=0.5, seed=1): sampler.steps=8 is below" in result.output
     assert all(r.info.status == "FINISHED" for r in children) and parent.info.status == "FINISHED"
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert spans[1][0] < spans[0][1], spans  # the first two runs overlapped in time
+    assert all(client.get_metric_history(r.info.run_id, "rmse/T850") for r in children)
 
     # One run of the sweep equals a standalone `ensemble-da run` with its settings, bit for bit.
     row = table[(table["observations.sigma.T850"] == 2.0) & (table["seed"] == 2)].iloc[0]
@@ -117,11 +121,21 @@ def test_sweep_2x2_on_local_ray(cfg_file, tmp_path, monkeypatch, request):
     assert res.exit_code == 0, res.output
     assert_same_store(alone, Path(row["run_dir"]))
 
+    # One run at a time (--max-parallel 1): the same replica process serves every run, and after
+    # the first it keeps its prior.
+    one = tmp_path / "one"
+    res = invoke("sweep", config, "--grid", "seed=1,2", "--max-parallel", "1", "--out", one)
+    assert res.exit_code == 0, res.output
+    seq = [json.loads((Path(d) / "summary.json").read_text())["replicas"]
+           for d in pd.read_parquet(one / "sweep.parquet")["run_dir"]]
+    assert len({tuple(r["pid"] for r in rs) for rs in seq}) == 1, seq
+    assert [all(r["prior_kept"] for r in rs) for rs in seq] == [False, True]
+
     # --resume of a finished sweep runs nothing and rewrites the same table.
     again = invoke("sweep", config, "--grid", "observations.sigma.T850=0.5,2.0", "--grid", "seed=1,2",
                    "--out", out, "--resume")
     assert again.exit_code == 0, again.output
-    assert len(inits) == 1  # nothing to run: no Ray started
+    assert len(inits) == 2  # the --max-parallel 1 sweep; nothing to run here: no Ray started
     pd.testing.assert_frame_equal(pd.read_parquet(out / "sweep.parquet"), table)
 
 

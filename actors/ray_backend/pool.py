@@ -9,6 +9,7 @@ built) is most of a small run's cost.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,24 +18,41 @@ __all__ = ["ReplicaPool"]
 
 @dataclass
 class ReplicaPool:
-    """Placement groups and their replica actors by placement key, for the session's length."""
+    """Idle placement groups and their replica actors by placement key, for the session's length.
 
-    kept: dict[tuple, tuple[Any, list]] = field(default_factory=dict)
+    Safe to share between the runs of a sweep that run at the same time (one lock); every set
+    taken is either given back or released by the run that took it.
+    """
+
+    kept: dict[tuple, list[tuple[Any, list]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def take(self, key: tuple) -> tuple[Any, list] | None:
-        """(placement group, replicas) kept for `key`, removed from the pool; None when none are."""
-        return self.kept.pop(key, None)
+        """An idle (placement group, replicas) set for `key`, removed from the pool. None when
+        there is none; then the idle sets of other keys are released first, since their
+        resources may be what the caller's new placement group needs."""
+        with self.lock:
+            sets = self.kept.get(key)
+            if sets:
+                return sets.pop()
+            others = [s for group in self.kept.values() for s in group]
+            self.kept.clear()
+        for s in others:
+            release(*s)
+        return None
 
     def give(self, key: tuple, placement_group: Any, replicas: list) -> None:
-        """Keep them for the next run with `key` (one set per key: a second is released)."""
-        if key in self.kept:
-            release(*self.kept.pop(key))
-        self.kept[key] = (placement_group, replicas)
+        """Keep the set idle for a later run with `key`."""
+        with self.lock:
+            self.kept.setdefault(key, []).append((placement_group, replicas))
 
     def close(self) -> None:
         """Stop every kept replica and release its placement group."""
-        while self.kept:
-            release(*self.kept.popitem()[1])
+        with self.lock:
+            sets = [s for group in self.kept.values() for s in group]
+            self.kept.clear()
+        for s in sets:
+            release(*s)
 
 
 def release(placement_group: Any, replicas: list) -> None:
