@@ -18,8 +18,8 @@ from ensemble_da.config import RunConfig, config_from_tree
 from ensemble_da.errors import InputError
 from ensemble_da.io import STORE_NAME
 
-__all__ = ["RESUME_FREE_KEYS", "check_time_mode", "check_cluster", "check_out_dir", "check_resume_config",
-           "config_difference", "input_identity", "check_resume_inputs"]
+__all__ = ["RESUME_FREE_KEYS", "NothingToResume", "check_time_mode", "check_cluster", "check_out_dir", "check_resume_config",
+           "config_differences", "describe_differences", "input_identity", "check_resume_inputs"]
 
 # Config keys that may change between a run and its `--resume`: where it runs and where it is
 # tracked. Everything else decides the members (and the store's chunking) and must match.
@@ -101,6 +101,11 @@ def check_time_mode(config: RunConfig, prior: object, resume: bool) -> None:
                          "(its members are the same: they depend only on seed and member)")
 
 
+class NothingToResume(InputError):
+    """`--resume` of a complete run with its own config: nothing to do (the CLI says so and exits
+    0, as `sweep --resume` of a finished sweep does); an InputError for API callers."""
+
+
 def check_out_dir(out_dir: Path, resume: bool, grow: bool = False) -> None:
     """A new run needs a new (or empty) directory; a resumed one an existing run directory
     (complete only when it `grow`s: more members for a finished run)."""
@@ -110,7 +115,8 @@ def check_out_dir(out_dir: Path, resume: bool, grow: bool = False) -> None:
         import zarr
 
         if not grow and zarr.open_group(str(out_dir / STORE_NAME), mode="r").attrs.get("complete"):
-            raise InputError(f"--resume: the run in {out_dir} is complete, nothing to resume (its outputs are left as they are)")
+            raise NothingToResume(f"--resume: the run in {out_dir} is complete, nothing to resume "
+                                  "(its outputs are left as they are)")
     elif out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"output directory {out_dir} already exists; choose another --out or add --resume")
 
@@ -134,24 +140,29 @@ def _stored_config(out_dir: Path) -> RunConfig:
     return config_from_tree(tree or {}, str(path))
 
 
-def config_difference(then: dict, now: dict, skip: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
-    """The first dotted key (sorted) whose value differs between two config trees, with its value
-    in `then` and in `now` (None where absent); keys starting with one of `skip` are left out."""
+def config_differences(then: dict, now: dict, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """Every dotted key (sorted) whose value differs between two config trees, with its value in
+    `then` and in `now` (None where absent); keys starting with one of `skip` are left out."""
     a, b = _flat(then), _flat(now)
-    for key in sorted(set(a) | set(b)):
-        if not key.startswith(skip) and a.get(key) != b.get(key):
-            return key, a.get(key), b.get(key)
-    return None
+    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b))
+            if not key.startswith(skip) and a.get(key) != b.get(key)]
+
+
+def describe_differences(differences: Sequence[tuple[str, Any, Any]], where: str, shown: int = 6) -> str:
+    """`config key 'seed' is 3 but the run in DIR used 7; key 'x' ...` for the first `shown` keys
+    (then how many more), for one `--resume` error line."""
+    parts = [f"config key {key!r} is {now!r} but {where} used {then!r}" if i == 0 else f"{key!r} is {now!r} (was {then!r})"
+             for i, (key, then, now) in enumerate(differences[:shown])]
+    more = len(differences) - shown
+    return "; ".join(parts) + (f"; and {more} more key{'s' if more > 1 else ''}" if more > 0 else "")
 
 
 def check_resume_config(given: RunConfig, out_dir: Path, free: tuple[str, ...] = ()) -> None:
     """`--resume` must use the config of the run in `out_dir`, except RESUME_FREE_KEYS (and `free`)."""
-    diff = config_difference(_stored_config(out_dir).model_dump(mode="json"), given.model_dump(mode="json"),
-                             RESUME_FREE_KEYS + tuple(free))
-    if diff is not None:
-        key, then, now = diff
-        raise InputError(f"--resume: config key {key!r} is {now!r} but the run in {out_dir} used {then!r}; "
-                         "resume with the same config")
+    diffs = config_differences(_stored_config(out_dir).model_dump(mode="json"), given.model_dump(mode="json"),
+                               RESUME_FREE_KEYS + tuple(free))
+    if diffs:
+        raise InputError(f"--resume: {describe_differences(diffs, f'the run in {out_dir}')}; resume with the same config")
 
 
 # What a prior's `meta` says about where its numbers come from (weights file, training or fitting data).

@@ -14,6 +14,7 @@ from ensemble_da.errors import InputError
 from ensemble_da.obs.qc import QCCounts
 from ensemble_da.report import TABLE_COLUMNS as REPORT_COLUMNS, TERMINAL_KEYS
 
+from actors.checks import NothingToResume
 from actors.outputs import RunResult
 from actors.run import run_pipeline
 
@@ -75,8 +76,9 @@ def sanity_warnings(steps: int, summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | None, resume: bool) -> RunResult:
-    """`ensemble-da run`: resolve config and run directory, run, print the table and where things are."""
+def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | None, resume: bool) -> RunResult | None:
+    """`ensemble-da run`: resolve config and run directory, run, print the table and where things are
+    (None, after a `note:` line, when `--resume` finds the run complete with the same config)."""
     from rich.console import Console
 
     if resume and out is None:
@@ -90,6 +92,9 @@ def run_from_cli(config_path: Path | None, overrides: list[str], out: Path | Non
     errors = Console(stderr=True)
     try:
         result = run_pipeline(config, out, resume=resume)
+    except NothingToResume as done:
+        errors.print(f"note: {str(done).removeprefix('--resume: ')}; run directory: {out}", markup=False, soft_wrap=True)
+        return None
     except KeyboardInterrupt:
         errors.print(f"error: interrupted; the members already written are kept: continue with "
                      f"ensemble-da run --resume --out {out}", markup=False, soft_wrap=True)

@@ -69,6 +69,8 @@ class SweepPlan:
     overrides: list[str] = field(default_factory=list)
     # Runs that failed in the last `run_sweep` (index → the one-line error).
     failures: dict[int, str] = field(default_factory=dict)
+    # What the user should know before it runs (a `--grid` key replacing the file's `sweep:` values).
+    notes: list[str] = field(default_factory=list)
 
 
 def _store_complete(run_dir: Path) -> bool:
@@ -167,7 +169,8 @@ def _align_grid(grid: dict[str, list], stored: dict[str, list], out_dir: Path) -
                  if k in grid and (len(grid[k]) != len(v) or any(x not in v for x in grid[k]))]
     if problems:
         raise InputError(f"--resume: the grid differs from the sweep in {out_dir}: {'; '.join(problems)}; "
-                         f"resume with the sweep's grid (or --resume --out {out_dir} alone)")
+                         f"resume with the sweep's grid (or give CONFIG, its --set and --resume --out {out_dir} "
+                         "without --grid: the sweep's own grid is used)")
     return {k: sorted(grid[k], key=v.index) for k, v in stored.items()}
 
 
@@ -206,8 +209,11 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     if resume and not (out_dir / SWEEP_FILE).is_file():
         raise InputError(f"--resume: {out_dir} is not a sweep directory (no {SWEEP_FILE})")
     tree, grid, source = _read_tree(config_path)
-    from_file = set(grid)
+    from_file, notes = set(grid), []
     for key, values in parse_grid(grid_items).items():
+        if key in grid and grid[key] != values:
+            notes.append(f"--grid {key}={','.join(json.dumps(v) for v in values)} replaces the values "
+                         f"{','.join(json.dumps(v) for v in grid[key])} of {source}'s sweep: section")
         grid[key] = values  # the command line wins over the file's sweep: section
         from_file.discard(key)
     if resume:
@@ -228,7 +234,7 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
 
     first = runs[0].config
     uri = resolve_tracking_uri(first.tracking.uri, out_dir)
-    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment, list(overrides))
+    return SweepPlan(out_dir, grid, runs, uri, first.tracking.experiment, list(overrides), notes=notes)
 
 
 def _plan_record(plan: SweepPlan) -> dict[str, Any]:
@@ -243,14 +249,14 @@ def _check_resume(plan: SweepPlan, resume: bool) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"--resume: {plan.out_dir} is not a sweep directory (no {SWEEP_FILE})")
         stored = json.loads(path.read_text())
-        from actors.checks import config_difference
+        from actors.checks import config_differences, describe_differences
 
         for then, run in zip(stored["runs"], plan.runs):  # the grid is the sweep's own (`_align_grid`)
-            diff = config_difference(yaml.safe_load(then["config"]), yaml.safe_load(run.config.to_yaml()))
-            if diff is not None:
-                key, was, now = diff
-                raise InputError(f"--resume: config key {key!r} is {now!r} but the sweep in {plan.out_dir} used "
-                                 f"{was!r} (run {run.out_dir.name}); resume with the same config and --set")
+            diffs = config_differences(yaml.safe_load(then["config"]), yaml.safe_load(run.config.to_yaml()))
+            if diffs:
+                where = f"the sweep in {plan.out_dir} (run {run.out_dir.name})"
+                raise InputError(f"--resume: {describe_differences(diffs, where)}; "
+                                 "resume with the same CONFIG and --set")
         return stored
     if plan.out_dir.exists() and (not plan.out_dir.is_dir() or any(plan.out_dir.iterdir())):
         raise InputError(f"output directory {plan.out_dir} already exists; choose another --out or add --resume")

@@ -2,7 +2,8 @@
 
 Every command wraps its body in `cli_errors(debug)`: an `InputError` (bad file, key, value)
 becomes one line `error: ...` on stderr and exit status 2, with the traceback only under
-`--debug`. `run` also shows what the observation readers did to the data (unit conversions,
+`--debug`; a command line click cannot parse (unknown option, `--max-parallel 0`) is one such
+line too (`_OneLineErrors`), not click's usage box. `run` also shows what the observation readers did to the data (unit conversions,
 ignored variables: the `ensemble_da.obs` logger at INFO) as `note: ...` lines on stderr
 (`reader_notes`). Heavy imports (torch, ray, mlflow) happen inside the commands so `--help` is fast.
 """
@@ -13,15 +14,45 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import typer
+import typer.core
 
 from ensemble_da.errors import InputError
 
 __all__ = ["app", "cli_errors", "reader_notes"]
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """The command group whose parse errors are one `error: <message> (see <command> --help)` line
+    on stderr, exit status 2, like every other bad input; `ensemble-da` alone still shows the help."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        # click's exception classes, wherever this typer takes click from (vendored since 0.25)
+        errors = sys.modules[typer.BadParameter.__module__]
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            code = result if isinstance(result, int) else 0
+        except errors.UsageError as exc:
+            result, code = None, exc.exit_code
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()
+            else:
+                where = exc.ctx.command_path if exc.ctx is not None else self.name
+                print(f"error: {' '.join(exc.format_message().split())} (see {where} --help)", file=sys.stderr)
+        except errors.ClickException as exc:
+            print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+            result, code = None, exc.exit_code
+        except errors.Abort:
+            print("error: aborted", file=sys.stderr)
+            result, code = None, 1
+        if standalone_mode:
+            sys.exit(code)
+        return result
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="ensemble-da",
     help="Posterior ensembles from score-based diffusion priors on the HEALPix sphere.",
     no_args_is_help=True,
@@ -112,6 +143,8 @@ def sweep(
             raise InputError("--resume needs --out DIR (the sweep directory to continue)")
         out = out or Path("runs") / f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         plan = plan_sweep(config, grid, out, resume=resume, overrides=set_)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
         try:
             table = run_sweep(plan, resume=resume, progress=True, max_parallel=max_parallel)
         except KeyboardInterrupt:
@@ -207,4 +240,4 @@ def train(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    app(prog_name="ensemble-da")

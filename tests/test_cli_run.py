@@ -180,10 +180,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(finished_run, tiny_c
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     assert sorted(m.step for m in client.get_metric_history(run_id, "rmse/T850")) == [0, 1]
     assert client.get_run(run_id).info.status == "FINISHED"
-    # Resuming the finished run again is refused and leaves its outputs alone.
+    # Resuming the finished run again does nothing (exit 0, as `sweep --resume` of a finished sweep)
+    # and leaves its outputs alone.
     before = (out / "summary.json").read_bytes()
     again = invoke("run", "--out", out, "--resume")
-    assert again.exit_code == 2 and "is complete, nothing to resume" in again.output
+    assert again.exit_code == 0 and again.stderr.startswith("note: the run in") and "nothing to resume" in again.stderr
+    assert (out / "summary.json").read_bytes() == before
     # ... and a changed key is named, not reported as "complete".
     changed = invoke("run", "--out", out, "--resume", "--set", "seed=3")
     assert changed.exit_code == 2 and "config key 'seed' is 3 but the run in" in changed.output, changed.output

@@ -390,9 +390,12 @@ def test_sweep_resume_is_independent_of_the_grid_order(sweep_2x2):
     (["--grid", "seed=1,2", "--set", "sampler.steps=6"],
      "the grid differs from the sweep in {out}: the sweep's grid has observations.sigma.T850=0.5,2.0, not given here"),
     ([*GRID_2X2, "--grid", "sampler.steps=6,8"], "sampler.steps=6,8 is not in the sweep's grid"),
-    (GRID_2X2, "config key 'sampler.steps' is 8 but the sweep in {out} used 6 (run 00)"),
+    (GRID_2X2, "config key 'sampler.steps' is 8 but the sweep in {out} (run 00) used 6; resume with"),
     ([*GRID_2X2, "--set", "sampler.steps=6", "--set", "guidance.cg_iters=3"],
-     "config key 'guidance.cg_iters' is 3 but the sweep in {out} used 2 (run 00)"),
+     "config key 'guidance.cg_iters' is 3 but the sweep in {out} (run 00) used 2; resume with"),
+    ([*GRID_2X2, "--set", "guidance.cg_iters=3"],  # every differing key is named, not the first only
+     "config key 'guidance.cg_iters' is 3 but the sweep in {out} (run 00) used 2; 'sampler.steps' is 8 (was 6); "
+     "resume with"),
 ])
 def test_sweep_resume_names_what_differs(args, needle, sweep_2x2):
     config, out, _ = sweep_2x2
@@ -424,3 +427,17 @@ def test_a_grown_sweep_run_stays_under_the_parent_and_its_table_row_says_so(cfg_
         assert new.data.tags[tag] == old.data.tags[tag]
     assert new.data.tags["mlflow.parentRunId"] == state["parent_run_id"] and new.data.tags["grown_from"] == old_id
     assert new.info.run_name == "uq-00" and new.data.params["ensemble.members"] == "8"
+
+
+def test_a_grid_flag_replacing_the_files_sweep_values_is_a_note(cfg_file, tmp_path):
+    """`--grid` wins over the file's `sweep:` section for its key, and the plan says so."""
+    from actors.sweep import plan_sweep
+
+    config = cfg_file()
+    tree = yaml.safe_load(config.read_text())
+    tree["sweep"] = {"seed": [1, 2], "observations.sigma.T850": [0.5, 2.0]}
+    config.write_text(yaml.safe_dump(tree))
+    plan = plan_sweep(config, ["seed=5,6,7"], tmp_path / "s")
+    assert plan.grid == {"seed": [5, 6, 7], "observations.sigma.T850": [0.5, 2.0]}
+    assert plan.notes == [f"--grid seed=5,6,7 replaces the values 1,2 of {config}'s sweep: section"]
+    assert plan_sweep(config, ["seed=1,2"], tmp_path / "s").notes == []  # the same values: nothing to say
