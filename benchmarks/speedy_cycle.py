@@ -125,7 +125,7 @@ def run_method(name, args, ctx) -> dict:
     sampler = SamplerConfig(steps=args.steps, batch_size=args.members)
     guidance = GuidanceConfig(method=args.guidance, solver="gmres", cg_iters=args.cg_iters)
     t0 = time.perf_counter()
-    setting, members = "", args.members
+    setting, members, extra = "", args.members, {}
     if name == "free":
         ens = cycle_ensemble_filter(forecast, norm, [None] * len(ops), members, args.seed, EnsembleFilter()).analysis
     elif name[:-2] in ("enkf", "letkf"):
@@ -175,10 +175,7 @@ def run_method(name, args, ctx) -> dict:
             conditions=[time_condition(t) for t in ctx["times"]])
     else:
         raise SystemExit(f"error: unknown method {name!r} (choose from {', '.join(METHODS)})")
-    out = dict(per_cycle(ens, truth), members=members, setting=setting, seconds=time.perf_counter() - t0)
-    if name[:-2] in ("enkf", "letkf"):
-        out.update(extra)
-    return out
+    return dict(per_cycle(ens, truth), members=members, setting=setting, seconds=time.perf_counter() - t0, **extra)
 
 
 def table(args, channels) -> None:
