@@ -149,8 +149,8 @@ def config_differences(then: dict, now: dict, skip: tuple[str, ...] = ()) -> lis
 
 
 def describe_differences(differences: Sequence[tuple[str, Any, Any]], where: str, shown: int = 6) -> str:
-    """`config key 'seed' is 3 but the run in DIR used 7; key 'x' ...` for the first `shown` keys
-    (then how many more), for one `--resume` error line."""
+    """`config key 'seed' is 3 but the run in DIR used 7; 'x' is 2 (was 1)` for the first `shown`
+    keys (then how many more), for one `--resume` error line."""
     parts = [f"config key {key!r} is {now!r} but {where} used {then!r}" if i == 0 else f"{key!r} is {now!r} (was {then!r})"
              for i, (key, then, now) in enumerate(differences[:shown])]
     more = len(differences) - shown

@@ -157,12 +157,15 @@ def _validate(tree: dict, params: dict[str, Any], source: str, from_file: set[st
         raise
 
 
+def _show_values(values: list) -> str:
+    """A grid's values as written after `--grid KEY=`: `0.5,2.0`, `"mmps","dps"`."""
+    return ",".join(json.dumps(v) for v in values)
+
+
 def _align_grid(grid: dict[str, list], stored: dict[str, list], out_dir: Path) -> dict[str, list]:
     """For `--resume`: `grid` in the order of the sweep's own `stored` grid (its keys and values),
     so each combination keeps its run directory; InputError naming the keys or values that differ."""
-    def show(values: list) -> str:
-        return ",".join(json.dumps(v) for v in values)
-
+    show = _show_values
     problems = [f"{k}={show(v)} is not in the sweep's grid" for k, v in grid.items() if k not in stored]
     problems += [f"the sweep's grid has {k}={show(v)}, not given here" for k, v in stored.items() if k not in grid]
     problems += [f"{k}={show(grid[k])} here but {k}={show(v)} in the sweep" for k, v in stored.items()
@@ -212,8 +215,8 @@ def plan_sweep(config_path: Path | None, grid_items: Sequence[str], out_dir: Pat
     from_file, notes = set(grid), []
     for key, values in parse_grid(grid_items).items():
         if key in grid and grid[key] != values:
-            notes.append(f"--grid {key}={','.join(json.dumps(v) for v in values)} replaces the values "
-                         f"{','.join(json.dumps(v) for v in grid[key])} of {source}'s sweep: section")
+            notes.append(f"--grid {key}={_show_values(values)} replaces the values "
+                         f"{_show_values(grid[key])} of {source}'s sweep: section")
         grid[key] = values  # the command line wins over the file's sweep: section
         from_file.discard(key)
     if resume:

@@ -3,8 +3,9 @@
 Every command wraps its body in `cli_errors(debug)`: an `InputError` (bad file, key, value)
 becomes one line `error: ...` on stderr and exit status 2, with the traceback only under
 `--debug`; a command line click cannot parse (unknown option, `--max-parallel 0`) is one such
-line too (`_OneLineErrors`), not click's usage box. `run` also shows what the observation readers did to the data (unit conversions,
-ignored variables: the `ensemble_da.obs` logger at INFO) as `note: ...` lines on stderr
+line too (`_OneLineErrors`), not click's usage box. `run` also shows what the observation
+readers did to the data (unit conversions, ignored variables: the `ensemble_da.obs` logger at
+INFO) as `note: ...` lines on stderr
 (`reader_notes`). Heavy imports (torch, ray, mlflow) happen inside the commands so `--help` is fast.
 """
 
@@ -23,6 +24,7 @@ from ensemble_da.errors import InputError
 
 __all__ = ["app", "cli_errors", "reader_notes"]
 
+
 class _OneLineErrors(typer.core.TyperGroup):
     """The command group whose parse errors are one `error: <message> (see <command> --help)` line
     on stderr, exit status 2, like every other bad input; `ensemble-da` alone still shows the help."""
@@ -33,16 +35,15 @@ class _OneLineErrors(typer.core.TyperGroup):
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
             code = result if isinstance(result, int) else 0
-        except errors.UsageError as exc:
+        except errors.ClickException as exc:
             result, code = None, exc.exit_code
             if type(exc).__name__ == "NoArgsIsHelpError":
                 exc.show()
             else:
-                where = exc.ctx.command_path if exc.ctx is not None else self.name
-                print(f"error: {' '.join(exc.format_message().split())} (see {where} --help)", file=sys.stderr)
-        except errors.ClickException as exc:
-            print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
-            result, code = None, exc.exit_code
+                line = " ".join(exc.format_message().split())
+                if isinstance(exc, errors.UsageError):
+                    line += f" (see {exc.ctx.command_path if exc.ctx is not None else self.name} --help)"
+                print(f"error: {line}", file=sys.stderr)
         except errors.Abort:
             print("error: aborted", file=sys.stderr)
             result, code = None, 1
